@@ -1,0 +1,53 @@
+"""Lower: rewrite every op that has a lowering rule into ops TFLite has as builtins.
+
+The rules live in :mod:`graph_passes.lowering` (one op type -> one rule). A node whose rule
+declines it (its ``check`` returns a reason) is an error naming the node, the op and the
+reason; nodes of other op types are left alone. The replaced node's outputs are redirected
+to the replacement and the node is deleted; dead producers are left to the DCE pass.
+"""
+from __future__ import annotations
+
+import collections
+
+import tensorflow as tf
+
+from graph_passes.ir import Graph
+from graph_passes.lowering import RULES
+from graph_passes.lowering.base import LoweringRule
+from graph_passes.pass_base import Pass, PassResult
+
+
+class LoweringError(ValueError):
+    """A node has a lowering rule that declined it; the message says which and why."""
+
+    def __init__(self, node: tf.compat.v1.NodeDef, reason: str):
+        super().__init__(f"cannot lower {node.op} (node {node.name!r}): {reason}")
+        self.node_name = node.name
+        self.op_type = node.op
+
+
+def lower_node(graph: Graph, node: tf.compat.v1.NodeDef, rule: LoweringRule) -> list[str]:
+    """Replaces ``node`` by ``rule``'s rewrite; returns the replacement's output tensors."""
+    reason = rule.check(graph, node)
+    if reason is not None:
+        raise LoweringError(node, reason)
+    outputs = graph.splice(lambda *ins: rule.rewrite(graph, node, *ins),
+                           rule.inputs(graph, node), scope=f"{node.name}/lowered")
+    for index, new in enumerate(outputs):
+        graph.replace_uses(f"{node.name}:{index}", new)
+    graph.remove([node.name])
+    return outputs
+
+
+class Lower(Pass):
+    name = "lower"
+
+    def __init__(self, rules: dict[str, LoweringRule] | None = None):
+        self.rules = RULES if rules is None else rules
+
+    def run(self, graph: Graph) -> PassResult:
+        lowered: collections.Counter = collections.Counter()
+        for node in graph.nodes_of(self.rules):
+            lower_node(graph, node, self.rules[node.op])
+            lowered[node.op] += 1
+        return PassResult(bool(lowered), {"lowered": dict(sorted(lowered.items()))})
