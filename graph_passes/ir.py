@@ -48,10 +48,16 @@ class Graph:
     """
 
     def __init__(self, graph_def: tf.compat.v1.GraphDef, inputs: dict[str, str],
-                 outputs: dict[str, str]):
+                 outputs: dict[str, str], params: dict[str, str] | None = None,
+                 backward: Iterable[str] = ()):
         self.nodes: dict[str, tf.compat.v1.NodeDef] = {n.name: n for n in graph_def.node}
         self.inputs = {k: tensor_name(v) for k, v in inputs.items()}
         self.outputs = {k: tensor_name(v) for k, v in outputs.items()}
+        # Weights fed to the graph (weight path -> Placeholder tensor); freezing removes
+        # entries, so unlike ``inputs`` they are not part of the signature.
+        self.params = {k: tensor_name(v) for k, v in (params or {}).items()}
+        # Nodes the trace created while deriving gradients (provenance, for reports).
+        self.backward = set(backward)
         self._specs: dict[str, TensorSpec] = {}
         self._fresh = 0
         if graph_def.library.function:
@@ -60,7 +66,8 @@ class Graph:
 
     # ---- reading -------------------------------------------------------------------
     def copy(self) -> "Graph":
-        return Graph(self.to_graph_def(), dict(self.inputs), dict(self.outputs))
+        return Graph(self.to_graph_def(), dict(self.inputs), dict(self.outputs),
+                     dict(self.params), set(self.backward))
 
     def to_graph_def(self) -> tf.compat.v1.GraphDef:
         graph_def = tf.compat.v1.GraphDef()
@@ -150,6 +157,7 @@ class Graph:
         names = set(names)
         for name in names:
             del self.nodes[name]
+        self.backward -= names
         for node in self.nodes.values():
             kept = [r for r in node.input if not (r.startswith("^") and r[1:] in names)]
             if len(kept) != len(node.input):

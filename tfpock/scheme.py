@@ -98,7 +98,7 @@ class Scheme:
         trained: set[int] = set()
         for layer in leaves:
             weights = layer_table.layer_weights(layer)
-            if layer.weights and layer_table.kind_of(layer) is None:
+            if layer.trainable_weights and layer_table.kind_of(layer) is None:
                 _raise_unsupported(layer)
             explicit = layer.name in self.layers
             policy = self.layers.get(layer.name, self.default)

@@ -1,0 +1,82 @@
+"""``tfpock.optimize``: the one entry point from a Keras model to a compiled training step."""
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from tfpock import export
+from tfpock.errors import TfpockError, UnsupportedModelError
+from tfpock.layers import leaf_layers
+from tfpock.losses import resolve_loss
+from tfpock.optimizers import compile_optimizer
+from tfpock.pipeline import build_pipeline
+from tfpock.program import Program
+from tfpock.scheme import Scheme
+from tfpock.tracing import trace
+
+logger = logging.getLogger(__name__)
+
+
+def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
+             batch_size: int = 32, debug: bool = False) -> Program:
+    """Compiles one training step of ``model`` into a builtin-only training program.
+
+    Args:
+        model: a built Keras 3 model (TF backend), Functional or Sequential, one input and
+            one output. It is read, never modified.
+        loss: a Keras loss object or name; defaults to the compiled model's loss.
+        optimizer: a Keras optimizer; defaults to the compiled model's optimizer.
+        scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"`` or a
+            :class:`tfpock.Scheme`.
+        batch_size: the static batch size of the ``train`` and ``infer`` signatures.
+        debug: check the signature invariants after every pass.
+
+    Returns:
+        A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.
+
+    Example:
+        >>> program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        ...     from_logits=True), optimizer=keras.optimizers.SGD(0.05), scheme="last:2",
+        ...     batch_size=8)
+        >>> program.export("model.tflite")
+    """
+    if not isinstance(model, keras.Model):
+        raise TfpockError(f"model must be a keras.Model, got {type(model).__name__}")
+    if not model.built or not getattr(model, "inputs", None):
+        raise UnsupportedModelError(f"model {model.name!r} has no known input shape; build it "
+                                    "with keras.Input or call it once")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise TfpockError(f"batch_size must be a positive int, got {batch_size!r}")
+    loss = _default(loss, model, "loss")
+    optimizer = _default(optimizer, model, "optimizer")
+    loss_obj = resolve_loss(loss)
+    compiled_opt = compile_optimizer(optimizer)
+    trained = Scheme.parse(scheme, model).trained_paths(model)
+
+    step = trace(model, loss_obj, compiled_opt, batch_size, trained)
+    frozen = {w.path: w.value for w in step.weights if not w.trained}
+    pipeline = build_pipeline(frozen, debug=debug)
+    train_graph, train_records = pipeline(step.train)
+    infer_graph, infer_records = pipeline(step.infer)
+    metadata = export.metadata_for(step, {
+        "loss": type(loss_obj).__name__,
+        "optimizer": {"name": compiled_opt.name, **compiled_opt.config},
+        "scheme": str(Scheme.parse(scheme, model)),
+        "model": model.name,
+    })
+    module = export.TrainingModule(train_graph, infer_graph, step, metadata)
+    program = Program(step, module, {"train": train_records, "infer": infer_records}, metadata,
+                      {l.name for l in leaf_layers(model)})
+    logger.info("compiled %s: %d weights trained, %d frozen", model.name,
+                len(program.trained_paths), len(program.frozen_paths))
+    return program
+
+
+def _default(value, model: keras.Model, what: str):
+    if value is not None:
+        return value
+    compiled = getattr(model, what, None) if getattr(model, "compiled", False) else None
+    if compiled is None:
+        raise TfpockError(f"no {what}: pass {what}= or compile the model with one")
+    return compiled

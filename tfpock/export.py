@@ -1,0 +1,169 @@
+"""Export: the optimised graphs become a TFLite model with training signatures.
+
+The model file holds one resource variable per *trained* weight (initialised with the
+model's current values through TFLite's CALL_ONCE initialiser) and these signatures, all
+builtin ops:
+
+* ``train(x, y) -> loss``: one optimiser step; updates the variables;
+* ``infer(x) -> output``: the forward pass in inference mode;
+* ``weights() -> w000, w001, ...``: the trained weights, for checkpoints;
+* ``load(w000, w001, ...) -> count``: assigns them, for restoring a checkpoint;
+* ``metadata() -> json``: what the runtime needs to name things (weight paths, specs).
+
+Weights and loads replace TF's Save/Restore ops, which TFLite only has through Flex.
+The graphs are imported into the signature functions with ``tf.graph_util.import_graph_def``,
+wired to the variables. The file is verified (no custom or Flex op, every signature present)
+and written atomically: a failed export leaves no file behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from typing import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from graph_passes.ir import Graph
+from tfpock import model_file
+from tfpock.errors import ExportError
+from tfpock.provenance import layer_of_node
+from tfpock.tracing import TracedStep, Weight
+
+SIGNATURES = ("train", "infer", "weights", "load", "metadata")
+FORMAT = "tfpock-training-model/1"
+
+
+def weight_key(index: int) -> str:
+    return f"w{index:03d}"
+
+
+class TrainingModule(tf.Module):
+    """Variables of the trained weights and the signature functions over the graphs."""
+
+    def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict):
+        super().__init__(name="tfpock")
+        self._train_graph = train.to_graph_def()
+        self._infer_graph = infer.to_graph_def()
+        self.train_graph, self.infer_graph = train, infer
+        self.trained = [w for w in step.weights if w.trained]
+        self.variables_ = [tf.Variable(w.value, name=weight_key(i), trainable=False)
+                           for i, w in enumerate(self.trained)]
+        self._metadata = json.dumps(metadata, sort_keys=True)
+        weight_specs = [tf.TensorSpec(w.value.shape, tf.as_dtype(w.value.dtype),
+                                      name=weight_key(i)) for i, w in enumerate(self.trained)]
+        self.train = tf.function(self._train_fn, input_signature=[step.x_spec, step.y_spec],
+                                 autograph=False)
+        self.infer = tf.function(self._infer_fn, input_signature=[step.x_spec], autograph=False)
+        self.weights = tf.function(self._weights_fn, input_signature=[], autograph=False)
+        self.load = tf.function(self._load_fn, input_signature=weight_specs, autograph=False)
+        self.metadata = tf.function(self._metadata_fn, input_signature=[], autograph=False)
+
+    def _feed(self, graph: Graph, **inputs) -> dict:
+        feed = {graph.inputs[k]: v for k, v in inputs.items()}
+        by_path = {w.path: v for w, v in zip(self.trained, self.variables_)}
+        for path, ref in graph.params.items():
+            feed[ref] = by_path[path].read_value()
+        return feed
+
+    def _train_fn(self, x, y):
+        keys = ["loss"] + [f"update:{w.path}" for w in self.trained]
+        outs = tf.graph_util.import_graph_def(
+            self._train_graph, input_map=self._feed(self.train_graph, x=x, y=y),
+            return_elements=[self.train_graph.outputs[k] for k in keys], name="train")
+        for var, new in zip(self.variables_, outs[1:]):
+            var.assign(new)
+        return {"loss": outs[0]}
+
+    def _infer_fn(self, x):
+        (out,) = tf.graph_util.import_graph_def(
+            self._infer_graph, input_map=self._feed(self.infer_graph, x=x),
+            return_elements=[self.infer_graph.outputs["output"]], name="infer")
+        return {"output": out}
+
+    def _weights_fn(self):
+        return {weight_key(i): v.read_value() for i, v in enumerate(self.variables_)}
+
+    def _load_fn(self, *values):
+        for var, value in zip(self.variables_, values):
+            var.assign(value)
+        return {"count": tf.constant(len(values), tf.int32)}
+
+    def _metadata_fn(self):
+        return {"json": tf.constant(self._metadata)}
+
+
+def metadata_for(step: TracedStep, extra: dict) -> dict:
+    trained = [w for w in step.weights if w.trained]
+    return {
+        "format": FORMAT,
+        "weights": [{"key": weight_key(i), "path": w.path, "layer": w.layer,
+                     "shape": list(w.value.shape), "dtype": str(w.value.dtype)}
+                    for i, w in enumerate(trained)],
+        "x": {"shape": list(step.x_spec.shape), "dtype": step.x_spec.dtype.name},
+        "y": {"shape": list(step.y_spec.shape), "dtype": step.y_spec.dtype.name},
+        "output": {"shape": list(step.output_spec.shape), "dtype": step.output_spec.dtype.name},
+        **extra,
+    }
+
+
+def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterable[str]) -> bytes:
+    """SavedModel -> TFLite with builtins only; a refusal names the ops and their layers."""
+    with tempfile.TemporaryDirectory(prefix="tfpock-") as tmp:
+        signatures = {k: getattr(module, k).get_concrete_function() for k in SIGNATURES}
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
+        converter.experimental_enable_resource_variables = True
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            return converter.convert()
+        except Exception as exc:  # the converter raises ConverterError or plain Exception
+            raise _explain(exc, list(graphs), set(layer_names)) from exc
+
+
+def _explain(exc: Exception, graphs: list[Graph], layer_names: set[str]) -> ExportError:
+    refused = sorted(set(re.findall(r"\btf\.(\w+)", str(exc))))
+    culprits = []
+    for op in refused:
+        layers = sorted({layer_of_node(n.name, layer_names) or "?"
+                         for g in graphs for n in g.nodes_of([op])})
+        if layers:
+            culprits.append(f"{op} (from layers {', '.join(layers)})")
+    if culprits:
+        return ExportError("the training graph needs ops TFLite lacks as builtins and tfpock "
+                           f"cannot lower yet: {'; '.join(culprits)}")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ExportError(f"TFLite conversion failed: {first}")
+
+
+def verify(content: bytes) -> model_file.ModelFile:
+    """Checks a converted model: builtin ops only and every tfpock signature present."""
+    parsed = model_file.read(content)
+    custom = parsed.custom_ops()
+    if custom:
+        raise ExportError(f"the converted model contains custom/Flex ops {custom}; tfpock "
+                          "models must be builtin-only")
+    missing = [s for s in SIGNATURES if s not in parsed.signatures]
+    if missing:
+        raise ExportError(f"the converted model lacks signatures {missing}")
+    return parsed
+
+
+def write_atomically(path: str | os.PathLike, content: bytes) -> None:
+    """Writes ``content`` to ``path`` via a temporary file in the same folder and a rename,
+    so readers see the old file or the whole new one, never a part."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tfpock-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,109 @@
+"""Read a .tflite flatbuffer: operators per subgraph, signatures, variables, constants.
+
+Uses the flatbuffer schema bindings that ship with ai-edge-litert (``schema_py_generated``,
+generated from TFLite's schema.fbs) through the ``flatbuffers`` package, so no bytes are
+parsed by hand and no TensorFlow is needed. Export uses it to verify a model before writing
+it; tests and the memory tools use it to inspect what was written.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import numpy as np
+
+try:
+    from ai_edge_litert import schema_py_generated as schema
+except ImportError as exc:  # pragma: no cover - depends on the installed runtime
+    raise ImportError("tfpock.model_file needs ai-edge-litert (pip install ai-edge-litert)"
+                      ) from exc
+
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    name: str          # builtin name (e.g. CONV_2D) or the custom code (e.g. FlexReluGrad)
+    custom: bool
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    constant: bool     # has data in a buffer
+
+
+@dataclasses.dataclass(frozen=True)
+class Subgraph:
+    name: str
+    operators: list[Operator]
+    tensors: list[Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    subgraphs: list[Subgraph]
+    signatures: dict[str, int]   # signature key -> subgraph index
+
+    def op_histogram(self) -> collections.Counter:
+        return collections.Counter(op.name for sg in self.subgraphs for op in sg.operators)
+
+    def custom_ops(self) -> list[str]:
+        return sorted({op.name for sg in self.subgraphs for op in sg.operators if op.custom})
+
+    def variables(self) -> list[tuple[int, ...]]:
+        """Shapes of the resource variables, from the ops that assign them in the
+        initialisation subgraph (one VAR_HANDLE + ASSIGN_VARIABLE per variable)."""
+        shapes = []
+        for sg in self.subgraphs:
+            for op in sg.operators:
+                if op.name == "ASSIGN_VARIABLE" and sg.tensors[op.inputs[1]].constant:
+                    shapes.append(sg.tensors[op.inputs[1]].shape)
+        return shapes
+
+    def subgraph(self, signature: str) -> Subgraph:
+        return self.subgraphs[self.signatures[signature]]
+
+
+def read(content: bytes) -> ModelFile:
+    if len(content) < 8 or not schema.Model.ModelBufferHasIdentifier(content, 0):
+        raise ValueError("not a TFLite flatbuffer (file identifier TFL3 missing)")
+    model = schema.Model.GetRootAs(content, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        custom = code == schema.BuiltinOperator.CUSTOM
+        codes.append((oc.CustomCode().decode() if custom else _BUILTIN_NAMES.get(code, str(code)),
+                      custom))
+    subgraphs = []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        tensors = []
+        for t in range(sg.TensorsLength()):
+            tensor = sg.Tensors(t)
+            buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() else None
+            has_data = buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
+            tensors.append(Tensor(tensor.Name().decode(),
+                                  tuple(int(d) for d in tensor.ShapeAsNumpy())
+                                  if tensor.ShapeLength() else (),
+                                  _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())),
+                                  bool(has_data)))
+        ops = []
+        for o in range(sg.OperatorsLength()):
+            op = sg.Operators(o)
+            name, custom = codes[op.OpcodeIndex()]
+            ops.append(Operator(name, custom,
+                                tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else (),
+                                tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
+        subgraphs.append(Subgraph((sg.Name() or b"").decode(), ops, tensors))
+    signatures = {}
+    for i in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(i)
+        signatures[sig.SignatureKey().decode()] = sig.SubgraphIndex()
+    return ModelFile(subgraphs, signatures)

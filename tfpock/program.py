@@ -1,0 +1,86 @@
+"""Program: the compiled training step, runnable in TF on the host and exportable to TFLite."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graph_passes.pass_base import PassRecord
+from tfpock import export
+from tfpock.runtime.validate import check_batch
+from tfpock.tracing import TracedStep
+
+
+class Program:
+    """What ``tfpock.optimize`` returns. The user's Keras model is not referenced.
+
+    Example:
+        >>> program = tfpock.optimize(model, scheme="last:2", batch_size=8)
+        >>> program.train_step(x, y)["loss"]
+        >>> program.export("model.tflite")
+    """
+
+    def __init__(self, step: TracedStep, module: export.TrainingModule,
+                 records: dict[str, list[PassRecord]], metadata: dict, layer_names: set[str]):
+        self._step = step
+        self._module = module
+        self._records = records
+        self._metadata = metadata
+        self._layer_names = layer_names
+        self._content: bytes | None = None
+
+    @property
+    def trained_paths(self) -> list[str]:
+        return [w.path for w in self._step.weights if w.trained]
+
+    @property
+    def frozen_paths(self) -> list[str]:
+        return [w.path for w in self._step.weights if not w.trained]
+
+    def _x(self, x, signature):
+        spec = self._step.x_spec
+        return check_batch("x", x, tuple(spec.shape), spec.dtype.as_numpy_dtype, signature)
+
+    def train_step(self, x, y) -> dict[str, float]:
+        """One step of the optimised graph in TensorFlow; updates the trained weights."""
+        spec = self._step.y_spec
+        y = check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype, "train_step")
+        out = self._module.train(self._x(x, "train_step"), y)
+        return {"loss": float(out["loss"].numpy())}
+
+    def infer(self, x) -> np.ndarray:
+        return self._module.infer(self._x(x, "infer"))["output"].numpy()
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Current values of the trained weights, keyed by Keras variable path."""
+        return {w.path: v.numpy() for w, v in zip(self._module.trained, self._module.variables_)}
+
+    def to_tflite(self) -> bytes:
+        """The verified TFLite training model (converted once, with the compile-time weights;
+        host-side ``train_step`` calls do not change it)."""
+        if self._content is None:
+            graphs = [self._module.train_graph, self._module.infer_graph]
+            content = export.convert(self._module, graphs, self._layer_names)
+            export.verify(content)
+            self._content = content
+        return self._content
+
+    def export(self, path: str | os.PathLike) -> str:
+        """Writes the training model to ``path`` atomically; returns the path."""
+        export.write_atomically(path, self.to_tflite())
+        return os.fspath(path)
+
+    def report(self) -> str:
+        """What each pass did, per graph, and what the scheme trains."""
+        lines = [f"tfpock program: batch {self._step.x_spec.shape[0]}, "
+                 f"x {tuple(self._step.x_spec.shape)}, y {tuple(self._step.y_spec.shape)}",
+                 f"trained weights: {len(self.trained_paths)} "
+                 f"({sum(w.value.size for w in self._step.weights if w.trained):,} parameters); "
+                 f"frozen: {len(self.frozen_paths)} "
+                 f"({sum(w.value.size for w in self._step.weights if not w.trained):,})"]
+        for graph_name, records in self._records.items():
+            lines.append(f"[{graph_name}]")
+            for r in records:
+                stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
+                lines.append(f"  {r.name:<8} ops {r.ops_before:>5} -> {r.ops_after:<5} {stats}")
+        return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""Checks a batch against a signature's static input spec (numpy only, used on both sides)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """A batch whose shape or dtype does not match the compiled signature."""
+
+
+def check_batch(name: str, value, shape: tuple[int, ...], dtype: np.dtype,
+                signature: str) -> np.ndarray:
+    """Returns ``value`` as an array of exactly ``shape`` and ``dtype``; integers are
+    accepted for integer labels and any float for float inputs only when the cast is exact
+    in kind (no float labels for an int32 signature, no silent truncation)."""
+    array = np.asarray(value)
+    dtype = np.dtype(dtype)
+    if tuple(array.shape) != tuple(shape):
+        raise InputError(f"{signature}: {name} has shape {tuple(array.shape)}, the compiled "
+                         f"signature takes {tuple(shape)} ({dtype})")
+    same_kind = (np.issubdtype(array.dtype, np.integer) and np.issubdtype(dtype, np.integer)) or \
+                (np.issubdtype(array.dtype, np.floating) and np.issubdtype(dtype, np.floating))
+    if array.dtype != dtype and not same_kind:
+        raise InputError(f"{signature}: {name} has dtype {array.dtype}, the compiled signature "
+                         f"takes {dtype} {tuple(shape)}")
+    if array.dtype != dtype:
+        cast = array.astype(dtype)
+        if np.issubdtype(dtype, np.integer) and not np.array_equal(cast, array):
+            raise InputError(f"{signature}: {name} has values that do not fit {dtype}")
+        array = cast
+    return np.ascontiguousarray(array)
