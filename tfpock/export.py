@@ -32,8 +32,7 @@ from tfpock.errors import ExportError
 from tfpock.provenance import layer_of_node
 from tfpock.tracing import TracedStep, Weight
 
-SIGNATURES = ("train", "infer", "weights", "load", "metadata")
-FORMAT = "tfpock-training-model/1"
+from tfpock.runtime.trainer import FORMAT, SIGNATURES
 
 
 def weight_key(index: int) -> str:
