@@ -112,7 +112,10 @@ def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterab
     """SavedModel -> TFLite with builtins only; a refusal names the ops and their layers."""
     with tempfile.TemporaryDirectory(prefix="tfpock-") as tmp:
         signatures = {k: getattr(module, k).get_concrete_function() for k in SIGNATURES}
-        tf.saved_model.save(module, tmp, signatures=signatures)
+        # The imported graphs keep IdentityN nodes of tf.custom_gradient ops (SiLU, for one);
+        # the step is already differentiated, so their gradient functions are not saved.
+        tf.saved_model.save(module, tmp, signatures=signatures,
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
         converter.experimental_enable_resource_variables = True
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

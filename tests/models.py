@@ -1,0 +1,70 @@
+"""Small Keras models the tests (and benchmarks) compile: built with fixed seeds."""
+from __future__ import annotations
+
+import functools
+
+import keras
+from keras import layers
+
+
+def mlp(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((20,)),
+        layers.Dense(32, activation="relu"),
+        layers.Dense(16, activation="tanh"),
+        layers.Dense(5),
+    ], name="mlp")
+
+
+def every_layer_cnn(seed: int = 0, dropout: float = 0.25) -> keras.Model:
+    """A functional CNN that uses every layer kind the foundation issue lists."""
+    keras.utils.set_random_seed(seed)
+    gelu_tanh = functools.partial(keras.activations.gelu, approximate=True)
+    inp = keras.Input((16, 16, 3))
+    h = layers.Rescaling(1 / 2.0, offset=-0.25)(inp)
+    h = layers.ZeroPadding2D(1)(h)                                       # 18x18x3
+    a = layers.Conv2D(8, 3, strides=2, padding="valid", name="conv_s2")(h)  # 8x8x8
+    a = layers.BatchNormalization(trainable=False, name="bn")(a)
+    a = layers.ReLU()(a)
+    b = layers.Conv2D(8, 3, dilation_rate=2, padding="same", activation="elu",
+                      name="conv_dil")(a)
+    c = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(a)  # 16 ch
+    c = layers.ReLU(max_value=6.0)(c)
+    c = layers.Conv2D(8, 1, name="conv_1x1")(c)
+    h = layers.Add()([b, c])
+    h = layers.LeakyReLU(negative_slope=0.1)(h)
+    s = layers.SeparableConv2D(8, 3, padding="same", activation="tanh", name="sep")(h)
+    g = layers.Activation("sigmoid")(layers.Conv2D(8, 1, name="gate")(h))
+    h = layers.Multiply()([s, g])
+    m = layers.MaxPooling2D(2)(h)                                         # 4x4x8
+    v = layers.AveragePooling2D(3, strides=2, padding="same")(h)          # 4x4x8
+    h = layers.Concatenate()([m, v])                                      # 4x4x16
+    h = layers.Activation("silu")(h)
+    h2d = layers.GlobalAveragePooling2D()(h)                              # 16
+    seq = layers.Reshape((16, 16))(layers.Conv2D(16, 1, name="to_seq")(h))  # 16 steps x 16
+    seq = layers.Conv1D(12, 3, padding="same", activation="gelu", name="conv1d")(seq)
+    seq = layers.MaxPooling1D(2)(seq)                                     # 8 x 12
+    seq = layers.Activation(gelu_tanh)(seq)
+    seq = layers.GlobalAveragePooling1D()(seq)                            # 12
+    f = layers.Flatten()(m)                                               # 128
+    f = layers.Dense(16, activation="swish", name="fc_flat")(f)
+    h = layers.Concatenate()([h2d, seq, f])
+    if dropout:
+        h = layers.Dropout(dropout)(h)
+    h = layers.Dense(10, name="fc_mid")(h)
+    h = layers.Multiply()([h, layers.Activation("softmax")(h)])
+    out = layers.Dense(4, name="logits")(h)
+    return keras.Model(inp, out, name="every_layer_cnn")
+
+
+def mobilenet_v2(seed: int = 0, size: int = 96, classes: int = 10) -> keras.Model:
+    """MobileNetV2 alpha 0.35 with its BatchNormalization layers frozen (trainable=False)."""
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(size, size, 3),
+                                           weights=None, classes=classes,
+                                           classifier_activation=None)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return model
