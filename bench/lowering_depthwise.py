@@ -1,0 +1,79 @@
+"""Times the depthwise gradient lowerings on ai-edge-litert (one thread).
+
+Filter gradient: the conv form vs the slice form; input gradient: the one form. Each is
+traced alone at fixed shapes, converted with TFLITE_BUILTINS only and invoked 50 times after
+5 warm-up runs; the median is printed next to TF's native op (TF set to one thread).
+Run: ``python bench/lowering_depthwise.py``. The figures go into the docstring of
+``graph_passes/lowering/depthwise.py``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from bench.lowering_conv_filter import median_ms  # noqa: E402
+from graph_passes.lowering.conv import Window  # noqa: E402
+from graph_passes.lowering.depthwise import (  # noqa: E402
+    filter_grad_conv, filter_grad_slices, input_grad)
+from tests.litert_helpers import convert_builtins_only  # noqa: E402
+
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+# name, N, H, W, C, M, k, stride (SAME padding)
+CASES = [
+    ("3x3 s2 C=48, 48x48, N=8", 8, 48, 48, 48, 1, 3, 2),
+    ("3x3 s1 C=48, 24x24, N=8", 8, 24, 24, 48, 1, 3, 1),
+    ("3x3 s1 C=96, 12x12, N=8", 8, 12, 12, 96, 1, 3, 1),
+    ("3x3 s1 C=16 M=2, 24x24, N=8", 8, 24, 24, 16, 2, 3, 1),
+    ("3x3 s1 C=48, 24x24, N=1", 1, 24, 24, 48, 1, 3, 1),
+]
+
+
+def litert_ms(fn, arrays, reference):
+    specs = [tf.TensorSpec(a.shape) for a in arrays]
+    runner = Interpreter(model_content=convert_builtins_only(fn, specs),
+                         num_threads=1).get_signature_runner("serving_default")
+    feed = {f"in{i:02d}": a for i, a in enumerate(arrays)}
+    out = runner(**feed)["out00"]
+    assert np.allclose(out, reference, atol=1e-4 * np.abs(reference).max())
+    return median_ms(lambda: runner(**feed))
+
+
+def main():
+    rng = np.random.default_rng(0)
+    print(f"{'case':32s}{'filt conv':>12s}{'filt slices':>12s}{'TF filt':>12s}"
+          f"{'input':>12s}{'TF input':>12s}")
+    for name, n, h, w, c, m, k, s in CASES:
+        ho = -(-h // s)
+        total = max((ho - 1) * s + k - h, 0)
+        pads = (total // 2, total - total // 2)
+        win = Window((k, k), (s, s), (1, 1), (pads, pads))
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        kernel = rng.standard_normal((k, k, c, m)).astype(np.float32)
+        dy = rng.standard_normal((n, ho, ho, c * m)).astype(np.float32)
+        kw = dict(strides=[1, s, s, 1], padding="SAME")
+        native_f = tf.function(lambda a, b: tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=a, filter_sizes=[k, k, c, m], out_backprop=b, **kw))
+        native_i = tf.function(lambda a, b: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
+            input_sizes=[n, h, w, c], filter=a, out_backprop=b, **kw))
+        ref_f, ref_i = native_f(x, dy).numpy(), native_i(kernel, dy).numpy()
+        row = f"{name:32s}"
+        for form in (filter_grad_conv, filter_grad_slices):
+            row += f"{litert_ms(lambda a, b, f=form: f(a, b, win, m), [x, dy], ref_f):10.2f}ms"
+        xt, dyt, kt = tf.constant(x), tf.constant(dy), tf.constant(kernel)
+        row += f"{median_ms(lambda: native_f(xt, dyt).numpy()):10.2f}ms"
+        grad_in = litert_ms(lambda a, b: input_grad(a, b, win, x.shape), [kernel, dy], ref_i)
+        row += f"{grad_in:10.2f}ms"
+        row += f"{median_ms(lambda: native_i(kt, dyt).numpy()):10.2f}ms"
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Lowering of the Conv2D gradients that TFLite has no builtin for.
+
+Notation (NHWC): input ``x`` [N, H, W, Ci], kernel ``w`` [kh, kw, Ci, Co], output gradient
+``dy`` [N, Ho, Wo, Co], strides (sh, sw), dilations (dh, dw), and ``xp`` the input padded by the
+forward convolution's padding (pt, pb) x (pl, pr). The forward convolution is
+
+    y[n, p, q, o] = sum_{i, j, c} xp[n, p*sh + i*dh, q*sw + j*dw, c] * w[i, j, c, o].
+
+``Conv2DBackpropFilter`` (no TFLite builtin) is its derivative in ``w``:
+
+    dw[i, j, c, o] = sum_{n, p, q} xp[n, p*sh + i*dh, q*sw + j*dw, c] * dy[n, p, q, o].
+
+For one kernel offset (i, j) the sum is a matrix product: the strided slice
+``xp[:, i*dh :: sh, j*dw :: sw, :]`` reshaped [N*Ho*Wo, Ci], transposed, times ``dy`` reshaped
+[N*Ho*Wo, Co]. Two ways to turn that into builtins were measured:
+
+* **matmul form** (im2col): the kh*kw slices are concatenated along channels into patches
+  [N*Ho*Wo, kh*kw*Ci] and one matmul ``patches^T @ dy`` gives [kh*kw*Ci, Co], reshaped to
+  the kernel. A 1x1 kernel is the case kh*kw = 1: one (strided) slice and one matmul.
+* **conv form**: read the sum over (n, p, q) as a VALID convolution whose *batch* is Ci, whose
+  *channels* are N and whose *kernel* is dy: ``conv2d(transpose(xp, [3, 1, 2, 0]),
+  transpose(dy, [1, 2, 0, 3]), strides=(dh, dw), dilations=(sh, sw))`` is [Ci, kh, kw, Co];
+  the forward stride becomes the dilation and the forward dilation the stride.
+
+Measured with ``python bench/lowering_conv_filter.py`` (ai-edge-litert 2.3, ``num_threads=1``,
+median of 50 invocations after 5 warm-up runs, each form converted alone with builtins only;
+TF's native op in a ``tf.function`` with one intra/inter-op thread, for orientation: it
+includes ~0.35 ms of per-call overhead, see the conv1d row; x86-64, 2 cores, noisy shared
+machine). "per-offset" is the NOTES.md form (one matmul per kernel offset, stacked);
+"chan-major" is the matmul form with positions as the last axis (a FULLY_CONNECTED):
+
+    case                              matmul  chan-major  per-offset  conv     TF native
+    3x3 s2 SAME 3->16, 96x96, N=8     5.87    4.71        6.09        1.77 ms  0.50 ms
+    3x3 s2 SAME 16->32, 32x32, N=8    1.97    1.84        2.22        0.81 ms  0.53 ms
+    3x3 s1 SAME 16->16, 24x24, N=8    0.89    0.71        0.88        0.78 ms  0.51 ms
+    1x1 s1 16->96, 16x16, N=8         0.16    0.16        0.16        0.38 ms  0.42 ms
+    1x1 s1 96->16, 16x16, N=8         0.20    0.20        0.22        0.39 ms  0.37 ms
+    conv1d 1x5 s1 SAME 6->16, 100     0.05    0.04        0.05        0.05 ms  0.40 ms
+
+The slice forms are dominated by TFLite's PAD and STRIDED_SLICE on narrow channel counts
+(one stride-2 slice of [8, 97, 97, 3] costs ~0.4 ms), which the conv form avoids. Chosen
+(:func:`use_conv_form`): the matmul form for 1x1 kernels (one slice, one matmul, 2x faster
+than the conv form) and whenever the conv form cannot express the case (stride > 1 and
+dilation > 1 on the same axis); the conv form for every other kernel. Channel-major would gain
+~10% at stride 1 only and is not used.
+
+``Conv2DBackpropInput`` becomes TRANSPOSE_CONV in the converter, except with dilations > 1 or
+EXPLICIT padding (found by converting the raw op with builtins only: both are refused). The
+rule reduces those to the case the converter takes: EXPLICIT padding is the VALID transposed
+convolution onto the padded input size followed by a crop (the forward convolution over ``xp``
+with VALID padding is the EXPLICIT one), and a dilated kernel is the undilated convolution
+with a kernel of size (k-1)*d+1 that has d-1 zero rows/columns inserted between its taps
+(SAME padding is unchanged because the effective kernel size is the same). The lower pass has
+no "leave alone" outcome, so plain nodes are re-emitted as the same op with a constant
+``input_sizes``; that op still converts to TRANSPOSE_CONV.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from graph_passes.ir import Graph
+from graph_passes.lowering.base import LoweringRule, require_float32, require_nhwc
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Static geometry of one 2-D convolution: what every form of its gradients needs."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[tuple[int, int], tuple[int, int]]  # (before, after) for H and W
+
+
+def window(graph: Graph, node: tf.compat.v1.NodeDef, kernel: tuple[int, int],
+           in_hw: tuple[int, int], out_hw: tuple[int, int]) -> Window:
+    """Reads strides, dilations and padding from ``node`` and resolves SAME/VALID/EXPLICIT
+    into explicit per-side paddings, using TF's SAME rule (the extra row goes after)."""
+    strides = tuple(graph.attr(node, "strides")[1:3])
+    dilations = tuple(graph.attr(node, "dilations", [1, 1, 1, 1])[1:3])
+    padding = graph.attr(node, "padding")
+    pads = []
+    for axis in range(2):
+        if padding == "EXPLICIT":
+            explicit = graph.attr(node, "explicit_paddings")
+            pads.append((explicit[2 + 2 * axis], explicit[3 + 2 * axis]))
+        elif padding == "SAME":
+            extent = (kernel[axis] - 1) * dilations[axis] + 1
+            total = max((out_hw[axis] - 1) * strides[axis] + extent - in_hw[axis], 0)
+            pads.append((total // 2, total - total // 2))
+        else:
+            pads.append((0, 0))
+    return Window(kernel, strides, dilations, tuple(pads))
+
+
+def check_conv(graph: Graph, node: tf.compat.v1.NodeDef, tensors: list[str]) -> str | None:
+    """Shared check: NHWC, float32, 4-D tensors with static shapes, strides/dilations only on
+    the spatial axes."""
+    reason = require_nhwc(graph, node) or require_float32(graph, node)
+    if reason:
+        return reason
+    for ref in tensors:
+        shape = graph.spec(ref).shape
+        if shape is None or len(shape) != 4 or any(d is None for d in shape):
+            return f"tensor {ref} has no static 4-D shape ({shape}); static shapes are needed"
+    for key in ("strides", "dilations"):
+        values = graph.attr(node, key, [1, 1, 1, 1])
+        if values[0] != 1 or values[3] != 1:
+            return f"{key} {values} act on batch or channels (only spatial ones are supported)"
+    return None
+
+
+def pad_spatial(x: tf.Tensor, pads) -> tf.Tensor:
+    """Zero-pads the H and W axes of an NHWC tensor (no op when every padding is 0)."""
+    if not any(any(p) for p in pads):
+        return x
+    return tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+
+
+def filter_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> tf.Tensor:
+    """For each kernel offset (i, j) the strided slice of the padded input that meets
+    output position (p, q): [N, Ho, Wo, kh*kw*C], offsets major, channels minor."""
+    (sh, sw), (dh, dw), (ho, wo) = win.strides, win.dilations, out_hw
+    slices = []
+    for i in range(win.kernel[0]):
+        for j in range(win.kernel[1]):
+            begin = [0, i * dh, j * dw, 0]
+            end = [0, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, 0]
+            slices.append(tf.strided_slice(xp, begin, end, [1, sh, sw, 1],
+                                           begin_mask=0b1001, end_mask=0b1001))
+    return slices[0] if len(slices) == 1 else tf.concat(slices, axis=3)
+
+
+def filter_grad_matmul(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
+    """dw = patches^T @ dy over all N*Ho*Wo positions; [kh, kw, Ci, Co] (see module doc)."""
+    _, ho, wo, co = dy.shape
+    ci = x.shape[3]
+    patches = filter_patches(pad_spatial(x, win.pads), win, (ho, wo))
+    grad = tf.matmul(tf.reshape(patches, [-1, win.kernel[0] * win.kernel[1] * ci]),
+                     tf.reshape(dy, [-1, co]), transpose_a=True)
+    return tf.reshape(grad, [win.kernel[0], win.kernel[1], ci, co])
+
+
+def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
+    """dw as one convolution over transposed tensors (see module doc).
+
+    Needs stride 1 or dilation 1 per axis. The padded input is cropped to exactly the rows
+    the kernel reaches, so the VALID convolution's output is exactly [Ci, kh, kw, Co]."""
+    _, ho, wo, _ = dy.shape
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    xp = pad_spatial(x, win.pads)
+    need_h = (win.kernel[0] - 1) * dh + (ho - 1) * sh + 1
+    need_w = (win.kernel[1] - 1) * dw + (wo - 1) * sw + 1
+    xp = xp[:, :need_h, :need_w, :]
+    grad = tf.nn.conv2d(tf.transpose(xp, [3, 1, 2, 0]), tf.transpose(dy, [1, 2, 0, 3]),
+                        strides=[1, dh, dw, 1], padding="VALID", dilations=[1, sh, sw, 1])
+    return tf.transpose(grad, [1, 2, 0, 3])
+
+
+class Conv2DBackpropFilterRule(LoweringRule):
+    """Conv2DBackpropFilter -> the conv form, or the matmul form for 1x1 kernels and for
+    stride and dilation both > 1 (module doc)."""
+
+    op_type = "Conv2DBackpropFilter"
+
+    def check(self, graph, node):
+        return check_conv(graph, node, [node.input[0], node.input[2], node.name])
+
+    def inputs(self, graph, node):
+        # filter_sizes is not read: the kernel shape is this node's static output shape.
+        return [node.input[0], node.input[2]]
+
+    def rewrite(self, graph, node, x, dy):
+        kernel = graph.spec(node.name).shape
+        win = window(graph, node, tuple(kernel[:2]), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
+        if use_conv_form(win):
+            return [filter_grad_conv(x, dy, win)]
+        return [filter_grad_matmul(x, dy, win)]
+
+
+def use_conv_form(win: Window) -> bool:
+    """The measured choice (module doc): the conv form for every kernel larger than 1x1 that
+    it can express (per axis, stride 1 or dilation 1); else the matmul form."""
+    if win.kernel == (1, 1):
+        return False
+    return all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations))
+
+
+def dilate_kernel(w: tf.Tensor, dilations: tuple[int, int]) -> tf.Tensor:
+    """Inserts d-1 zero taps between a [kh, kw, A, B] kernel's taps along H and W, giving
+    [(kh-1)*dh+1, (kw-1)*dw+1, A, B]: the undilated kernel equivalent to the dilated one."""
+    kh, kw, a, b = w.shape
+    dh, dw = dilations
+    if dh > 1:
+        w = tf.reshape(w, [kh, 1, kw * a * b])
+        w = tf.pad(w, [[0, 0], [0, dh - 1], [0, 0]])
+        w = tf.reshape(w, [kh * dh, kw, a, b])[: (kh - 1) * dh + 1]
+    if dw > 1:
+        rows = w.shape[0]
+        w = tf.reshape(w, [rows * kw, 1, a * b])
+        w = tf.pad(w, [[0, 0], [0, dw - 1], [0, 0]])
+        w = tf.reshape(w, [rows, kw * dw, a, b])[:, : (kw - 1) * dw + 1]
+    return w
+
+
+class Conv2DBackpropInputRule(LoweringRule):
+    """Conv2DBackpropInput with dilations or EXPLICIT padding -> the undilated, VALID/SAME
+    form that the converter turns into TRANSPOSE_CONV (module doc)."""
+
+    op_type = "Conv2DBackpropInput"
+
+    def check(self, graph, node):
+        return check_conv(graph, node, [node.input[1], node.input[2], node.name])
+
+    def inputs(self, graph, node):
+        # input_sizes is not read: the input shape is this node's static output shape.
+        return [node.input[1], node.input[2]]
+
+    def rewrite(self, graph, node, w, dy):
+        shape = list(graph.spec(node.name).shape)
+        win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
+        padding = graph.attr(node, "padding")
+        if win.dilations != (1, 1):
+            w = dilate_kernel(w, win.dilations)
+        if padding == "EXPLICIT":
+            (pt, pb), (pl, pr) = win.pads
+            padded = [shape[0], shape[1] + pt + pb, shape[2] + pl + pr, shape[3]]
+            dx = self._transpose_conv(padded, w, dy, win, "VALID")
+            return [dx[:, pt:pt + shape[1], pl:pl + shape[2], :]]
+        return [self._transpose_conv(shape, w, dy, win, padding)]
+
+    @staticmethod
+    def _transpose_conv(shape, w, dy, win, padding):
+        return tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.constant(shape, tf.int32), filter=w, out_backprop=dy,
+            strides=[1, *win.strides, 1], padding=padding)
+
+
+RULES = [Conv2DBackpropFilterRule(), Conv2DBackpropInputRule()]

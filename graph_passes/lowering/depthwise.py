@@ -1,0 +1,200 @@
+"""Lowering of the depthwise convolution gradients (TFLite has neither as a builtin).
+
+Notation (NHWC): input ``x`` [N, H, W, C], kernel ``w`` [kh, kw, C, M] (M = channel
+multiplier), output gradient ``dy`` [N, Ho, Wo, C*M] whose channel ``c*M + m`` comes from input
+channel c, strides (sh, sw), dilations (dh, dw), paddings (pt, pb) x (pl, pr), ``xp`` the padded
+input. The forward depthwise convolution is
+
+    y[n, p, q, c*M+m] = sum_{i, j} xp[n, p*sh + i*dh, q*sw + j*dw, c] * w[i, j, c, m].
+
+**Filter gradient** (``DepthwiseConv2dNativeBackpropFilter``):
+
+    dw[i, j, c, m] = sum_{n, p, q} xp[n, p*sh + i*dh, q*sw + j*dw, c] * dy[n, p, q, c*M+m].
+
+* *slice form*: per kernel offset, the strided slice of ``xp`` reshaped [N*Ho*Wo, C, 1] times
+  ``dy`` reshaped [N*Ho*Wo, C, M], summed over the first axis.
+* *conv form*: fold the batch into the channels and read the sum over (p, q) as a depthwise
+  convolution whose kernel is ``dy``: input ``xp`` as [1, Hp, Wp, N*C], kernel ``dy`` as
+  [Ho, Wo, N*C, M] (stride -> dilation, dilation -> stride, VALID) gives [1, kh, kw, N*C*M];
+  reshape [kh, kw, N, C*M] and sum over N. Needs stride 1 or dilation 1 per axis.
+
+**Input gradient** (``DepthwiseConv2dNativeBackpropInput``): with i' = kh-1-i the flipped tap,
+
+    dx[n, h, w, c] = sum_{i', j', m} u[n, h + i'*dh, w + j'*dw, c*M+m] * w[kh-1-i', kw-1-j', c, m]
+
+where ``u`` is ``dy`` upsampled by the stride (sh-1 zero rows after each row, likewise columns)
+and shifted by (kh-1)*dh - pt rows and (kw-1)*dw - pl columns (padded or cropped so that it has
+H + (kh-1)*dh rows). That is a VALID, stride-1, dilation-d depthwise convolution of ``u`` with
+the flipped kernel reshaped [kh, kw, C*M, 1], then a sum over m. The upsampling is a reshape
+to [N*Ho, 1, Wo, C*M], a pad to [N*Ho, sh, Wo, C*M] and a reshape back (then the same for W),
+so every tensor stays within TFLite's 4-D PAD/RESHAPE limits.
+
+Measured with ``python bench/lowering_depthwise.py`` (ai-edge-litert 2.3, one thread, median
+of 50 invocations after 5 warm-up runs; TF's native ops in a ``tf.function`` with one
+thread, including ~0.2-0.35 ms of per-call overhead; SAME padding; x86-64, 2 cores, noisy
+shared machine):
+
+    case                          filter: conv  slices    TF      input   TF
+    3x3 s2 C=48, 48x48, N=8               1.22  11.16 ms  0.34 ms  2.18 ms  0.47 ms
+    3x3 s1 C=48, 24x24, N=8               0.51   0.77 ms  0.45 ms  0.44 ms  0.32 ms
+    3x3 s1 C=96, 12x12, N=8               0.24   0.27 ms  0.28 ms  0.20 ms  0.27 ms
+    3x3 s1 C=16 M=2, 24x24, N=8           0.30   2.50 ms  0.48 ms  0.51 ms  0.72 ms
+    3x3 s1 C=48, 24x24, N=1               0.10   0.08 ms  0.26 ms  0.06 ms  0.23 ms
+
+The conv form is chosen for the filter gradient whenever it can express the case; the slice
+form only when stride > 1 and dilation > 1 meet on one axis. The stride-2 input gradient is
+the slow one: its depthwise convolution runs over the zero-inserted gradient (s^2 times the
+work; the DEPTHWISE_CONV_2D with a non-constant kernel alone takes 1.8 ms of the 2.18 ms). A
+polyphase form (one small convolution per output phase with the taps that hit it, then an
+interleave) would remove the zeros' work; not done yet.
+
+Both gradients are rearrangements of the same float32 products; only the summation order
+differs from TF's kernels. TF 2.21's own CPU (oneDNN) kernels for these two ops are wrong
+with dilation > 1 and SAME padding and fail with VALID padding, so the tests compare dilated
+cases with direct loops instead.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from graph_passes.lowering.base import LoweringRule
+from graph_passes.lowering.conv import Window, check_conv, pad_spatial, window
+
+
+def _fold_batch_into_channels(t: tf.Tensor) -> tf.Tensor:
+    """[N, H, W, K] -> [H, W, N*K] (batch-major channels) through one 3-D transpose."""
+    n, h, w, k = t.shape
+    t = tf.transpose(tf.reshape(t, [n, h * w, k]), [1, 0, 2])
+    return tf.reshape(t, [h, w, n * k])
+
+
+def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window, multiplier: int) -> tf.Tensor:
+    """dw as one depthwise convolution with the batch folded into channels (module doc)."""
+    n, ho, wo, cm = dy.shape
+    c = x.shape[3]
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    need_h = (win.kernel[0] - 1) * dh + (ho - 1) * sh + 1
+    need_w = (win.kernel[1] - 1) * dw + (wo - 1) * sw + 1
+    xp = pad_spatial(x, win.pads)[:, :need_h, :need_w, :]
+    image = tf.expand_dims(_fold_batch_into_channels(xp), 0)
+    kernel = tf.reshape(_fold_batch_into_channels(dy), [ho, wo, n * c, multiplier])
+    grad = tf.raw_ops.DepthwiseConv2dNative(input=image, filter=kernel, strides=[1, dh, dw, 1],
+                                            padding="VALID", dilations=[1, sh, sw, 1])
+    grad = tf.reduce_sum(tf.reshape(grad, [win.kernel[0] * win.kernel[1], n, cm]), axis=1)
+    return tf.reshape(grad, [win.kernel[0], win.kernel[1], c, multiplier])
+
+
+def filter_grad_slices(x: tf.Tensor, dy: tf.Tensor, win: Window, multiplier: int) -> tf.Tensor:
+    """dw per kernel offset: strided slice of xp times dy, summed over positions."""
+    _, ho, wo, _ = dy.shape
+    c = x.shape[3]
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    xp = pad_spatial(x, win.pads)
+    grads_dy = tf.reshape(dy, [-1, c, multiplier])
+    taps = []
+    for i in range(win.kernel[0]):
+        for j in range(win.kernel[1]):
+            begin = [0, i * dh, j * dw, 0]
+            end = [0, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, 0]
+            patch = tf.strided_slice(xp, begin, end, [1, sh, sw, 1],
+                                     begin_mask=0b1001, end_mask=0b1001)
+            taps.append(tf.reduce_sum(tf.reshape(patch, [-1, c, 1]) * grads_dy, axis=0))
+    return tf.reshape(tf.stack(taps), [win.kernel[0], win.kernel[1], c, multiplier])
+
+
+def upsample(t: tf.Tensor, strides: tuple[int, int]) -> tf.Tensor:
+    """Inserts s-1 zeros after every row (column) of an NHWC tensor: [N, H*sh, W*sw, K],
+    with the original values at multiples of the stride. Stays 4-D (TFLite PAD/RESHAPE)."""
+    n, h, w, k = t.shape
+    sh, sw = strides
+    if sh > 1:
+        t = tf.pad(tf.reshape(t, [n * h, 1, w, k]), [[0, 0], [0, sh - 1], [0, 0], [0, 0]])
+        h *= sh
+        t = tf.reshape(t, [n, h, w, k])
+    if sw > 1:
+        t = tf.pad(tf.reshape(t, [n * h, w, 1, k]), [[0, 0], [0, 0], [0, sw - 1], [0, 0]])
+        w *= sw
+        t = tf.reshape(t, [n, h, w, k])
+    return t
+
+
+def _shift(t: tf.Tensor, axis: int, before: int, length: int) -> tf.Tensor:
+    """Pads (positive) or crops (negative) ``before`` at the start of spatial ``axis`` and
+    pads or crops the end so that the axis has ``length`` entries."""
+    size = t.shape[axis]
+    after = length - size - before
+    pads = [[0, 0]] * 4
+    pads[axis] = [max(before, 0), max(after, 0)]
+    if max(before, 0) or max(after, 0):
+        t = tf.pad(t, pads)
+    start, stop = max(-before, 0), max(-before, 0) + length
+    if start or stop != t.shape[axis]:
+        begin, end = [0, 0, 0, 0], list(t.shape)
+        begin[axis], end[axis] = start, stop
+        t = tf.slice(t, begin, [e - b for b, e in zip(begin, end)])
+    return t
+
+
+def input_grad(w: tf.Tensor, dy: tf.Tensor, win: Window, in_shape) -> tf.Tensor:
+    """dx by upsampling, shifting and a depthwise convolution with the flipped kernel."""
+    n, h, wd, c = in_shape
+    kh, kw, _, multiplier = w.shape
+    u = upsample(dy, win.strides)
+    for axis, size in ((1, h), (2, wd)):
+        reach = (win.kernel[axis - 1] - 1) * win.dilations[axis - 1]
+        u = _shift(u, axis, reach - win.pads[axis - 1][0], size + reach)
+    flipped = tf.reshape(tf.reverse(w, axis=[0, 1]), [kh, kw, c * multiplier, 1])
+    dx = tf.raw_ops.DepthwiseConv2dNative(input=u, filter=flipped, strides=[1, 1, 1, 1],
+                                          padding="VALID",
+                                          dilations=[1, *win.dilations, 1])
+    if multiplier == 1:
+        return dx
+    return tf.reshape(tf.reduce_sum(tf.reshape(dx, [n, h, wd * c, multiplier]), axis=3),
+                      [n, h, wd, c])
+
+
+class DepthwiseBackpropFilterRule(LoweringRule):
+    """DepthwiseConv2dNativeBackpropFilter -> the form chosen by :func:`use_conv_form`."""
+
+    op_type = "DepthwiseConv2dNativeBackpropFilter"
+
+    def check(self, graph, node):
+        return check_conv(graph, node, [node.input[0], node.input[2], node.name])
+
+    def inputs(self, graph, node):
+        # filter_sizes is not read: the kernel shape is this node's static output shape.
+        return [node.input[0], node.input[2]]
+
+    def rewrite(self, graph, node, x, dy):
+        kh, kw, _, multiplier = graph.spec(node.name).shape
+        win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
+        if use_conv_form(win):
+            return [filter_grad_conv(x, dy, win, multiplier)]
+        return [filter_grad_slices(x, dy, win, multiplier)]
+
+
+def use_conv_form(win: Window) -> bool:
+    """The measured choice (module doc): the conv form whenever it can express the case
+    (per axis, stride 1 or dilation 1)."""
+    return all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations))
+
+
+class DepthwiseBackpropInputRule(LoweringRule):
+    """DepthwiseConv2dNativeBackpropInput -> upsample, shift, flipped depthwise conv."""
+
+    op_type = "DepthwiseConv2dNativeBackpropInput"
+
+    def check(self, graph, node):
+        return check_conv(graph, node, [node.input[1], node.input[2], node.name])
+
+    def inputs(self, graph, node):
+        # input_sizes is not read: the input shape is this node's static output shape.
+        return [node.input[1], node.input[2]]
+
+    def rewrite(self, graph, node, w, dy):
+        shape = graph.spec(node.name).shape
+        win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
+        return [input_grad(w, dy, win, shape)]
+
+
+RULES = [DepthwiseBackpropFilterRule(), DepthwiseBackpropInputRule()]

@@ -1,0 +1,191 @@
+"""Conv2D gradient lowerings: structure, numbers in TF and on ai-edge-litert, declines."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from graph_passes.lower import LoweringError
+from graph_passes.lowering.conv import Conv2DBackpropFilterRule, Conv2DBackpropInputRule
+from tests.litert_helpers import run_on_litert
+from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
+
+# (N, H, W, Ci, Co, kh, kw, stride, dilation, padding); H=1 with kh=1 is Keras' Conv1D.
+CONFIGS = {
+    "1x1_s1": (2, 6, 6, 3, 4, 1, 1, 1, 1, "VALID"),
+    "1x1_s2_odd": (1, 7, 7, 5, 3, 1, 1, 2, 1, "SAME"),
+    "3x3_s1_same": (2, 8, 8, 3, 4, 3, 3, 1, 1, "SAME"),
+    "3x3_s2_same_odd": (2, 9, 9, 3, 4, 3, 3, 2, 1, "SAME"),
+    "3x3_s2_same_even": (1, 8, 10, 2, 3, 3, 3, 2, 1, "SAME"),
+    "3x3_s2_valid": (2, 10, 9, 3, 2, 3, 3, 2, 1, "VALID"),
+    "3x3_d2_same": (1, 9, 9, 2, 3, 3, 3, 1, 2, "SAME"),
+    "3x3_s2_d2_same": (2, 11, 11, 2, 3, 3, 3, 2, 2, "SAME"),
+    "5x5_s1_valid": (1, 9, 8, 2, 3, 5, 5, 1, 1, "VALID"),
+    "5x5_s2_same": (2, 10, 10, 2, 2, 5, 5, 2, 1, "SAME"),
+    "conv1d_k5_same": (3, 1, 20, 4, 5, 1, 5, 1, 1, "SAME"),
+    "conv1d_k3_s2_valid": (2, 1, 15, 3, 4, 1, 3, 2, 1, "VALID"),
+    "conv1d_k3_d2_same": (2, 1, 16, 3, 2, 1, 3, 1, 2, "SAME"),
+}
+LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same"]
+
+
+def arrays(config, seed=0):
+    n, h, w, ci, co, kh, kw, s, d, padding = config
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
+    kernel = rng.standard_normal((kh, kw, ci, co)).astype(np.float32)
+    out_shape = tf.nn.conv2d(x, kernel, s, padding, dilations=d).shape
+    dy = rng.standard_normal(out_shape).astype(np.float32)
+    return x, kernel, dy
+
+
+def attrs(config, explicit=None):
+    *_, s, d, padding = config
+    extra = {"explicit_paddings": explicit} if explicit else {}
+    return dict(strides=[1, s, s, 1], dilations=[1, d, d, 1],
+                padding="EXPLICIT" if explicit else padding, **extra)
+
+
+def filter_op(config, **kw):
+    kh, kw_, ci, co = config[5], config[6], config[3], config[4]
+    return lambda x, dy: tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=[kh, kw_, ci, co], out_backprop=dy, **(attrs(config) | kw))
+
+
+def assert_close(actual, expected, rtol):
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+def lowered(op, rule, *inputs):
+    graph = graph_of(op, *inputs)
+    assert lower_all(graph, rule) == 1
+    return graph
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_filter_grad_in_tf(name):
+    config = CONFIGS[name]
+    x, _, dy = arrays(config)
+    graph = lowered(filter_op(config), Conv2DBackpropFilterRule(), x, dy)
+    assert graph.op_histogram()["Conv2DBackpropFilter"] == 0
+    assert_close(run_tf(graph, x, dy), filter_op(config)(x, dy).numpy(), 1e-5)
+
+
+@pytest.mark.parametrize("name", LITERT)
+def test_filter_grad_on_litert(name):
+    config = CONFIGS[name]
+    x, _, dy = arrays(config, seed=1)
+    graph = lowered(filter_op(config), Conv2DBackpropFilterRule(), x, dy)
+    [out] = run_on_litert(as_function(graph), x, dy)
+    assert_close(out, filter_op(config)(x, dy).numpy(), 1e-4)
+
+
+def test_filter_grad_explicit_padding():
+    config = (2, 7, 8, 3, 2, 3, 3, 2, 1, "EXPLICIT")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
+    explicit = [0, 0, 1, 2, 0, 1, 0, 0]
+    ho, wo = (7 + 3 - 3) // 2 + 1, (8 + 1 - 3) // 2 + 1
+    dy = rng.standard_normal((2, ho, wo, 2)).astype(np.float32)
+    op = lambda a, b: tf.raw_ops.Conv2DBackpropFilter(
+        input=a, filter_sizes=[3, 3, 3, 2], out_backprop=b, **attrs(config, explicit))
+    graph = lowered(op, Conv2DBackpropFilterRule(), x, dy)
+    assert_close(run_tf(graph, x, dy), op(x, dy).numpy(), 1e-5)
+
+
+def test_filter_grad_reads_no_filter_sizes():
+    """The replacement takes only input and out_backprop: filter_sizes' Const is left dead."""
+    config = CONFIGS["3x3_s2_same_odd"]
+    x, _, dy = arrays(config)
+    graph = graph_of(filter_op(config), x, dy)
+    node = graph.nodes_of(["Conv2DBackpropFilter"])[0]
+    assert Conv2DBackpropFilterRule().inputs(graph, node) == [node.input[0], node.input[2]]
+
+
+# Conv2DBackpropInput: dilated and EXPLICIT cases are rewritten to what TRANSPOSE_CONV takes.
+INPUT_CASES = {
+    "3x3_s1_same": (CONFIGS["3x3_s1_same"], None),
+    "3x3_d2_same": (CONFIGS["3x3_d2_same"], None),
+    "conv1d_k3_d2_same": (CONFIGS["conv1d_k3_d2_same"], None),
+    "5x5_d2_valid": ((2, 12, 11, 3, 2, 5, 5, 1, 2, "VALID"), None),
+    "3x3_s2_explicit": ((2, 9, 8, 3, 2, 3, 3, 2, 1, "EXPLICIT"), [0, 0, 1, 2, 2, 0, 0, 0]),
+    "3x3_d2_explicit": ((1, 9, 9, 2, 3, 3, 3, 1, 2, "EXPLICIT"), [0, 0, 2, 1, 1, 2, 0, 0]),
+}
+
+
+def input_case(name, seed=0):
+    config, explicit = INPUT_CASES[name]
+    n, h, w, ci, co, kh, kw, s, d, _ = config
+    rng = np.random.default_rng(seed)
+    x_shape = (n, h, w, ci)
+    kernel = rng.standard_normal((kh, kw, ci, co)).astype(np.float32)
+    pad = "VALID" if explicit else config[-1]
+    xs = np.zeros(x_shape, np.float32)
+    if explicit:
+        xs = np.pad(xs, [explicit[0:2], explicit[2:4], explicit[4:6], explicit[6:8]])
+    dy = rng.standard_normal(tf.nn.conv2d(xs, kernel, s, pad, dilations=d).shape)
+    op = lambda a, b: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=list(x_shape), filter=a, out_backprop=b, **attrs(config, explicit))
+    return op, kernel, dy.astype(np.float32)
+
+
+def numpy_input_grad(kernel, dy, x_shape, s, d, explicit):
+    """Reference where TF's CPU kernel refuses (dilation with EXPLICIT padding): scatter
+    dy @ w[i, j]^T into the padded input at every kernel offset, then crop the padding."""
+    n, h, w, _ = x_shape
+    pt, pb, pl, pr = explicit[2:6]
+    grad = np.zeros((n, h + pt + pb, w + pl + pr, kernel.shape[2]), np.float64)
+    ho, wo = dy.shape[1:3]
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            grad[:, i * d:i * d + (ho - 1) * s + 1:s, j * d:j * d + (wo - 1) * s + 1:s] += (
+                dy.astype(np.float64) @ kernel[i, j].T.astype(np.float64))
+    return grad[:, pt:pt + h, pl:pl + w]
+
+
+def input_reference(name, op, kernel, dy):
+    config, explicit = INPUT_CASES[name]
+    if explicit and config[8] > 1:
+        return numpy_input_grad(kernel, dy, config[:3] + (config[3],), config[7], config[8],
+                                explicit)
+    return op(kernel, dy).numpy()
+
+
+@pytest.mark.parametrize("name", INPUT_CASES)
+def test_input_grad(name):
+    op, kernel, dy = input_case(name)
+    graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
+    for node in graph.nodes_of(["Conv2DBackpropInput"]):
+        assert graph.attr(node, "dilations", [1, 1, 1, 1]) == [1, 1, 1, 1]
+        assert graph.attr(node, "padding") in ("SAME", "VALID")
+    assert_close(run_tf(graph, kernel, dy), input_reference(name, op, kernel, dy), 1e-5)
+
+
+@pytest.mark.parametrize("name", ["3x3_d2_same", "3x3_s2_explicit", "3x3_d2_explicit"])
+def test_input_grad_on_litert(name):
+    op, kernel, dy = input_case(name, seed=3)
+    graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
+    [out] = run_on_litert(as_function(graph), kernel, dy)
+    assert_close(out, input_reference(name, op, kernel, dy), 1e-4)
+
+
+def test_declines_nchw():
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    dy = np.zeros((1, 4, 8, 8), np.float32)
+    op = lambda a, b: tf.raw_ops.Conv2DBackpropFilter(
+        input=a, filter_sizes=[3, 3, 3, 4], out_backprop=b, strides=[1, 1, 1, 1],
+        padding="SAME", data_format="NCHW")
+    with pytest.raises(LoweringError, match="data_format NCHW"):
+        lower_all(graph_of(op, x, dy), Conv2DBackpropFilterRule())
+
+
+def test_declines_float16():
+    x = np.zeros((1, 8, 8, 3), np.float16)
+    kernel = np.zeros((3, 3, 3, 4), np.float16)
+    op = lambda w, b: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=[1, 8, 8, 3], filter=w, out_backprop=b, strides=[1, 1, 1, 1],
+        padding="SAME")
+    with pytest.raises(LoweringError, match="dtype float16"):
+        lower_all(graph_of(op, kernel, np.zeros((1, 8, 8, 4), np.float16)),
+                  Conv2DBackpropInputRule())
