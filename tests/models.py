@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -11,9 +12,9 @@ def mlp(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
         keras.Input((20,)),
-        layers.Dense(32, activation="relu"),
-        layers.Dense(16, activation="tanh"),
-        layers.Dense(5),
+        layers.Dense(32, activation="relu", name="hidden_1"),
+        layers.Dense(16, activation="tanh", name="hidden_2"),
+        layers.Dense(5, name="logits"),
     ], name="mlp")
 
 
@@ -59,12 +60,31 @@ def every_layer_cnn(seed: int = 0, dropout: float = 0.25) -> keras.Model:
 
 
 def mobilenet_v2(seed: int = 0, size: int = 96, classes: int = 10) -> keras.Model:
-    """MobileNetV2 alpha 0.35 with its BatchNormalization layers frozen (trainable=False)."""
+    """MobileNetV2 alpha 0.35 with its BatchNormalization layers frozen (trainable=False),
+    their statistics calibrated on random images like a trained network's (with the
+    untrained identity statistics the activations vanish with depth and every gradient is
+    ~1e-10, which would make equivalence tests vacuous)."""
     keras.utils.set_random_seed(seed)
     model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(size, size, 3),
                                            weights=None, classes=classes,
                                            classifier_activation=None)
+    calibrate_batchnorm(model, np.random.default_rng(seed).uniform(
+        -1, 1, (16, size, size, 3)).astype(np.float32))
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     return model
+
+
+def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
+    """Sets every BatchNormalization's moving statistics to its batch statistics on ``x``
+    (one training-mode forward with momentum 0), and gives beta a little noise."""
+    bns = [l for l in model.layers if isinstance(l, layers.BatchNormalization)]
+    saved = [(l.trainable, l.momentum) for l in bns]
+    for l in bns:
+        l.trainable, l.momentum = True, 0.0
+    model(x, training=True)
+    rng = np.random.default_rng(1)
+    for l, (trainable, momentum) in zip(bns, saved):
+        l.trainable, l.momentum = trainable, momentum
+        l.beta.assign(rng.normal(0, 0.1, l.beta.shape).astype(np.float32))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import tensorflow as tf
+
+from graph_passes.ir import parse_ref
 
 from graph_passes.pass_base import PassRecord
 from tfpock import export
@@ -54,6 +57,17 @@ class Program:
     def weights(self) -> dict[str, np.ndarray]:
         """Current values of the trained weights, keyed by Keras variable path."""
         return {w.path: v.numpy() for w, v in zip(self._module.trained, self._module.variables_)}
+
+    def frozen_weights(self) -> dict[str, np.ndarray]:
+        """Values the freeze pass baked into the optimised train graph as constants, keyed by
+        path (frozen weights the step never reads are gone after pruning)."""
+        graph = self._module.train_graph
+        out = {}
+        for path in self.frozen_paths:
+            node = graph.nodes.get(parse_ref(self._step.train.params[path])[0])
+            if node is not None and node.op == "Const":
+                out[path] = tf.make_ndarray(node.attr["value"].tensor)
+        return out
 
     def to_tflite(self) -> bytes:
         """The verified TFLite training model (converted once, with the compile-time weights;
