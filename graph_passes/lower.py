@@ -2,7 +2,8 @@
 
 The rules live in :mod:`graph_passes.lowering` (one op type -> one rule). A node whose rule
 declines it (its ``check`` returns a reason) is an error naming the node, the op and the
-reason; nodes of other op types are left alone. The replaced node's outputs are redirected
+reason; a node the rule says needs no lowering (``applies`` is False: the converter has a
+builtin for that configuration) and nodes of other op types are left alone. The replaced node's outputs are redirected
 to the replacement and the node is deleted; dead producers are left to the DCE pass.
 """
 from __future__ import annotations
@@ -47,7 +48,15 @@ class Lower(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         lowered: collections.Counter = collections.Counter()
+        left: collections.Counter = collections.Counter()
         for node in graph.nodes_of(self.rules):
-            lower_node(graph, node, self.rules[node.op])
+            rule = self.rules[node.op]
+            if not rule.applies(graph, node):
+                left[node.op] += 1
+                continue
+            lower_node(graph, node, rule)
             lowered[node.op] += 1
-        return PassResult(bool(lowered), {"lowered": dict(sorted(lowered.items()))})
+        stats = {"lowered": dict(sorted(lowered.items()))}
+        if left:
+            stats["left_to_converter"] = dict(sorted(left.items()))
+        return PassResult(bool(lowered), stats)

@@ -27,6 +27,11 @@ class LoweringRule:
 
     op_type: str = ""
 
+    def applies(self, graph: Graph, node: tf.compat.v1.NodeDef) -> bool:
+        """Whether this node needs lowering at all; False leaves it for the converter (for
+        op types TFLite has as a builtin in some configurations only)."""
+        return True
+
     def check(self, graph: Graph, node: tf.compat.v1.NodeDef) -> str | None:
         """Returns why this node cannot be lowered (an error for the user), or None."""
         return None

@@ -50,9 +50,8 @@ rule reduces those to the case the converter takes: EXPLICIT padding is the VALI
 convolution onto the padded input size followed by a crop (the forward convolution over ``xp``
 with VALID padding is the EXPLICIT one), and a dilated kernel is the undilated convolution
 with a kernel of size (k-1)*d+1 that has d-1 zero rows/columns inserted between its taps
-(SAME padding is unchanged because the effective kernel size is the same). The lower pass has
-no "leave alone" outcome, so plain nodes are re-emitted as the same op with a constant
-``input_sizes``; that op still converts to TRANSPOSE_CONV.
+(SAME padding is unchanged because the effective kernel size is the same). Plain nodes
+(``applies`` is False) are left to the converter.
 """
 from __future__ import annotations
 
@@ -210,6 +209,11 @@ class Conv2DBackpropInputRule(LoweringRule):
     form that the converter turns into TRANSPOSE_CONV (module doc)."""
 
     op_type = "Conv2DBackpropInput"
+
+    def applies(self, graph, node):
+        # stride-only SAME/VALID cases convert to TRANSPOSE_CONV as they are
+        dilated = any(d != 1 for d in graph.attr(node, "dilations", [1, 1, 1, 1]))
+        return dilated or graph.attr(node, "padding") == "EXPLICIT"
 
     def check(self, graph, node):
         return check_conv(graph, node, [node.input[1], node.input[2], node.name])

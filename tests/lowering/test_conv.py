@@ -189,3 +189,22 @@ def test_declines_float16():
     with pytest.raises(LoweringError, match="dtype float16"):
         lower_all(graph_of(op, kernel, np.zeros((1, 8, 8, 4), np.float16)),
                   Conv2DBackpropInputRule())
+
+
+@pytest.mark.parametrize("dilation, padding, fires", [(1, "SAME", False), (1, "VALID", False),
+                                                      (2, "SAME", True)])
+def test_lower_pass_leaves_plain_input_grad_to_the_converter(dilation, padding, fires):
+    """Stride-only SAME/VALID Conv2DBackpropInput converts to TRANSPOSE_CONV as it is."""
+    from graph_passes.lower import Lower
+    kernel = np.ones((3, 3, 2, 4), np.float32)
+    dy = np.ones((1, 8, 8, 4), np.float32)
+    op = lambda w, g: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=[1, 8, 8, 2], filter=w, out_backprop=g, strides=[1, 1, 1, 1],
+        padding=padding, dilations=[1, dilation, dilation, 1])
+    if padding == "VALID":
+        dy = np.ones((1, 6, 6, 4), np.float32)
+    graph = graph_of(op, kernel, dy)
+    result = Lower().run(graph)
+    assert result.modified == fires
+    key = "lowered" if fires else "left_to_converter"
+    assert result.stats[key] == {"Conv2DBackpropInput": 1}
