@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from graph_passes.ir import Graph
+from graph_passes.lowering import RULES
 from tfpock import model_file
 from tfpock.errors import ExportError
 from tfpock.provenance import layer_of_node
@@ -135,7 +136,8 @@ def _explain(exc: Exception, graphs: list[Graph], layer_names: set[str]) -> Expo
             culprits.append(f"{op} (from layers {', '.join(layers)})")
     if culprits:
         return ExportError("the training graph needs ops TFLite lacks as builtins and tfpock "
-                           f"cannot lower yet: {'; '.join(culprits)}")
+                           f"cannot lower yet: {'; '.join(culprits)}. tfpock lowers: "
+                           f"{', '.join(sorted(RULES))}")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ExportError(f"TFLite conversion failed: {first}")
 

@@ -33,6 +33,11 @@ class Program:
         self._content: bytes | None = None
 
     @property
+    def metadata(self) -> dict:
+        """What the exported file's ``metadata`` signature returns (weights, specs, config)."""
+        return self._metadata
+
+    @property
     def trained_paths(self) -> list[str]:
         return [w.path for w in self._step.weights if w.trained]
 
