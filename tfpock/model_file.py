@@ -20,6 +20,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed runtim
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_NUMPY_TYPES = {"FLOAT32": "<f4", "INT32": "<i4", "INT64": "<i8", "FLOAT16": "<f2",
+                "INT8": "i1", "UINT8": "u1", "BOOL": "?", "INT16": "<i2"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,13 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     constant: bool     # has data in a buffer
+    data: bytes = dataclasses.field(default=b"", repr=False)
+
+    def value(self) -> np.ndarray:
+        """The constant's contents (little-endian, as TFLite stores them)."""
+        if not self.constant:
+            raise ValueError(f"tensor {self.name!r} is not a constant")
+        return np.frombuffer(self.data, _NUMPY_TYPES[self.dtype]).reshape(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +97,12 @@ def read(content: bytes) -> ModelFile:
         for t in range(sg.TensorsLength()):
             tensor = sg.Tensors(t)
             buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() else None
-            has_data = buffer is not None and (buffer.DataLength() > 0 or buffer.Size() > 0)
+            data = _buffer_bytes(content, buffer) if buffer is not None else b""
             tensors.append(Tensor(tensor.Name().decode(),
                                   tuple(int(d) for d in tensor.ShapeAsNumpy())
                                   if tensor.ShapeLength() else (),
                                   _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())),
-                                  bool(has_data)))
+                                  bool(data), data))
         ops = []
         for o in range(sg.OperatorsLength()):
             op = sg.Operators(o)
@@ -107,3 +116,12 @@ def read(content: bytes) -> ModelFile:
         sig = model.SignatureDefs(i)
         signatures[sig.SignatureKey().decode()] = sig.SubgraphIndex()
     return ModelFile(subgraphs, signatures)
+
+
+def _buffer_bytes(content: bytes, buffer) -> bytes:
+    """A buffer's bytes: inline (``data``) or, for models over 2 GB, at ``offset``/``size``."""
+    if buffer.DataLength() > 0:
+        return buffer.DataAsNumpy().tobytes()
+    if buffer.Offset() > 1 and buffer.Size() > 0:
+        return bytes(content[buffer.Offset():buffer.Offset() + buffer.Size()])
+    return b""

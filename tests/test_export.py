@@ -1,0 +1,53 @@
+"""The exported file: frozen weights are constants, trained ones variables; report()."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tfpock
+from tests import models
+from tfpock import model_file
+
+
+@pytest.fixture(scope="module")
+def bias_only_mlp(tmp_path_factory):
+    model = models.mlp()
+    program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), optimizer=keras.optimizers.SGD(0.1), scheme="bias", batch_size=4)
+    path = tmp_path_factory.mktemp("mlp") / "m.tflite"
+    program.export(path)
+    return model, program, model_file.read(path.read_bytes())
+
+
+def test_frozen_kernels_are_constants_with_their_values(bias_only_mlp):
+    model, program, parsed = bias_only_mlp
+    train = parsed.subgraph("train")
+    constants = [t.value() for t in train.tensors if t.constant and t.dtype == "FLOAT32"]
+    for layer in model.layers:
+        kernel = layer.kernel.numpy()
+        # FULLY_CONNECTED stores weights as [out, in]: the kernel transposed, bit for bit
+        assert any(c.shape == kernel.T.shape and np.array_equal(c, kernel.T)
+                   for c in constants), layer.name
+    assert sorted(parsed.variables()) == sorted(
+        (layer.bias.shape[0],) for layer in model.layers)
+
+
+def test_every_signature_is_builtin_only(bias_only_mlp):
+    _, _, parsed = bias_only_mlp
+    assert sorted(parsed.signatures) == ["infer", "load", "metadata", "train", "weights"]
+    assert parsed.custom_ops() == []
+    assert not any(name.startswith("Flex") for name in parsed.op_histogram())
+
+
+def test_report_lists_each_pass_with_its_figures(bias_only_mlp):
+    _, program, _ = bias_only_mlp
+    report = program.report()
+    for graph in ("[train]", "[infer]"):
+        assert graph in report
+    for name in ("freeze", "prune", "lower", "dce"):
+        assert f"  {name} " in report
+    assert "variables_frozen=3" in report        # the three kernels
+    assert "gradient_ops_removed=" in report
+    assert "ops " in report and "->" in report
+    assert "trained weights: 3" in report
