@@ -60,3 +60,9 @@ class Lower(Pass):
         if left:
             stats["left_to_converter"] = dict(sorted(left.items()))
         return PassResult(bool(lowered), stats)
+
+    def postcondition(self, graph: Graph) -> None:
+        left = [f"{n.op} {n.name!r}" for n in graph.nodes_of(self.rules)
+                if self.rules[n.op].applies(graph, n)]
+        if left:
+            raise AssertionError(f"ops TFLite lacks as builtins are left after lowering: {left}")

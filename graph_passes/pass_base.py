@@ -4,8 +4,9 @@ Every pass takes the :class:`TrainingGraph` it is given, edits it **in place**, 
 :class:`PassResult` saying whether it changed anything and what (``stats``, shown by
 ``Program.report()``). The pipeline copies its input once, so the caller's graph is never
 touched, runs the passes in order, and, with ``check_invariants=True`` (the debug switch),
-checks after every pass that the signature kept its inputs and outputs and that each output
-still exists. An exception inside a pass is re-raised as :class:`PassError` naming the pass
+checks after every pass that the signature kept its inputs and outputs, that each output
+still exists, and the pass's own ``postcondition`` (the lower pass: no op it should have
+lowered is left). An exception inside a pass is re-raised as :class:`PassError` naming the pass
 and the passes that ran before it.
 """
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Pass:
     def run(self, graph: Graph) -> PassResult:
         raise NotImplementedError
 
+    def postcondition(self, graph: Graph) -> None:
+        """Raises AssertionError if the graph is not what this pass promises (debug switch)."""
+
     def __call__(self, graph: Graph) -> PassResult:
         return self.run(graph)
 
@@ -90,6 +94,7 @@ class Sequential:
                 result = p(graph)
                 if self.check_invariants:
                     check_signature(graph, inputs, output_keys)
+                    p.postcondition(graph)
                     for check in self.extra_checks:
                         check(graph)
             except PassError:

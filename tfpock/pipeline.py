@@ -19,4 +19,4 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False)
         Prune(),                 # backward ops no kept update needs are removed
         Lower(),                 # ops TFLite lacks as builtins become builtin-convertible ops
         DeadCodeElimination(),   # producers the lowering left unread
-    ], check_invariants=debug)
+    ], check_invariants=debug)  # debug also runs each pass's postcondition

@@ -13,7 +13,7 @@ from graph_passes.freeze import Freeze
 from graph_passes.lower import Lower, LoweringError
 from graph_passes.lowering import RULES
 from graph_passes.lowering.base import LoweringRule
-from graph_passes.pass_base import Sequential
+from graph_passes.pass_base import PassError, Sequential
 from graph_passes.prune import Prune
 from tests import models
 from tests.passes import helpers
@@ -178,3 +178,20 @@ def test_lowering_is_exact_on_mobilenet_v2():
         pytest.fail(f"lowered MobileNetV2 step differs: loss {actual['loss']} vs "
                     f"{expected['loss']}, worst updates {worst[:5]}\nper rule:\n"
                     f"{_blame(step, reference, values)}")
+
+
+def test_postcondition_catches_an_op_left_unlowered():
+    """The debug switch checks after lowering that no op a rule applies to is left."""
+    step = traced(helpers.small_cnn(), "full")
+    skipping_relu = {op: rule for op, rule in RULES.items() if op != "ReluGrad"}
+
+    class LowerButForgetRelu(Lower):
+        def __init__(self):
+            super().__init__(skipping_relu)
+
+        def postcondition(self, graph):
+            Lower().postcondition(graph)  # what the full table promises
+
+    with pytest.raises(PassError, match="ReluGrad"):
+        Sequential([LowerButForgetRelu()], check_invariants=True)(step.train)
+    Sequential([Lower()], check_invariants=True)(step.train)  # the real pass keeps it
