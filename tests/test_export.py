@@ -51,3 +51,18 @@ def test_report_lists_each_pass_with_its_figures(bias_only_mlp):
     assert "gradient_ops_removed=" in report
     assert "ops " in report and "->" in report
     assert "trained weights: 3" in report
+
+
+def test_multi_axis_reverse_is_a_runtime_hazard():
+    """tflite-runtime 2.14 silently reverses only the first axis of such an op; export's
+    verify refuses models that contain one."""
+    import tensorflow as tf
+    from tests.litert_helpers import convert_builtins_only
+    from tfpock.export import runtime_hazards
+    both = convert_builtins_only(lambda x: tf.reverse(x, axis=[0, 1]),
+                                 [tf.TensorSpec((2, 3, 4), tf.float32)])
+    (problem,) = runtime_hazards(model_file.read(both))
+    assert "REVERSE_V2 over several axes" in problem
+    one_at_a_time = convert_builtins_only(lambda x: tf.reverse(tf.reverse(x, [0]), [1]),
+                                          [tf.TensorSpec((2, 3, 4), tf.float32)])
+    assert runtime_hazards(model_file.read(one_at_a_time)) == []

@@ -15,8 +15,7 @@ restore, restore into a fresh Trainer):
    lines as the reason, and a warning says so; set ``TFPOCK_REQUIRE_TFLITE_RUNTIME=1`` to make
    that a failure instead. Losses match to 1e-5 relative, weights to 1e-5 absolute and
    inference outputs to 1e-4 relative (two builds of the kernels round differently: they are
-   close, not bit-equal). The every-layer CNN is a strict xfail there: see
-   REVERSE_V2_MULTI_AXIS below.
+   close, not bit-equal).
 """
 from __future__ import annotations
 
@@ -278,26 +277,13 @@ def test_tflite_runtime_venv_is_a_device_without_tensorflow(on_tflite_runtime,
 
 
 # Found by this test: TFLite 2.14's REVERSE_V2 kernel reverses only the first axis of a
-# multi-axis reverse, silently (no error, no log), while LiteRT reverses all of them; the TF
-# 2.21 converter emits such ops as REVERSE_V2 version 1, so the old runtime cannot tell.
-# graph_passes/lowering/depthwise.py's input_grad flips the depthwise kernel with
-# tf.reverse(w, axis=[0, 1]), so on tflite-runtime every gradient that flows back through a
-# DepthwiseConv2D or SeparableConv2D (the CNN's dw and sep layers) is wrong: after one step
-# conv_s2, dw, conv_dil and conv_1x1 are off by as much as their whole update (measured: up
-# to 6.9e-5 on updates of 2e-5..1.7e-4), while the layers after them agree to 1e-9. Reversing
-# one axis at a time (two single-axis REVERSE_V2 ops; the converter does not merge them) was
-# measured to fix it: weights within 1.9e-9. Strict: when the lowering is fixed this XPASSes
-# and the marker must go.
-REVERSE_V2_MULTI_AXIS = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="tflite-runtime 2.14 REVERSE_V2 (op version 1) reverses only axis 0 of "
-    "tf.reverse(w, axis=[0, 1]) in the depthwise input-gradient lowering: wrong gradients "
-    "before DepthwiseConv2D/SeparableConv2D layers")
+# multi-axis reverse, silently, while LiteRT reverses all of them (the TF 2.21 converter emits
+# REVERSE_V2 version 1 either way). The depthwise lowering used tf.reverse(w, axis=[0, 1]) and
+# gave wrong gradients before DepthwiseConv2D layers on 2.14; it now reverses one axis at a
+# time, and tfpock.export.verify refuses a multi-axis REVERSE_V2.
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=REVERSE_V2_MULTI_AXIS) if n == "cnn" else n
-    for n in TFLITE_RUNTIME_MODELS])
+@pytest.mark.parametrize("name", TFLITE_RUNTIME_MODELS)
 def test_tflite_runtime_matches_ai_edge_litert(name, on_tflite_runtime, in_process):
     device = model_result(on_tflite_runtime, name)
     host = in_process(name, TFLITE_RUNTIME_STEPS)

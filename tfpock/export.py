@@ -152,7 +152,24 @@ def verify(content: bytes) -> model_file.ModelFile:
     missing = [s for s in SIGNATURES if s not in parsed.signatures]
     if missing:
         raise ExportError(f"the converted model lacks signatures {missing}")
+    for problem in runtime_hazards(parsed):
+        raise ExportError(problem)
     return parsed
+
+
+def runtime_hazards(parsed: model_file.ModelFile) -> list[str]:
+    """Constructs that run wrongly, without an error, on runtimes tfpock supports:
+    tflite-runtime 2.14's REVERSE_V2 reverses only the first of several axes."""
+    found = []
+    for sg in parsed.subgraphs:
+        for op in sg.operators:
+            if op.name == "REVERSE_V2":
+                axes = sg.tensors[op.inputs[1]]
+                if not axes.constant or axes.value().size != 1:
+                    found.append(f"REVERSE_V2 over several axes in subgraph {sg.name!r}: "
+                                 "tflite-runtime 2.14 would reverse only the first; lowerings "
+                                 "must reverse one axis at a time")
+    return found
 
 
 def write_atomically(path: str | os.PathLike, content: bytes) -> None:
