@@ -52,17 +52,17 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     optimizer = _default(optimizer, model, "optimizer")
     loss_obj = resolve_loss(loss)
     compiled_opt = compile_optimizer(optimizer)
-    trained = Scheme.parse(scheme, model).trained_paths(model)
+    scheme_obj = Scheme.parse(scheme, model)
+    trained = scheme_obj.resolve(model)
 
     step = trace(model, loss_obj, compiled_opt, batch_size, trained)
-    frozen = {w.path: w.value for w in step.weights if not w.trained}
-    pipeline = build_pipeline(frozen, debug=debug)
+    pipeline = build_pipeline(step.frozen, debug=debug)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
     metadata = export.metadata_for(step, {
         "loss": type(loss_obj).__name__,
         "optimizer": {"name": compiled_opt.name, **compiled_opt.config},
-        "scheme": str(Scheme.parse(scheme, model)),
+        "scheme": scheme_obj.to_dict(),
         "model": model.name,
     })
     module = export.TrainingModule(train_graph, infer_graph, step, metadata)

@@ -1,14 +1,17 @@
 """Export: the optimised graphs become a TFLite model with training signatures.
 
-The model file holds one resource variable per *trained* weight (initialised with the
-model's current values through TFLite's CALL_ONCE initialiser) and these signatures, all
+The model file holds one resource variable per piece of training state (trained weights or
+their trained channels, moving statistics of trainable BatchNorms, optimizer slots, the step
+counter), initialised through TFLite's CALL_ONCE initialiser, and these signatures, all
 builtin ops:
 
-* ``train(x, y) -> loss``: one optimiser step; updates the variables;
+* ``train(x, y, learning_rate) -> loss``: one optimiser step; updates the variables;
 * ``infer(x) -> output``: the forward pass in inference mode;
-* ``weights() -> w000, w001, ...``: the trained weights, for checkpoints;
+* ``weights() -> w000, w001, ...``: every variable (trained weights whole, BatchNorm
+  statistics, optimizer state), for checkpoints;
 * ``load(w000, w001, ...) -> count``: assigns them, for restoring a checkpoint;
-* ``metadata() -> json``: what the runtime needs to name things (weight paths, specs).
+* ``metadata() -> json``: what the runtime needs to name things (checkpoint keys, specs,
+  the default learning rate).
 
 Weights and loads replace TF's Save/Restore ops, which TFLite only has through Flex.
 The graphs are imported into the signature functions with ``tf.graph_util.import_graph_def``,
@@ -31,50 +34,55 @@ from graph_passes.lowering import RULES
 from tfpock import model_file
 from tfpock.errors import ExportError
 from tfpock.provenance import layer_of_node
-from tfpock.tracing import TracedStep, Weight
+from tfpock.tracing import TracedStep
 
 from tfpock.runtime.trainer import FORMAT, SIGNATURES
 
 
-def weight_key(index: int) -> str:
+def variable_key(index: int) -> str:
+    """Signature names of the variables in ``weights`` and ``load`` (TFLite signature names
+    must be identifiers; the metadata maps them to checkpoint keys)."""
     return f"w{index:03d}"
 
 
 class TrainingModule(tf.Module):
-    """Variables of the trained weights and the signature functions over the graphs."""
+    """Variables of the trained state and the signature functions over the graphs."""
 
     def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict):
         super().__init__(name="tfpock")
         self._train_graph = train.to_graph_def()
         self._infer_graph = infer.to_graph_def()
         self.train_graph, self.infer_graph = train, infer
-        self.trained = [w for w in step.weights if w.trained]
-        self.variables_ = [tf.Variable(w.value, name=weight_key(i), trainable=False)
-                           for i, w in enumerate(self.trained)]
+        self.specs = step.variables
+        self._partial = {w.path: w for w in step.weights if w.channels is not None}
+        self.variables_ = {v.key: tf.Variable(v.value, name=variable_key(i), trainable=False)
+                           for i, v in enumerate(step.variables)}
         self._metadata = json.dumps(metadata, sort_keys=True)
-        weight_specs = [tf.TensorSpec(w.value.shape, tf.as_dtype(w.value.dtype),
-                                      name=weight_key(i)) for i, w in enumerate(self.trained)]
-        self.train = tf.function(self._train_fn, input_signature=[step.x_spec, step.y_spec],
-                                 autograph=False)
+        load_specs = [tf.TensorSpec(step.checkpoint_shape(v), tf.as_dtype(v.value.dtype),
+                                    name=variable_key(i)) for i, v in enumerate(step.variables)]
+        lr_spec = tf.TensorSpec((), tf.float32, name="learning_rate")
+        self.train = tf.function(self._train_fn, autograph=False,
+                                 input_signature=[step.x_spec, step.y_spec, lr_spec])
         self.infer = tf.function(self._infer_fn, input_signature=[step.x_spec], autograph=False)
         self.weights = tf.function(self._weights_fn, input_signature=[], autograph=False)
-        self.load = tf.function(self._load_fn, input_signature=weight_specs, autograph=False)
+        self.load = tf.function(self._load_fn, input_signature=load_specs, autograph=False)
         self.metadata = tf.function(self._metadata_fn, input_signature=[], autograph=False)
 
     def _feed(self, graph: Graph, **inputs) -> dict:
         feed = {graph.inputs[k]: v for k, v in inputs.items()}
-        by_path = {w.path: v for w, v in zip(self.trained, self.variables_)}
-        for path, ref in graph.params.items():
-            feed[ref] = by_path[path].read_value()
+        for key, ref in graph.params.items():
+            feed[ref] = self.variables_[key].read_value()
         return feed
 
-    def _train_fn(self, x, y):
-        keys = ["loss"] + [f"update:{w.path}" for w in self.trained]
+    def _train_fn(self, x, y, learning_rate):
+        keys = [k for k in self.train_graph.outputs if k.startswith("new:")]
         outs = tf.graph_util.import_graph_def(
-            self._train_graph, input_map=self._feed(self.train_graph, x=x, y=y),
-            return_elements=[self.train_graph.outputs[k] for k in keys], name="train")
-        for var, new in zip(self.variables_, outs[1:]):
-            var.assign(new)
+            self._train_graph, input_map=self._feed(self.train_graph, x=x, y=y,
+                                                    learning_rate=learning_rate),
+            return_elements=[self.train_graph.outputs[k] for k in ["loss"] + keys],
+            name="train")
+        for key, new in zip(keys, outs[1:]):
+            self.variables_[key.removeprefix("new:")].assign(new)
         return {"loss": outs[0]}
 
     def _infer_fn(self, x):
@@ -84,11 +92,24 @@ class TrainingModule(tf.Module):
         return {"output": out}
 
     def _weights_fn(self):
-        return {weight_key(i): v.read_value() for i, v in enumerate(self.variables_)}
+        out = {}
+        for i, spec in enumerate(self.specs):
+            value = self.variables_[spec.key].read_value()
+            weight = self._partial.get(spec.key) if spec.kind == "weight" else None
+            if weight is not None:
+                value = tf.concat([value, tf.constant(weight.frozen_rest)], axis=weight.axis)
+            out[variable_key(i)] = value
+        return out
 
     def _load_fn(self, *values):
-        for var, value in zip(self.variables_, values):
-            var.assign(value)
+        for spec, value in zip(self.specs, values):
+            weight = self._partial.get(spec.key) if spec.kind == "weight" else None
+            if weight is not None:
+                begin = [0] * value.shape.rank
+                size = list(value.shape)
+                size[weight.axis] = weight.channels
+                value = tf.slice(value, begin, size)
+            self.variables_[spec.key].assign(value)
         return {"count": tf.constant(len(values), tf.int32)}
 
     def _metadata_fn(self):
@@ -96,15 +117,18 @@ class TrainingModule(tf.Module):
 
 
 def metadata_for(step: TracedStep, extra: dict) -> dict:
-    trained = [w for w in step.weights if w.trained]
+    """What the runtime reads from the ``metadata`` signature."""
+    owners = {w.path: w for w in step.weights}
     return {
         "format": FORMAT,
-        "weights": [{"key": weight_key(i), "path": w.path, "layer": w.layer,
-                     "shape": list(w.value.shape), "dtype": str(w.value.dtype)}
-                    for i, w in enumerate(trained)],
+        "variables": [{"key": variable_key(i), "name": v.key, "kind": v.kind,
+                       "layer": owners[v.key].layer if v.key in owners else "",
+                       "shape": list(step.checkpoint_shape(v)), "dtype": str(v.value.dtype)}
+                      for i, v in enumerate(step.variables)],
         "x": {"shape": list(step.x_spec.shape), "dtype": step.x_spec.dtype.name},
         "y": {"shape": list(step.y_spec.shape), "dtype": step.y_spec.dtype.name},
         "output": {"shape": list(step.output_spec.shape), "dtype": step.output_spec.dtype.name},
+        "learning_rate": step.learning_rate,
         **extra,
     }
 

@@ -14,17 +14,18 @@ import keras
 
 @dataclasses.dataclass(frozen=True)
 class LayerKind:
-    weights: tuple[str, ...]    # attribute names holding the layer's weights
-    bias: tuple[str, ...] = ()  # the subset that is an additive bias
+    weights: tuple[str, ...]       # attribute names holding the layer's weights
+    bias: tuple[str, ...] = ()     # the subset that is an additive bias
+    kernels: tuple[str, ...] = ()  # the subset with input channels on axis -2
 
 
 WEIGHTED_LAYERS: dict[type, LayerKind] = {
-    keras.layers.Dense: LayerKind(("kernel", "bias"), ("bias",)),
-    keras.layers.Conv1D: LayerKind(("kernel", "bias"), ("bias",)),
-    keras.layers.Conv2D: LayerKind(("kernel", "bias"), ("bias",)),
-    keras.layers.DepthwiseConv2D: LayerKind(("kernel", "bias"), ("bias",)),
+    keras.layers.Dense: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
+    keras.layers.Conv1D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
+    keras.layers.Conv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
+    keras.layers.DepthwiseConv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.SeparableConv2D: LayerKind(("depthwise_kernel", "pointwise_kernel", "bias"),
-                                            ("bias",)),
+                                            ("bias",), ("depthwise_kernel", "pointwise_kernel")),
     keras.layers.BatchNormalization: LayerKind(("gamma", "beta", "moving_mean",
                                                 "moving_variance"), ("beta",)),
     keras.layers.LayerNormalization: LayerKind(("gamma", "beta"), ("beta",)),
@@ -41,6 +42,10 @@ def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
 
 def supported_names() -> str:
     return ", ".join(sorted(cls.__name__ for cls in WEIGHTED_LAYERS))
+
+
+def kernel_layer_names() -> str:
+    return ", ".join(sorted(cls.__name__ for cls, kind in WEIGHTED_LAYERS.items() if kind.kernels))
 
 
 def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:

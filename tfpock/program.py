@@ -39,29 +39,42 @@ class Program:
 
     @property
     def trained_paths(self) -> list[str]:
+        """Paths of the weights the optimizer updates (wholly or on some channels)."""
         return [w.path for w in self._step.weights if w.trained]
 
     @property
     def frozen_paths(self) -> list[str]:
-        return [w.path for w in self._step.weights if not w.trained]
+        """Paths of the weights the step never changes (constants of the exported model)."""
+        return [w.path for w in self._step.weights if w.path in self._step.frozen]
 
     def _x(self, x, signature):
         spec = self._step.x_spec
         return check_batch("x", x, tuple(spec.shape), spec.dtype.as_numpy_dtype, signature)
 
-    def train_step(self, x, y) -> dict[str, float]:
-        """One step of the optimised graph in TensorFlow; updates the trained weights."""
+    def train_step(self, x, y, learning_rate: float | None = None) -> dict[str, float]:
+        """One step of the optimised graph in TensorFlow; updates the training state.
+        ``learning_rate`` defaults to the optimizer's."""
         spec = self._step.y_spec
         y = check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype, "train_step")
-        out = self._module.train(self._x(x, "train_step"), y)
+        lr = np.float32(self._step.learning_rate if learning_rate is None else learning_rate)
+        out = self._module.train(self._x(x, "train_step"), y, lr)
         return {"loss": float(out["loss"].numpy())}
 
     def infer(self, x) -> np.ndarray:
         return self._module.infer(self._x(x, "infer"))["output"].numpy()
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Every variable (what a checkpoint holds), keyed by checkpoint key; partial-channel
+        weights whole."""
+        out = self._module.weights()
+        return {v.key: out[export.variable_key(i)].numpy()
+                for i, v in enumerate(self._module.specs)}
+
     def weights(self) -> dict[str, np.ndarray]:
-        """Current values of the trained weights, keyed by Keras variable path."""
-        return {w.path: v.numpy() for w, v in zip(self._module.trained, self._module.variables_)}
+        """Current values of the weights the step changes (trained weights, BatchNorm
+        statistics), keyed by Keras variable path."""
+        kinds = {v.key: v.kind for v in self._module.specs}
+        return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         """Values the freeze pass baked into the optimised train graph as constants, keyed by
@@ -94,9 +107,9 @@ class Program:
         lines = [f"tfpock program: batch {self._step.x_spec.shape[0]}, "
                  f"x {tuple(self._step.x_spec.shape)}, y {tuple(self._step.y_spec.shape)}",
                  f"trained weights: {len(self.trained_paths)} "
-                 f"({sum(w.value.size for w in self._step.weights if w.trained):,} parameters); "
-                 f"frozen: {len(self.frozen_paths)} "
-                 f"({sum(w.value.size for w in self._step.weights if not w.trained):,})"]
+                 f"({sum(w.trained_value.size for w in self._step.weights if w.trained):,} "
+                 f"parameters); frozen: {len(self.frozen_paths)} "
+                 f"({sum(self._step.frozen[p].size for p in self.frozen_paths):,})"]
         for graph_name, records in self._records.items():
             lines.append(f"[{graph_name}]")
             for r in records:

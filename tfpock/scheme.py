@@ -1,33 +1,115 @@
-"""Update schemes: which weights of a model a training step updates.
+"""Update schemes: which weights of a model a training step updates, and how much of them.
 
-A :class:`Scheme` is a per-layer policy table that the passes read (through the resolved set
-of trained weights): ``"full"`` updates every trainable weight of the layer, ``"bias"`` only
-its additive bias (see :mod:`tfpock.layers`), ``"frozen"`` nothing. Layers are addressed by
-name; layers not named get ``default``. The strings users pass to ``tfpock.optimize`` map to
-schemes:
+A :class:`Scheme` is a per-layer policy table that the compiler reads. Layers are addressed
+by name; layers not named get ``default``. A policy is one of:
 
-* ``"full"``: what Keras would train (every weight of a layer whose ``trainable`` is true);
-* ``"last:N"``: the last N layers (``model.layers`` order, nested models flattened) that have
-  trainable weights;
-* ``"bias"``: only the bias weights.
+* ``"frozen"``: nothing of the layer is updated;
+* ``"full"``: every trainable weight of the layer;
+* ``"bias"``: only its additive bias (see :mod:`tfpock.layers`);
+* a partial-channel policy, ``{"weight_fraction": 0.25, "bias": true}`` or
+  ``{"weight_channels": 16, "bias": false}``: only the weights of the first k *input* channels
+  of the layer's kernels are updated (axis -2 of a Dense or Conv kernel ``[in, out]`` /
+  ``[kh, kw, in, out]``, the channel axis of a depthwise kernel ``[kh, kw, channels, mult]``),
+  as in PockEngine and MCUNetV3: the weight gradient then needs only those channels of the
+  saved activation. ``bias`` (default true) says whether the bias is updated too (where the
+  layer has one; ``"bias"`` alone on a layer without a bias is an error).
+
+Schemes read and write JSON a person can edit::
+
+    {"default": "frozen",
+     "layers": {"dense": "full", "conv2d_3": "bias",
+                "block_16_project": {"weight_fraction": 0.25, "bias": true}}}
+
+Strings accepted by ``tfpock.optimize``: ``"full"`` (what Keras would train), ``"last:N"``
+(the last N layers with trainable weights, ``model.layers`` order, nested models flattened),
+``"bias"``; also a dict in the JSON form or the path of a ``.json`` file.
 
 Only weights Keras considers trainable can be trained: a scheme never overrides a layer's
-``trainable=False``.
+``trainable=False`` (that is also what puts a BatchNormalization in inference mode).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
+import os
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 import keras
 
 from tfpock import layers as layer_table
 from tfpock.errors import SchemeError, UnsupportedModelError
 
-POLICIES = ("frozen", "full", "bias")
-_SCHEME_STRINGS = '"full", "last:N" (N >= 1) or "bias"'
+_SCHEME_STRINGS = '"full", "last:N" (N >= 1), "bias", a dict or a .json path'
+_NAMED = ("frozen", "full", "bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What of one layer is updated: ``kernels`` is "none", "all" or "channels"."""
+    kernels: str = "none"
+    bias: bool = False
+    fraction: float | None = None   # for "channels": a fraction of the input channels ...
+    channels: int | None = None     # ... or a count
+
+    @classmethod
+    def parse(cls, spec: Any, where: str) -> "Policy":
+        if isinstance(spec, Policy):
+            return spec
+        if spec == "frozen":
+            return cls()
+        if spec == "full":
+            return cls("all", True)
+        if spec == "bias":
+            return cls("none", True)
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"weight_fraction", "weight_channels", "bias"}
+            if unknown:
+                raise SchemeError(f"{where}: unknown keys {sorted(unknown)}; a partial policy "
+                                  "has weight_fraction or weight_channels, and bias")
+            if ("weight_fraction" in spec) == ("weight_channels" in spec):
+                raise SchemeError(f"{where}: give exactly one of weight_fraction and "
+                                  "weight_channels")
+            bias = spec.get("bias", True)
+            if not isinstance(bias, bool):
+                raise SchemeError(f"{where}: bias must be true or false, got {bias!r}")
+            if "weight_fraction" in spec:
+                f = spec["weight_fraction"]
+                if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                    raise SchemeError(f"{where}: weight_fraction must be in (0, 1], got {f!r}")
+                return cls("channels", bias, fraction=float(f))
+            k = spec["weight_channels"]
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise SchemeError(f"{where}: weight_channels must be a positive integer, "
+                                  f"got {k!r}")
+            return cls("channels", bias, channels=k)
+        raise SchemeError(f"{where}: unknown policy {spec!r}; policies are "
+                          f"{', '.join(_NAMED)} or {{\"weight_fraction\": f, \"bias\": b}}")
+
+    def to_json(self):
+        if self.kernels == "channels":
+            key, value = (("weight_fraction", self.fraction) if self.fraction is not None
+                          else ("weight_channels", self.channels))
+            return {key: value, "bias": self.bias}
+        return {("none", False): "frozen", ("all", True): "full",
+                ("none", True): "bias"}[(self.kernels, self.bias)]
+
+    def channels_of(self, total: int) -> int:
+        """How many of ``total`` input channels are trained (at least one)."""
+        if self.channels is not None:
+            return self.channels
+        return max(1, math.floor(self.fraction * total + 1e-9))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedWeight:
+    """One weight a scheme trains: all of it, or its first ``channels`` along ``axis``."""
+    path: str
+    layer: str
+    channels: int | None = None
+    axis: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +117,21 @@ class Scheme:
     """Per-layer update policies; see the module docstring.
 
     Example:
-        >>> Scheme(layers={"dense_1": "full", "conv2d": "bias"})  # the rest frozen
+        >>> Scheme(layers={"dense_1": "full", "conv2d": "bias",
+        ...                "conv2d_1": {"weight_fraction": 0.5, "bias": False}})
     """
 
-    layers: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    default: str = "frozen"
+    layers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default: Any = "frozen"
 
     def __post_init__(self):
-        for name, policy in [("default", self.default), *self.layers.items()]:
-            if policy not in POLICIES:
-                raise SchemeError(f"unknown policy {policy!r} for {name!r}; "
-                                  f"policies are {', '.join(POLICIES)}")
+        object.__setattr__(self, "default", Policy.parse(self.default, "default"))
+        object.__setattr__(self, "layers", {
+            name: Policy.parse(p, f"layer {name!r}") for name, p in dict(self.layers).items()})
+        if self.default.kernels == "channels":
+            raise SchemeError("default: a partial-channel policy must name its layers")
 
+    # ---- the common schemes --------------------------------------------------------------
     @classmethod
     def full(cls) -> "Scheme":
         return cls(default="full")
@@ -58,7 +143,7 @@ class Scheme:
     @classmethod
     def last(cls, model: keras.Model, n: int) -> "Scheme":
         """The last ``n`` layers with trainable weights train fully, the rest are frozen."""
-        candidates = [l for l in layer_table.leaf_layers(model) if _trainable(l)]
+        candidates = [l for l in layer_table.leaf_layers(model) if l.trainable_weights]
         if n < 1:
             raise SchemeError(f"last:{n} must name at least one layer")
         if n > len(candidates):
@@ -67,13 +152,76 @@ class Scheme:
         return cls(layers={l.name: "full" for l in candidates[-n:]})
 
     @classmethod
-    def parse(cls, spec: "str | Scheme", model: keras.Model) -> "Scheme":
-        """A scheme from a ``Scheme`` or one of the strings in the module docstring."""
+    def last_blocks(cls, model: keras.Model, n: int, pattern: str = r"block_\d+",
+                    policy: Any = "full") -> "Scheme":
+        """The layers of the last ``n`` blocks get ``policy``. A block is the set of layers
+        whose names start with the same match of ``pattern`` (MobileNetV2: ``block_16_...``);
+        layers after the last block (a classifier head) are trained with it."""
+        blocks: list[str] = []
+        members: dict[str, list[str]] = {}
+        tail: list[str] = []
+        for layer in layer_table.leaf_layers(model):
+            match = re.match(pattern, layer.name)
+            if match:
+                if match.group(0) not in members:
+                    blocks.append(match.group(0))
+                    members[match.group(0)] = []
+                members[match.group(0)].append(layer.name)
+                tail = []
+            elif layer.trainable_weights and blocks:
+                tail.append(layer.name)
+        if not 1 <= n <= len(blocks):
+            raise SchemeError(f"last_blocks: asked for {n} blocks, the model has {len(blocks)} "
+                              f"matching {pattern!r}")
+        chosen = [name for b in blocks[-n:] for name in members[b]] + tail
+        return cls(layers={name: policy for name in chosen})
+
+    # ---- reading and writing ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, spec: Mapping) -> "Scheme":
+        unknown = set(spec) - {"default", "layers"}
+        if unknown:
+            raise SchemeError(f"scheme has unknown keys {sorted(unknown)}; expected "
+                              "'default' and 'layers'")
+        layers = spec.get("layers", {})
+        if not isinstance(layers, Mapping):
+            raise SchemeError("scheme 'layers' must map layer names to policies")
+        return cls(layers=layers, default=spec.get("default", "frozen"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scheme":
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = json.load(f)
+        except FileNotFoundError as exc:
+            raise SchemeError(f"scheme file {os.fspath(path)!r} does not exist") from exc
+        except json.JSONDecodeError as exc:
+            raise SchemeError(f"scheme file {os.fspath(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(spec, Mapping):
+            raise SchemeError(f"scheme file {os.fspath(path)!r} must hold a JSON object")
+        return cls.from_dict(spec)
+
+    def to_dict(self) -> dict:
+        return {"default": self.default.to_json(),
+                "layers": {k: p.to_json() for k, p in self.layers.items()}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def parse(cls, spec: Any, model: keras.Model) -> "Scheme":
+        """A scheme from a Scheme, a dict, a .json path or one of the scheme strings."""
         if isinstance(spec, Scheme):
             return spec
+        if isinstance(spec, Mapping):
+            return cls.from_dict(spec)
+        if isinstance(spec, os.PathLike) or (isinstance(spec, str) and spec.endswith(".json")):
+            return cls.load(spec)
         if not isinstance(spec, str):
-            raise SchemeError(f"scheme must be a string or a tfpock.Scheme, got "
-                              f"{type(spec).__name__}; strings are {_SCHEME_STRINGS}")
+            raise SchemeError(f"scheme must be a string, dict or tfpock.Scheme, got "
+                              f"{type(spec).__name__}; use {_SCHEME_STRINGS}")
         if spec == "full":
             return cls.full()
         if spec == "bias":
@@ -81,57 +229,80 @@ class Scheme:
         match = re.fullmatch(r"last:(\d+)", spec)
         if match:
             return cls.last(model, int(match.group(1)))
-        raise SchemeError(f"unknown scheme {spec!r}; use {_SCHEME_STRINGS} or a tfpock.Scheme")
+        raise SchemeError(f"unknown scheme {spec!r}; use {_SCHEME_STRINGS}")
 
-    def trained_paths(self, model: keras.Model) -> list[str]:
-        """Resolves the scheme on ``model``: paths of the weights a step updates, in
-        ``model.trainable_variables`` order. Raises SchemeError if a named layer does not
-        exist, a policy cannot apply, or nothing would be trained."""
+    # ---- resolution ------------------------------------------------------------------------
+    def resolve(self, model: keras.Model) -> list[TrainedWeight]:
+        """The weights a step updates, in ``model.trainable_variables`` order. Raises
+        SchemeError if a named layer does not exist, a policy cannot apply to its layer, or
+        nothing would be trained."""
         leaves = layer_table.leaf_layers(model)
         by_name = {l.name: l for l in leaves}
-        for name, policy in self.layers.items():
+        for name in self.layers:
             if name not in by_name:
                 close = difflib.get_close_matches(name, list(by_name), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise SchemeError(f"scheme names layer {name!r}, which the model does not "
                                   f"have{hint}")
-        trained: set[int] = set()
+        chosen: dict[int, TrainedWeight] = {}
         for layer in leaves:
-            weights = layer_table.layer_weights(layer)
             if layer.trainable_weights and layer_table.kind_of(layer) is None:
-                _raise_unsupported(layer)
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) has weights tfpock does not "
+                    f"know how to train; supported layers with weights: "
+                    f"{layer_table.supported_names()}")
             explicit = layer.name in self.layers
             policy = self.layers.get(layer.name, self.default)
-            if policy == "frozen" or not weights:
-                if explicit and policy != "frozen":
-                    raise SchemeError(f"scheme sets {policy!r} on layer {layer.name!r}, "
-                                      "which has no weights")
-                continue
-            if explicit and not _trainable(layer):
-                raise SchemeError(f"scheme sets {policy!r} on layer {layer.name!r}, whose "
-                                  "weights are not trainable (trainable=False in Keras)")
-            roles = layer_table.kind_of(layer).bias if policy == "bias" else tuple(weights)
-            chosen = [weights[r] for r in roles if r in weights and weights[r].trainable]
-            if explicit and policy == "bias" and not chosen:
-                raise SchemeError(f"scheme sets 'bias' on layer {layer.name!r} "
-                                  f"({type(layer).__name__}), which has no trainable bias")
-            trained.update(id(v) for v in chosen)
-        paths = [v.path for v in model.trainable_variables if id(v) in trained]
-        if not paths:
-            raise SchemeError(f"scheme {self} leaves nothing to train in model "
-                              f"{model.name!r}")
-        return paths
+            for var, trained in _apply(policy, layer, explicit):
+                chosen[id(var)] = trained
+        result = [chosen[id(v)] for v in model.trainable_variables if id(v) in chosen]
+        if not result:
+            raise SchemeError(f"scheme {self} leaves nothing to train in model {model.name!r}")
+        return result
+
+    def trained_paths(self, model: keras.Model) -> list[str]:
+        return [w.path for w in self.resolve(model)]
 
     def __str__(self) -> str:
-        named = ", ".join(f"{k}: {v}" for k, v in self.layers.items())
-        return f"Scheme(default={self.default}" + (f"; {named})" if named else ")")
+        return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _trainable(layer: keras.layers.Layer) -> bool:
-    return bool(layer.trainable_weights)
-
-
-def _raise_unsupported(layer: keras.layers.Layer) -> None:
-    raise UnsupportedModelError(
-        f"layer {layer.name!r} ({type(layer).__name__}) has weights tfpock does not know how "
-        f"to train; supported layers with weights: {layer_table.supported_names()}")
+def _apply(policy: Policy, layer, explicit: bool):
+    """(variable, TrainedWeight) pairs ``policy`` selects in ``layer``."""
+    weights = layer_table.layer_weights(layer)
+    where = f"layer {layer.name!r} ({type(layer).__name__})"
+    if policy == Policy():
+        return []
+    if not weights:
+        if explicit:
+            raise SchemeError(f"scheme sets {policy.to_json()!r} on {where}, which has no weights")
+        return []
+    if explicit and not layer.trainable_weights:
+        raise SchemeError(f"scheme sets {policy.to_json()!r} on {where}, whose weights are not "
+                          "trainable (trainable=False in Keras)")
+    kind = layer_table.kind_of(layer)
+    picked = []
+    if policy.bias:
+        biases = [weights[r] for r in kind.bias if r in weights and weights[r].trainable]
+        if explicit and not biases and policy.kernels == "none":
+            raise SchemeError(f"scheme trains the bias of {where}, which has no trainable bias")
+        picked += [(v, TrainedWeight(v.path, layer.name)) for v in biases]
+    kernels = [weights[r] for r in kind.kernels if r in weights and weights[r].trainable]
+    if policy.kernels == "all":
+        others = [weights[r] for r in weights if r not in kind.bias and r not in kind.kernels
+                  and weights[r].trainable]
+        picked += [(v, TrainedWeight(v.path, layer.name)) for v in kernels + others]
+    elif policy.kernels == "channels":
+        if not kernels:
+            raise SchemeError(f"scheme sets a channel policy on {where}, which has no kernel "
+                              "with input channels; channel policies apply to "
+                              f"{layer_table.kernel_layer_names()}")
+        for var in kernels:
+            total = var.shape[-2]
+            k = policy.channels_of(total)
+            if k > total:
+                raise SchemeError(f"scheme asks for {k} channels of {var.path!r}, which has "
+                                  f"{total} input channels")
+            picked.append((var, TrainedWeight(var.path, layer.name, k, len(var.shape) - 2)
+                           if k < total else TrainedWeight(var.path, layer.name)))
+    return picked

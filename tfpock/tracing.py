@@ -1,16 +1,28 @@
-"""Trace: a Keras model, loss and optimizer become GraphDefs of one training step.
+"""Trace: a Keras model, loss, optimizer and scheme become GraphDefs of one training step.
 
-The step is written as a *pure* function of the batch and of every model weight
-(``model.stateless_call``), so that weights enter the graph as placeholders the passes can
-freeze into constants or keep as parameters, and every update is an output rather than a
-side effect:
+The step is a *pure* function (``model.stateless_call``): every model weight, every
+optimizer slot and the step counter enter as placeholders (the graph's ``params``), and
+everything a step changes comes out as an output, so that passes can freeze what is constant
+and the exporter can turn the rest into variables:
 
-    train(x, y, weights...) -> loss, new value of each trained weight
-    infer(x, weights...)     -> model output
+    train(x, y, learning_rate, params...) -> loss, new value of every variable it changes
+    infer(x, params...)                    -> model output
 
-Gradients are derived by ``tf.GradientTape`` for *every* Keras-trainable weight; the scheme
-only chooses which updates are outputs, so the prune pass can show what sparse training
-removes. Ops created while deriving gradients are recorded as the graph's ``backward`` set.
+Parameter keys (also the checkpoint keys of the variables they become):
+
+* ``<path>``: a model weight by Keras ``variable.path``. For a weight trained on its first k
+  input channels only, ``<path>`` is the trained slice and ``<path>:frozen_channels`` the
+  rest, joined with a concat at trace time; the narrow pass then makes the weight gradient
+  produce k channels only.
+* ``optimizer/<slot>/<path>``: an optimizer slot of a trained weight (its trained part);
+* ``optimizer/iterations``: steps taken, for optimizers that need it (Adam).
+
+Outputs are ``loss`` and ``new:<key>`` for each variable the step changes: trained weights,
+their slots, the step counter and the moving statistics of trainable BatchNormalization layers
+(which, as in Keras, train with batch statistics). Gradients are derived by ``GradientTape``
+for every Keras-trainable weight; only the trained ones' updates are outputs, so the prune
+pass can show what sparse training removes. Ops created while deriving gradients are recorded
+as the graph's ``backward`` set.
 """
 from __future__ import annotations
 
@@ -25,15 +37,43 @@ from tfpock import layers as layer_table
 from tfpock.errors import UnsupportedModelError
 from tfpock.losses import label_spec
 from tfpock.optimizers import CompiledOptimizer
+from tfpock.scheme import TrainedWeight
+
+FROZEN_CHANNELS = ":frozen_channels"
+ITERATIONS = "optimizer/iterations"
+
+
+def slot_key(slot: str, path: str) -> str:
+    return f"optimizer/{slot}/{path}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Weight:
     """One model variable as the compiler sees it."""
-    path: str          # keras variable.path, the checkpoint key
-    layer: str         # name of the layer that owns it
-    value: np.ndarray  # value at compile time
-    trained: bool      # updated by the scheme
+    path: str                  # keras variable.path, the checkpoint key
+    layer: str                 # name of the leaf layer that owns it
+    value: np.ndarray          # value at compile time
+    trained: bool              # updated by the optimizer (all of it or its first channels)
+    channels: int | None = None  # trained input channels, for a partial-channel weight
+    axis: int | None = None      # the input-channel axis of that weight
+    stateful: bool = False       # updated by the forward pass (BatchNorm moving statistics)
+
+    @property
+    def trained_value(self) -> np.ndarray:
+        return self.value if self.channels is None else _take(self.value, self.axis, 0,
+                                                                self.channels)
+
+    @property
+    def frozen_rest(self) -> np.ndarray:
+        return _take(self.value, self.axis, self.channels, self.value.shape[self.axis])
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """A variable of the exported model: its key, initial value and what it is."""
+    key: str
+    value: np.ndarray
+    kind: str                  # "weight" (trained), "state" (BatchNorm statistics), "optimizer"
 
 
 @dataclasses.dataclass
@@ -41,9 +81,26 @@ class TracedStep:
     train: Graph
     infer: Graph
     weights: list[Weight]
+    params: dict[str, np.ndarray]      # every param key -> its value at compile time
+    variables: list[Variable]          # what the exported model holds as variables
+    frozen: dict[str, np.ndarray]      # param key -> value, for the freeze pass
     x_spec: tf.TensorSpec
     y_spec: tf.TensorSpec
     output_spec: tf.TensorSpec
+    learning_rate: float
+
+    def checkpoint_shape(self, variable: Variable) -> tuple[int, ...]:
+        """A partial-channel weight is checkpointed whole, as Keras holds it."""
+        if variable.kind == "weight":
+            weight = next(w for w in self.weights if w.path == variable.key)
+            return weight.value.shape
+        return variable.value.shape
+
+
+def _take(value: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(start, stop)
+    return np.ascontiguousarray(value[tuple(index)])
 
 
 def check_model(model: keras.Model) -> None:
@@ -53,11 +110,6 @@ def check_model(model: keras.Model) -> None:
             f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
             "outputs; only single-input single-output models are supported")
     for layer in layer_table.leaf_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-            raise UnsupportedModelError(
-                f"BatchNormalization layer {layer.name!r} is trainable: training BatchNorm "
-                "(batch statistics) is not supported yet; set layer.trainable = False to "
-                "train with its moving statistics")
         dtype = getattr(layer, "compute_dtype", "float32")
         if dtype != "float32":
             raise UnsupportedModelError(f"layer {layer.name!r} computes in {dtype}; only "
@@ -69,17 +121,16 @@ def check_model(model: keras.Model) -> None:
                                     "weights and checkpoints by variable.path")
 
 
-def _owner_layers(model: keras.Model) -> dict[int, str]:
-    """id(variable) -> name of the leaf layer owning it."""
+def _owner_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
     owners = {}
     for layer in layer_table.leaf_layers(model):
         for var in layer.weights:
-            owners[id(var)] = layer.name
+            owners[id(var)] = layer
     return owners
 
 
 def _seed_states(model: keras.Model) -> set[int]:
-    """ids of SeedGenerator state variables: updated by dropout, safe to freeze because the
+    """ids of SeedGenerator state variables: advanced by dropout, safe to freeze because the
     lowering turns seeded random ops into stateful ones."""
     ids = set()
     for layer in layer_table.leaf_layers(model):
@@ -89,18 +140,35 @@ def _seed_states(model: keras.Model) -> set[int]:
     return ids
 
 
+def _statistics(model: keras.Model, owners) -> set[int]:
+    """ids of the moving statistics a training step updates: those of trainable BatchNorms."""
+    ids = set()
+    for layer in layer_table.leaf_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            ids.update({id(layer.moving_mean), id(layer.moving_variance)})
+    return ids
+
+
 def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
-          batch_size: int, trained_paths: list[str]) -> TracedStep:
+          batch_size: int, trained: list[TrainedWeight]) -> TracedStep:
     """Traces the training and inference steps of ``model`` at a fixed ``batch_size``."""
     check_model(model)
     trainable = list(model.trainable_variables)
-    frozen_vars = list(model.non_trainable_variables)
-    everything = trainable + frozen_vars
+    others = list(model.non_trainable_variables)
+    everything = trainable + others
     owners = _owner_layers(model)
-    trained_set = set(trained_paths)
-    weights = [Weight(v.path, owners.get(id(v), ""), np.array(v.numpy()),
-                      v.path in trained_set) for v in everything]
-    weight_specs = [tf.TensorSpec(v.shape, v.dtype) for v in everything]
+    chosen = {w.path: w for w in trained}
+    stats = _statistics(model, owners)
+    weights = []
+    for v in everything:
+        spec = chosen.get(v.path)
+        layer = owners.get(id(v))
+        weights.append(Weight(v.path, layer.name if layer else "", np.array(v.numpy()),
+                              spec is not None, spec.channels if spec else None,
+                              spec.axis if spec else None, id(v) in stats))
+    by_path = {w.path: w for w in weights}
+    n_train = len(trainable)
+    seed_states = _seed_states(model)
 
     in_shape = tuple(model.inputs[0].shape[1:])
     out_shape = tuple(model.outputs[0].shape[1:])
@@ -110,69 +178,108 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
                                     "shapes")
     x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
     y_spec = label_spec(loss, batch_size, out_shape)
+    lr_spec = tf.TensorSpec((), tf.float32, name="learning_rate")
     output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
-    n_train = len(trainable)
-    seed_states = _seed_states(model)
 
-    def split(ws):
-        return list(ws[:n_train]), list(ws[n_train:])
+    # ---- parameters: keys, initial values, and which become variables -----------------
+    params: dict[str, np.ndarray] = {}
+    variables: list[Variable] = []
+    frozen: dict[str, np.ndarray] = {}
+    for w in weights:
+        params[w.path] = w.trained_value if w.trained else w.value
+        if w.trained:
+            variables.append(Variable(w.path, w.trained_value, "weight"))
+            if w.channels is not None:
+                params[w.path + FROZEN_CHANNELS] = frozen[w.path + FROZEN_CHANNELS] = w.frozen_rest
+        elif w.stateful:
+            variables.append(Variable(w.path, w.value, "state"))
+        else:
+            frozen[w.path] = w.value
+    trained_weights = [w for w in weights if w.trained]
+    for slot in optimizer.slot_names:
+        for w in trained_weights:
+            key = slot_key(slot, w.path)
+            params[key] = np.zeros_like(w.trained_value)
+            variables.append(Variable(key, params[key], "optimizer"))
+    if optimizer.uses_step:
+        params[ITERATIONS] = np.zeros((), np.float32)
+        variables.append(Variable(ITERATIONS, params[ITERATIONS], "optimizer"))
+    keys = list(params)
+    specs = [tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for v in params.values()]
+
+    def weight_tensors(p):
+        """Model weights in stateless_call order, partial ones joined from their parts."""
+        out = []
+        for w in weights:
+            if w.channels is None:
+                out.append(p[w.path])
+            else:
+                out.append(tf.concat([p[w.path], p[w.path + FROZEN_CHANNELS]], axis=w.axis))
+        return out[:n_train], out[n_train:]
 
     backward: set[str] = set()
 
-    def train_step(x, y, *ws):
-        t, n = split(ws)
+    def train_step(x, y, learning_rate, *values):
+        p = dict(zip(keys, values))
+        sources = [p[w.path] for w in weights[:n_train]]  # what the tape differentiates
         with tf.GradientTape() as tape:
-            tape.watch(t)
+            tape.watch(sources)
+            t, n = weight_tensors(p)
             out, new_n, reg = model.stateless_call(t, n, x, training=True, return_losses=True)
             value = loss(y, out)
             if reg:
                 value = value + tf.add_n(reg)
-        _check_state_untouched(frozen_vars, n, new_n, seed_states)
         graph = tf.compat.v1.get_default_graph()
         before = {op.name for op in graph.get_operations()}
-        grads = tape.gradient(value, t)
+        grads = tape.gradient(value, sources)
         backward.update(op.name for op in graph.get_operations() if op.name not in before)
-        updates = []
-        for var, w, g in zip(trainable, t, grads):
+        outputs = {"loss": value}
+        step = p.get(ITERATIONS)
+        for var, w, g in zip(trainable, weights[:n_train], grads):
+            if not w.trained:
+                continue
             if g is None:
                 raise UnsupportedModelError(f"weight {var.path!r} gets no gradient from the "
                                             "loss; freeze its layer or remove it")
-            updates.append(optimizer.apply(w, g))
-        return [value] + updates
+            slots = {s: p[slot_key(s, w.path)] for s in optimizer.slot_names}
+            update = optimizer.apply(p[w.path], g, slots, learning_rate, step)
+            outputs[f"new:{w.path}"] = update.weight
+            for s, new in update.slots.items():
+                outputs[f"new:{slot_key(s, w.path)}"] = new
+        if optimizer.uses_step:
+            outputs[f"new:{ITERATIONS}"] = step + 1.0
+        for var, w, old, new in zip(others, weights[n_train:], n, new_n):
+            if w.stateful:
+                outputs[f"new:{w.path}"] = new
+            elif new is not old and id(var) not in seed_states:
+                raise UnsupportedModelError(
+                    f"the training step updates non-trainable variable {var.path!r}; state "
+                    "updated in training other than BatchNorm statistics and dropout seeds "
+                    "is not supported yet")
+        return outputs
 
-    def infer_step(x, *ws):
-        t, n = split(ws)
+    def infer_step(x, *values):
+        t, n = weight_tensors(dict(zip(keys, values)))
         out, _ = model.stateless_call(t, n, x, training=False)
-        return out
+        return {"output": out}
 
     train_fn = tf.function(train_step, autograph=False).get_concrete_function(
-        x_spec, y_spec, *weight_specs)
-    infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(
-        x_spec, *weight_specs)
-    paths = [w.path for w in weights]
-    train_in = [t.name for t in train_fn.graph.inputs]
-    train_out = [t.name for t in train_fn.graph.outputs]
-    train_graph = Graph(
-        train_fn.graph.as_graph_def(add_shapes=True),
-        inputs={"x": train_in[0], "y": train_in[1]},
-        outputs={"loss": train_out[0],
-                 **{f"update:{v.path}": ref for v, ref in zip(trainable, train_out[1:])
-                    if v.path in trained_set}},
-        params=dict(zip(paths, train_in[2:])),
-        backward=backward)
-    infer_in = [t.name for t in infer_fn.graph.inputs]
-    infer_graph = Graph(infer_fn.graph.as_graph_def(add_shapes=True),
-                        inputs={"x": infer_in[0]},
-                        outputs={"output": infer_fn.graph.outputs[0].name},
-                        params=dict(zip(paths, infer_in[1:])))
-    return TracedStep(train_graph, infer_graph, weights, x_spec, y_spec, output_spec)
+        x_spec, y_spec, lr_spec, *specs)
+    infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(x_spec, *specs)
+    train_graph = _graph_of(train_fn, ["x", "y", "learning_rate"], keys, backward)
+    infer_graph = _graph_of(infer_fn, ["x"], keys, ())
+    return TracedStep(train_graph, infer_graph, weights, params, variables, frozen, x_spec,
+                      y_spec, output_spec, optimizer.learning_rate)
 
 
-def _check_state_untouched(frozen_vars, before, after, seed_states) -> None:
-    """A training step must not update non-trainable state this version cannot carry
-    (BatchNorm moving statistics are refused earlier; seed generators are handled)."""
-    for var, old, new in zip(frozen_vars, before, after):
-        if new is not old and id(var) not in seed_states:
-            raise UnsupportedModelError(
-                f"the training step updates non-trainable variable {var.path!r}; state "
-                "updated in training (other than dropout seeds) is not supported yet")
+def _graph_of(concrete, input_names, keys, backward) -> Graph:
+    """The IR of a traced function: positional inputs by name, then params by key; outputs
+    by the keys of the dict the function returned."""
+    inputs = [t.name for t in concrete.graph.inputs]
+    n = len(input_names)
+    # graph.outputs follow tf.nest's flattening of the returned dict
+    names = tf.nest.flatten({k: k for k in concrete.structured_outputs})
+    outputs = {k: o.name for k, o in zip(names, concrete.graph.outputs)}
+    return Graph(concrete.graph.as_graph_def(add_shapes=True),
+                 inputs=dict(zip(input_names, inputs[:n])),
+                 outputs=outputs, params=dict(zip(keys, inputs[n:])), backward=backward)

@@ -89,22 +89,23 @@ def dropout_mlp(seed: int = 0) -> keras.Model:
 def traced(model: keras.Model, scheme="full", batch_size: int = BATCH) -> TracedStep:
     loss = resolve_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     optimizer = compile_optimizer(keras.optimizers.SGD(0.1))
-    trained = Scheme.parse(scheme, model).trained_paths(model)
+    trained = Scheme.parse(scheme, model).resolve(model)
     return trace(model, loss, optimizer, batch_size, trained)
 
 
 def frozen_values(step: TracedStep) -> dict[str, np.ndarray]:
     """What the pipeline freezes: every weight the scheme does not train."""
-    return {w.path: w.value for w in step.weights if not w.trained}
+    return step.frozen
 
 
 def feeds(step: TracedStep, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch (``x``, ``y``) and every weight's value, keyed by signature name or path."""
+    """A batch (``x``, ``y``, ``learning_rate``) and every parameter's value, keyed by
+    signature name or parameter key."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, step.x_spec.shape).astype(np.float32)
     classes = step.output_spec.shape[-1]
     y = rng.integers(0, classes, step.y_spec.shape).astype(np.int32)
-    return {"x": x, "y": y, **{w.path: w.value for w in step.weights}}
+    return {"x": x, "y": y, "learning_rate": np.float32(0.1), **step.params}
 
 
 # ---- running and comparing ---------------------------------------------------------------

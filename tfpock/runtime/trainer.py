@@ -1,7 +1,7 @@
 """Trainer: runs a tfpock training model on the device with numpy and a TFLite interpreter.
 
-The model's ``metadata`` signature says how its weights are named and what batches it takes,
-so the trainer needs nothing but the .tflite file.
+The model's ``metadata`` signature says how its variables are named and what batches it
+takes, so the trainer needs nothing but the .tflite file.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 
 from tfpock.runtime import checkpoint
 from tfpock.runtime.interpreter import load_interpreter_class
-from tfpock.runtime.validate import check_batch
+from tfpock.runtime.validate import InputError, check_batch
 
-FORMAT = "tfpock-training-model/1"
+FORMAT = "tfpock-training-model/2"
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
 
 
@@ -28,6 +28,7 @@ class Trainer:
     Example:
         >>> t = Trainer("model.tflite")
         >>> t.train(x, y)["loss"]
+        >>> t.train(x, y, learning_rate=0.01)   # follow a schedule
         >>> t.save("ckpt.npz")
     """
 
@@ -52,43 +53,57 @@ class Trainer:
         if self.metadata.get("format") != FORMAT:
             raise ModelFileError(f"{model_path!r} has format {self.metadata.get('format')!r}; "
                                  f"this runtime reads {FORMAT!r}")
-        self._weights = self.metadata["weights"]
+        self._variables = self.metadata["variables"]
         self.path = model_path
 
     def _spec(self, key):
         spec = self.metadata[key]
         return tuple(spec["shape"]), np.dtype(spec["dtype"])
 
-    def train(self, x, y) -> dict[str, float]:
+    @property
+    def learning_rate(self) -> float:
+        """The optimizer's learning rate, used when ``train`` is given none."""
+        return float(self.metadata["learning_rate"])
+
+    def train(self, x, y, learning_rate: float | None = None) -> dict[str, float]:
         """One training step on the batch; returns {"loss": float}."""
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.train")
         y = check_batch("y", y, *self._spec("y"), signature="Trainer.train")
-        out = self._runners["train"](x=x, y=y)
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        if not np.isfinite(lr) or lr < 0:
+            raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")
+        out = self._runners["train"](x=x, y=y, learning_rate=np.float32(lr))
         return {"loss": float(out["loss"])}
 
     def infer(self, x) -> np.ndarray:
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.infer")
         return self._runners["infer"](x=x)["output"]
 
-    def weights(self) -> dict[str, np.ndarray]:
-        """The trained weights, keyed by Keras variable path."""
+    def state(self) -> dict[str, np.ndarray]:
+        """Every variable of the model (what a checkpoint holds): trained weights (whole,
+        for partial-channel ones), BatchNorm statistics and optimizer state."""
         out = self._runners["weights"]()
-        return {w["path"]: np.array(out[w["key"]]) for w in self._weights}
+        return {v["name"]: np.array(out[v["key"]]) for v in self._variables}
 
-    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        expected = {w["path"] for w in self._weights}
-        if set(weights) != expected:
+    def weights(self) -> dict[str, np.ndarray]:
+        """The model weights the training changes, keyed by Keras variable path."""
+        kinds = {v["name"]: v["kind"] for v in self._variables}
+        return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
+
+    def set_state(self, values: dict[str, np.ndarray]) -> None:
+        expected = {v["name"] for v in self._variables}
+        if set(values) != expected:
             raise checkpoint.CheckpointError(
-                f"set_weights needs exactly {sorted(expected)}, got {sorted(weights)}")
-        self._runners["load"](**{w["key"]: np.ascontiguousarray(weights[w["path"]])
-                                 for w in self._weights})
+                f"set_state needs exactly {sorted(expected)}, got {sorted(values)}")
+        self._runners["load"](**{v["key"]: np.ascontiguousarray(values[v["name"]])
+                                 for v in self._variables})
 
     def save(self, path: str | os.PathLike) -> str:
-        """Writes the trained weights to an .npz checkpoint, atomically."""
-        return checkpoint.save(path, self.weights())
+        """Writes every variable to an .npz checkpoint keyed by name, atomically."""
+        return checkpoint.save(path, self.state())
 
     def restore(self, path: str | os.PathLike) -> None:
-        """Loads a checkpoint written by :meth:`save` (or ``Program``); checks it first, so a
-        bad file changes nothing."""
-        expected = {w["path"]: (tuple(w["shape"]), np.dtype(w["dtype"])) for w in self._weights}
-        self.set_weights(checkpoint.load(path, expected))
+        """Loads a checkpoint written by :meth:`save`; checks it first, so a bad file changes
+        nothing."""
+        expected = {v["name"]: (tuple(v["shape"]), np.dtype(v["dtype"])) for v in self._variables}
+        self.set_state(checkpoint.load(path, expected))
