@@ -22,7 +22,8 @@ class Prune(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         dead = set(graph.nodes) - live_nodes(graph)
-        gradient_ops = collections.Counter(graph.nodes[n].op for n in dead & graph.backward)
+        dead_gradients = {n: graph.nodes[n].op for n in dead & graph.backward}
+        gradient_ops = collections.Counter(dead_gradients.values())
         gradients_before = len(graph.backward)
         graph.remove(dead)
         return PassResult(bool(dead), {
@@ -30,4 +31,7 @@ class Prune(Pass):
             "gradient_ops_before": gradients_before,
             "gradient_ops_removed": sum(gradient_ops.values()),
             "gradient_ops_removed_by_type": dict(gradient_ops.most_common()),
+            # names, for per-layer accounting in reports (a list: reports show its length)
+            "removed_gradient_nodes": sorted(n for n, op in dead_gradients.items()
+                                             if op != "Const"),
         })

@@ -51,6 +51,13 @@ def test_report_lists_each_pass_with_its_figures(bias_only_mlp):
     assert "gradient_ops_removed=" in report
     assert "ops " in report and "->" in report
     assert "trained weights: 3" in report
+    table = program.layer_table()
+    assert list(table) == ["hidden_1", "hidden_2", "logits"]
+    assert [row["trained_parameters"] for row in table.values()] == [32, 16, 5]
+    assert all(row["policy"] == "bias" for row in table.values())
+    # bias-only: the kernels' weight-gradient MatMuls are pruned, per layer
+    assert all(row["gradient_ops_removed"] >= 1 for row in table.values())
+    assert "[layers]" in report
 
 
 def test_multi_axis_reverse_is_a_runtime_hazard():

@@ -66,8 +66,11 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "model": model.name,
     })
     module = export.TrainingModule(train_graph, infer_graph, step, metadata)
+    leaves = leaf_layers(model)
+    policies = {l.name: scheme_obj.layers.get(l.name, scheme_obj.default).to_json()
+                for l in leaves if l.weights}
     program = Program(step, module, {"train": train_records, "infer": infer_records}, metadata,
-                      {l.name for l in leaf_layers(model)})
+                      {l.name for l in leaves}, policies)
     logger.info("compiled %s: %d weights trained, %d frozen", model.name,
                 len(program.trained_paths), len(program.frozen_paths))
     return program

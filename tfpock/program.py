@@ -1,6 +1,8 @@
 """Program: the compiled training step, runnable in TF on the host and exportable to TFLite."""
 from __future__ import annotations
 
+import collections
+import json
 import os
 
 import numpy as np
@@ -10,6 +12,7 @@ from graph_passes.ir import parse_ref
 
 from graph_passes.pass_base import PassRecord
 from tfpock import export
+from tfpock.provenance import layer_of_node
 from tfpock.runtime.validate import check_batch
 from tfpock.tracing import TracedStep
 
@@ -24,7 +27,9 @@ class Program:
     """
 
     def __init__(self, step: TracedStep, module: export.TrainingModule,
-                 records: dict[str, list[PassRecord]], metadata: dict, layer_names: set[str]):
+                 records: dict[str, list[PassRecord]], metadata: dict, layer_names: set[str],
+                 layer_policies: dict[str, object]):
+        self._layer_policies = layer_policies  # leaf layer with weights -> policy (JSON form)
         self._step = step
         self._module = module
         self._records = records
@@ -113,6 +118,26 @@ class Program:
         for graph_name, records in self._records.items():
             lines.append(f"[{graph_name}]")
             for r in records:
-                stats = ", ".join(f"{k}={v}" for k, v in r.stats.items())
+                stats = ", ".join(f"{k}={len(v) if isinstance(v, list) else v}"
+                                  for k, v in r.stats.items())
                 lines.append(f"  {r.name:<8} ops {r.ops_before:>5} -> {r.ops_after:<5} {stats}")
+        lines.append("[layers] policy, trained parameters, gradient ops removed by prune")
+        for layer, row in self.layer_table().items():
+            lines.append(f"  {layer:<28} {json.dumps(row['policy']):<44} "
+                         f"{row['trained_parameters']:>9,} {row['gradient_ops_removed']:>5}")
         return "\n".join(lines)
+
+    def layer_table(self) -> dict[str, dict]:
+        """Per layer with weights: its policy, how many parameters the step trains, and how
+        many gradient ops the prune pass removed for it (attributed by provenance)."""
+        removed = collections.Counter()
+        for r in self._records.get("train", []):
+            for node in r.stats.get("removed_gradient_nodes", []):
+                removed[layer_of_node(node, self._layer_names)] += 1
+        trained = collections.Counter()
+        for w in self._step.weights:
+            if w.trained:
+                trained[w.layer] += w.trained_value.size
+        return {layer: {"policy": policy, "trained_parameters": trained[layer],
+                        "gradient_ops_removed": removed[layer]}
+                for layer, policy in self._layer_policies.items()}

@@ -258,16 +258,19 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
                     "is not supported yet")
         return outputs
 
+    model_keys = [k for k in keys if not k.startswith("optimizer/")]  # inference reads these
+
     def infer_step(x, *values):
-        t, n = weight_tensors(dict(zip(keys, values)))
+        t, n = weight_tensors(dict(zip(model_keys, values)))
         out, _ = model.stateless_call(t, n, x, training=False)
         return {"output": out}
 
     train_fn = tf.function(train_step, autograph=False).get_concrete_function(
         x_spec, y_spec, lr_spec, *specs)
-    infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(x_spec, *specs)
+    infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(
+        x_spec, *[spec for key, spec in zip(keys, specs) if key in model_keys])
     train_graph = _graph_of(train_fn, ["x", "y", "learning_rate"], keys, backward)
-    infer_graph = _graph_of(infer_fn, ["x"], keys, ())
+    infer_graph = _graph_of(infer_fn, ["x"], model_keys, ())
     return TracedStep(train_graph, infer_graph, weights, params, variables, frozen, x_spec,
                       y_spec, output_spec, optimizer.learning_rate)
 
@@ -280,6 +283,12 @@ def _graph_of(concrete, input_names, keys, backward) -> Graph:
     # graph.outputs follow tf.nest's flattening of the returned dict
     names = tf.nest.flatten({k: k for k in concrete.structured_outputs})
     outputs = {k: o.name for k, o in zip(names, concrete.graph.outputs)}
-    return Graph(concrete.graph.as_graph_def(add_shapes=True),
+    graph_def = concrete.graph.as_graph_def(add_shapes=True)
+    for node in graph_def.node:
+        # the step is differentiated already: drop tf.custom_gradient markers (SiLU's, for
+        # one), which SavedModel would otherwise try to trace and warn about
+        if "_gradient_op_type" in node.attr:
+            del node.attr["_gradient_op_type"]
+    return Graph(graph_def,
                  inputs=dict(zip(input_names, inputs[:n])),
                  outputs=outputs, params=dict(zip(keys, inputs[n:])), backward=backward)
