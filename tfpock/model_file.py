@@ -52,6 +52,8 @@ class Subgraph:
     name: str
     operators: list[Operator]
     tensors: list[Tensor]
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,10 @@ def read(content: bytes) -> ModelFile:
             ops.append(Operator(name, custom,
                                 tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else (),
                                 tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
-        subgraphs.append(Subgraph((sg.Name() or b"").decode(), ops, tensors))
+        subgraphs.append(Subgraph(
+            (sg.Name() or b"").decode(), ops, tensors,
+            tuple(int(i) for i in sg.InputsAsNumpy()) if sg.InputsLength() else (),
+            tuple(int(i) for i in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()))
     signatures = {}
     for i in range(model.SignatureDefsLength()):
         sig = model.SignatureDefs(i)

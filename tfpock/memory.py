@@ -1,0 +1,126 @@
+"""Memory analysis of a .tflite model: live bytes per operator, and the arena as allocated.
+
+Two views, usable on any TFLite file (not only tfpock's):
+
+* :func:`timeline` computes, from the graph alone, which activation tensors are alive while
+  each operator of a signature runs. A tensor lives from the operator that produces it (or
+  the start, for signature inputs) to the last operator that reads it (or the end, for
+  outputs); constants (data in the file) and resource variables are not activations. The peak
+  of this timeline is the least memory any arena plan for that operator order can use, which
+  is why the order of operators decides memory (PockEngine reorders updates for this).
+* :func:`measured_arena` runs the signature once in a fresh process and reports how much the
+  process's resident memory grew: what the runtime's arena planner really allocated for it
+  (plus a little interpreter bookkeeping).
+
+Needs numpy and the flatbuffer schema that ships with ai-edge-litert; no TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tfpock import model_file
+
+_ITEM_BYTES = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT8": 1, "UINT8": 1,
+               "BOOL": 1, "INT16": 2, "FLOAT64": 8, "UINT32": 4, "UINT64": 8}
+_NOT_ACTIVATIONS = {"RESOURCE", "VARIANT", "STRING"}
+
+
+@dataclasses.dataclass(frozen=True)
+class OpMemory:
+    index: int
+    op: str
+    live_bytes: int          # activation bytes alive while this operator runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeline:
+    signature: str
+    ops: list[OpMemory]
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((o.live_bytes for o in self.ops), default=0)
+
+    @property
+    def peak_op(self) -> OpMemory | None:
+        return max(self.ops, key=lambda o: o.live_bytes, default=None)
+
+
+def tensor_bytes(tensor: model_file.Tensor) -> int:
+    if tensor.dtype in _NOT_ACTIVATIONS:
+        return 0
+    return int(np.prod(tensor.shape, dtype=np.int64)) * _ITEM_BYTES.get(tensor.dtype, 4)
+
+
+def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:
+    """Live activation bytes at each operator of ``signature``, in the file's order."""
+    parsed = content if isinstance(content, model_file.ModelFile) else model_file.read(content)
+    sg = parsed.subgraph(signature)
+    n_ops = len(sg.operators)
+    start: dict[int, int] = {}
+    end: dict[int, int] = {}
+    for t in sg.inputs:
+        start[t] = 0
+    for i, op in enumerate(sg.operators):
+        for t in op.outputs:
+            start.setdefault(t, i)
+        for t in op.inputs:
+            if t >= 0:
+                end[t] = i
+    for t in sg.outputs:
+        end[t] = n_ops - 1
+    sizes = {t: tensor_bytes(sg.tensors[t]) for t in start
+             if not sg.tensors[t].constant}
+    delta = np.zeros(n_ops + 1, np.int64)
+    for t, size in sizes.items():
+        first, last = start[t], max(end.get(t, start[t]), start[t])
+        delta[first] += size
+        delta[last + 1] -= size
+    live = np.cumsum(delta)[:n_ops]
+    return Timeline(signature, [OpMemory(i, op.name, int(live[i]))
+                                for i, op in enumerate(sg.operators)])
+
+
+_PROBE = r"""
+import json, resource, sys
+import numpy as np
+from tfpock.runtime.interpreter import load_interpreter_class
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+path, signature, runtime, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+_, cls = load_interpreter_class(runtime)
+interpreter = cls(model_path=path, num_threads=threads)
+runner = interpreter.get_signature_runner(signature)
+inputs = {}
+for name, d in runner.get_input_details().items():
+    inputs[name] = np.zeros(d["shape"], d["dtype"])
+before = rss()
+runner(**inputs)
+after = rss()
+print(json.dumps({"rss_before": before, "rss_after": after,
+                  "input_bytes": int(sum(a.nbytes for a in inputs.values()))}))
+"""
+
+
+def measured_arena(path: str | os.PathLike, signature: str, runtime: str = "auto",
+                   threads: int = 1) -> int:
+    """Bytes the process's resident set grew by on the first call of ``signature`` (tensor
+    allocation plus the call), in a fresh Python process so nothing else is counted."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", _PROBE, os.fspath(path), signature, runtime,
+                           str(threads)], capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {signature!r} of {os.fspath(path)!r} failed: "
+                           f"{done.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return max(0, result["rss_after"] - result["rss_before"])
