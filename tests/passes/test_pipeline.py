@@ -7,6 +7,7 @@ from graph_passes.dce import DeadCodeElimination
 from graph_passes.freeze import Freeze
 from graph_passes.ir import parse_ref
 from graph_passes.lower import Lower
+from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Pass, PassError, PassResult, Sequential
 from graph_passes.prune import Prune
 from tests.passes import helpers
@@ -59,23 +60,25 @@ class Vandal(Pass):
 
 
 # ---- build_pipeline ------------------------------------------------------------------------
-def test_build_pipeline_is_freeze_prune_lower_dce(step):
+def test_build_pipeline_is_freeze_prune_narrow_lower_dce(step):
     pipeline = build_pipeline(frozen_values(step))
-    assert [type(p) for p in pipeline.passes] == [Freeze, Prune, Lower, DeadCodeElimination]
+    assert [type(p) for p in pipeline.passes] == [Freeze, Prune, NarrowWeightGradients, Lower,
+                                                  DeadCodeElimination]
     assert not pipeline.check_invariants
     assert build_pipeline(frozen_values(step), debug=True).check_invariants
 
 
 def test_records_each_pass_in_order(step):
     graph, records = build_pipeline(frozen_values(step), debug=True)(step.train)
-    assert [r.name for r in records] == ["freeze", "prune", "lower", "dce"]
+    assert [r.name for r in records] == ["freeze", "prune", "narrow", "lower", "dce"]
     assert records[0].ops_before == len(step.train.nodes)
     for earlier, later in zip(records, records[1:]):
         assert later.ops_before == earlier.ops_after
     assert records[-1].ops_after == len(graph.nodes)
     assert records[0].stats["variables_frozen"] == sum(not w.trained for w in step.weights)
     assert records[1].ops_after < records[1].ops_before and records[1].modified
-    assert records[2].stats["lowered"]
+    assert not records[2].modified  # no partial-channel weight in this scheme
+    assert records[3].stats["lowered"]
 
 
 def test_pipeline_keeps_signature_and_numbers(step):
