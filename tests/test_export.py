@@ -73,3 +73,18 @@ def test_multi_axis_reverse_is_a_runtime_hazard():
     one_at_a_time = convert_builtins_only(lambda x: tf.reverse(tf.reverse(x, [0]), [1]),
                                           [tf.TensorSpec((2, 3, 4), tf.float32)])
     assert runtime_hazards(model_file.read(one_at_a_time)) == []
+
+
+def test_kill_switches_and_reorder_option():
+    def compile_(**kwargs):
+        return tfpock.optimize(models.mlp(), loss="sparse_categorical_crossentropy",
+                               optimizer=keras.optimizers.SGD(0.1), batch_size=4, **kwargs)
+    program = compile_(skip_passes=("narrow", "dce"), reorder=True)
+    names = [r.name for r in program._records["train"]]
+    assert names == ["freeze", "prune", "lower"]
+    program.to_tflite()
+    (record,) = program._records["export"]
+    assert record.name == "reorder" and "[export]" in program.report()
+    assert record.stats["peak_bytes_after"] <= record.stats["peak_bytes_before"]
+    with pytest.raises(tfpock.TfpockError, match="optional passes are prune, narrow, dce"):
+        compile_(skip_passes=("freeze",))

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
-             batch_size: int = 32, debug: bool = False) -> Program:
+             batch_size: int = 32, debug: bool = False, skip_passes=(),
+             reorder: bool = False) -> Program:
     """Compiles one training step of ``model`` into a builtin-only training program.
 
     Args:
@@ -30,7 +31,13 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"`` or a
             :class:`tfpock.Scheme`.
         batch_size: the static batch size of the ``train`` and ``infer`` signatures.
-        debug: check the signature invariants after every pass.
+        debug: check the signature invariants and each pass's postcondition after every
+            pass.
+        skip_passes: optional passes to switch off, to measure what they buy: any of
+            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "dce").
+        reorder: reschedule the exported ``train`` subgraph for a lower peak of live
+            activations (``graph_passes.reorder``; off by default: it fragments the XNNPACK
+            delegate's partitions and slows the step, measured in its docstring).
 
     Returns:
         A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.
@@ -56,7 +63,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     trained = scheme_obj.resolve(model)
 
     step = trace(model, loss_obj, compiled_opt, batch_size, trained)
-    pipeline = build_pipeline(step.frozen, debug=debug)
+    pipeline = build_pipeline(step.frozen, debug=debug, skip=skip_passes)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
     metadata = export.metadata_for(step, {
@@ -65,7 +72,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "scheme": scheme_obj.to_dict(),
         "model": model.name,
     })
-    module = export.TrainingModule(train_graph, infer_graph, step, metadata)
+    module = export.TrainingModule(train_graph, infer_graph, step, metadata, reorder=reorder)
     leaves = leaf_layers(model)
     policies = {l.name: scheme_obj.layers.get(l.name, scheme_obj.default).to_json()
                 for l in leaves if l.weights}

@@ -1,7 +1,7 @@
 """The pass pipeline, in one visible list (see ../graph_passes and STYLE.md)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -11,14 +11,28 @@ from graph_passes.lower import Lower
 from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Sequential
 from graph_passes.prune import Prune
+from tfpock.errors import TfpockError
+
+# Passes a user may switch off to measure what they buy. freeze and lower are not among
+# them: without freeze the frozen weights would have no values in the exported model, and
+# without lower the model would need Flex ops.
+OPTIONAL_PASSES = ("prune", "narrow", "dce")
 
 
-def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False) -> Sequential:
-    """freeze -> prune -> narrow -> lower -> dce; ``debug`` checks the signature after each pass."""
-    return Sequential([
-        Freeze(frozen_values),   # weights the scheme does not train become constants
-        Prune(),                 # backward ops no kept update needs are removed
+def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
+                   skip: Iterable[str] = ()) -> Sequential:
+    """freeze -> prune -> narrow -> lower -> dce; ``debug`` checks the signature and each
+    pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
+    skip = set(skip)
+    unknown = skip - set(OPTIONAL_PASSES)
+    if unknown:
+        raise TfpockError(f"cannot skip passes {sorted(unknown)}; optional passes are "
+                          f"{', '.join(OPTIONAL_PASSES)}")
+    passes = [
+        Freeze(frozen_values),    # weights the scheme does not train become constants
+        Prune(),                  # backward ops no kept update needs are removed
         NarrowWeightGradients(),  # partial-channel kernels' gradients compute k channels only
-        Lower(),                 # ops TFLite lacks as builtins become builtin-convertible ops
-        DeadCodeElimination(),   # producers the lowering left unread
-    ], check_invariants=debug)  # debug also runs each pass's postcondition
+        Lower(),                  # ops TFLite lacks as builtins become builtin-convertible ops
+        DeadCodeElimination(),    # producers the lowering left unread
+    ]
+    return Sequential([p for p in passes if p.name not in skip], check_invariants=debug)

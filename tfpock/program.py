@@ -11,7 +11,8 @@ import tensorflow as tf
 from graph_passes.ir import parse_ref
 
 from graph_passes.pass_base import PassRecord
-from tfpock import export
+from graph_passes.reorder import reorder
+from tfpock import export, model_file
 from tfpock.provenance import layer_of_node
 from tfpock.runtime.validate import check_batch
 from tfpock.tracing import TracedStep
@@ -98,6 +99,11 @@ class Program:
         if self._content is None:
             graphs = [self._module.train_graph, self._module.infer_graph]
             content = export.convert(self._module, graphs, self._layer_names)
+            if self._module.reorder:
+                content, result = reorder(content, ["train"])
+                n_ops = len(model_file.read(content).subgraph("train").operators)
+                self._records["export"] = [PassRecord("reorder", n_ops, n_ops, result.modified,
+                                                      result.stats["train"])]
             export.verify(content)
             self._content = content
         return self._content
