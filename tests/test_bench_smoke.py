@@ -1,0 +1,84 @@
+"""The benchmark machinery end to end on a tiny CNN, once: prepare, the TFLite contenders in
+their worker processes (1 round of 1-2 steps), the result document and its report. Checks
+the document's structure and that the stock recipe names the Flex ops a CNN needs; never
+a time (the TF contenders are left out: four TF workers would take longer than this test
+may). The report and its plots are checked where matplotlib (the ``bench`` extra) is
+installed."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import keras
+from keras import layers
+
+from bench import contenders, harness, prepare, report
+from bench.models import BenchModel
+from bench.run import document, measure
+
+RESULT_KEYS = {"id", "scheme", "status", "error", "model", "batch", "threads"}
+TIMED_KEYS = {"step_ms", "round_medians_ms", "steps_per_round", "peak_rss_mb", "ru_maxrss_mb"}
+
+
+def tiny_cnn() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        layers.Conv2D(4, 3, activation="relu", name="conv"),
+        layers.GlobalAveragePooling2D(name="gap"),
+        layers.Dense(3, name="logits"),
+    ], name="tiny_cnn")
+
+
+def test_suite_machinery_on_a_tiny_cnn(tmp_path):
+    spec = BenchModel("tiny_cnn", tiny_cnn, (8, 8, 3), 3, 1, "tiny CNN for the smoke test")
+    models = {"tiny_cnn": prepare.prepare_model(spec, [2], str(tmp_path / "tiny_cnn"),
+                                                log=lambda *_: None)}
+    timing = harness.Timing(rounds=1, warmup=1, round_s=0.0, min_steps=1, max_steps=2)
+    results = measure(models, [2], [1], timing, tflite_runtime=None, include_tf=False)
+    doc = json.loads(json.dumps(document("smoke", {"name": "test", "cpu": "?", "cores": 1,
+                                                    "platform": "?", "python": "?",
+                                                    "tensorflow": "?", "keras": "?",
+                                                    "ai_edge_litert": "?", "taskset": True},
+                                         timing, [2], [1], models, results)))
+
+    assert doc["schema"] == "tfpock-bench/1"
+    assert {"date", "mode", "machine", "timing", "batches", "threads", "models",
+            "results"} <= set(doc)
+    rows = {(r["id"], r["scheme"]): r for r in doc["results"]}
+    assert set(rows) == {("stock_tflite", "last"), ("stock_tflite", "full"),
+                         ("tfpock_litert", "last"), ("tfpock_litert", "full"),
+                         ("tfpock_tflite_runtime", "last"), ("tfpock_tflite_runtime", "full"),
+                         ("tfpock_infer", "last"), ("forward", "-")}
+    for row in doc["results"]:
+        assert RESULT_KEYS <= set(row), row
+        assert row["id"] in contenders.LABELS
+    for key in [("tfpock_litert", "last"), ("tfpock_litert", "full"), ("tfpock_infer", "last"),
+                ("forward", "-")]:
+        row = rows[key]
+        assert row["status"] == "ok", row["error"]
+        assert TIMED_KEYS <= set(row)
+        assert {"median", "q1", "q3", "min", "max", "n"} == set(row["step_ms"])
+        assert row["step_ms"]["n"] == row["steps_per_round"] and row["peak_rss_mb"] > 0
+    assert rows[("tfpock_tflite_runtime", "full")]["status"] == "not installed"
+
+    # the stock recipe: refused with builtins, the Flex ops named, the runtime's error kept
+    stock = doc["models"]["tiny_cnn"]["stock"]
+    assert not stock["full"]["builtins_only"]
+    assert {"Conv2DBackpropFilter", "ReluGrad"} <= set(stock["full"]["flex_ops"])
+    assert stock["last"]["builtins_only"] and stock["last"]["flex_ops"] == []  # Dense only
+    assert rows[("stock_tflite", "full")]["status"] == "failed"
+    assert "Select TensorFlow op" in rows[("stock_tflite", "full")]["error"]
+    assert rows[("stock_tflite", "last")]["status"] == "ok"
+
+    tfp = doc["models"]["tiny_cnn"]["tfpock"]["last"]["2"]
+    assert {"compile_s", "export_s", "file_bytes", "train_ops_traced", "train_ops_final",
+            "gradient_ops_removed", "trained_parameters"} <= set(tfp)
+
+    if importlib.util.find_spec("matplotlib") is None:   # the bench extra, not the test one
+        return
+    report.write(doc, str(tmp_path / "report"))
+    text = (tmp_path / "report.md").read_text()
+    assert "Conv2DBackpropFilter" in text and "## tiny_cnn" in text
+    assert (tmp_path / "report-tiny_cnn-latency.png").stat().st_size > 0
+    assert (tmp_path / "report-memory.png").stat().st_size > 0
