@@ -211,6 +211,29 @@ class Graph:
                 self._specs[f"{scope}/{out.name}"] = TensorSpec(out.dtype, shape)
         return [f"{scope}/{r.name}" for r in results]
 
+    def insert_after(self, ref: str, build: Callable[..., tf.Tensor],
+                     extra_inputs: Sequence[str], scope: str) -> str:
+        """Puts ``build(ref, *extra_inputs)`` between ``ref`` and all its current readers
+        (and the signature); returns the new tensor."""
+        old = tensor_name(ref)
+        readers = [n for n in self.nodes.values()
+                   if any(not r.startswith("^") and tensor_name(r) == old for r in n.input)]
+        outputs = [k for k, v in self.outputs.items() if v == old]
+        (new,) = self.splice(lambda *ts: build(*ts), [old, *extra_inputs], scope)
+        for node in readers:
+            for i, r in enumerate(node.input):
+                if not r.startswith("^") and tensor_name(r) == old:
+                    node.input[i] = new
+        for key in outputs:
+            self.outputs[key] = new
+        return new
+
+    def readers(self, ref: str) -> list[tuple[tf.compat.v1.NodeDef, int]]:
+        """(node, input position) pairs reading tensor ``ref`` (data edges only)."""
+        want = tensor_name(ref)
+        return [(n, i) for n in self.nodes.values() for i, r in enumerate(n.input)
+                if not r.startswith("^") and tensor_name(r) == want]
+
     def topological_order(self) -> list[str]:
         """Node names so that every node follows its inputs (GraphDef import needs no order,
         but passes that walk producers first do)."""

@@ -62,7 +62,7 @@ class TrainingModule(tf.Module):
         self._metadata = json.dumps(metadata, sort_keys=True)
         load_specs = [tf.TensorSpec(step.checkpoint_shape(v), tf.as_dtype(v.value.dtype),
                                     name=variable_key(i)) for i, v in enumerate(step.variables)]
-        lr_spec = tf.TensorSpec((), tf.float32, name="learning_rate")
+        lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")  # see tracing
         self.train = tf.function(self._train_fn, autograph=False,
                                  input_signature=[step.x_spec, step.y_spec, lr_spec])
         self.infer = tf.function(self._infer_fn, input_signature=[step.x_spec], autograph=False)

@@ -6,6 +6,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from graph_passes.dce import DeadCodeElimination
+from graph_passes.fold_batchnorm import FoldBatchNorm
 from graph_passes.freeze import Freeze
 from graph_passes.lower import Lower
 from graph_passes.narrow import NarrowWeightGradients
@@ -16,12 +17,12 @@ from tfpock.errors import TfpockError
 # Passes a user may switch off to measure what they buy. freeze and lower are not among
 # them: without freeze the frozen weights would have no values in the exported model, and
 # without lower the model would need Flex ops.
-OPTIONAL_PASSES = ("prune", "narrow", "dce")
+OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "dce")
 
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    skip: Iterable[str] = ()) -> Sequential:
-    """freeze -> prune -> narrow -> lower -> dce; ``debug`` checks the signature and each
+    """freeze -> prune -> narrow -> fold_bn -> lower -> dce; ``debug`` checks the signature and each
     pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
     skip = set(skip)
     unknown = skip - set(OPTIONAL_PASSES)
@@ -32,6 +33,7 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
         Freeze(frozen_values),    # weights the scheme does not train become constants
         Prune(),                  # backward ops no kept update needs are removed
         NarrowWeightGradients(),  # partial-channel kernels' gradients compute k channels only
+        FoldBatchNorm(),          # frozen BatchNorm scales move into the kernel before them
         Lower(),                  # ops TFLite lacks as builtins become builtin-convertible ops
         DeadCodeElimination(),    # producers the lowering left unread
     ]

@@ -62,7 +62,8 @@ class Program:
         ``learning_rate`` defaults to the optimizer's."""
         spec = self._step.y_spec
         y = check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype, "train_step")
-        lr = np.float32(self._step.learning_rate if learning_rate is None else learning_rate)
+        lr = np.array([self._step.learning_rate if learning_rate is None else learning_rate],
+                      np.float32)
         out = self._module.train(self._x(x, "train_step"), y, lr)
         return {"loss": float(out["loss"].numpy())}
 

@@ -178,7 +178,9 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
                                     "shapes")
     x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
     y_spec = label_spec(loss, batch_size, out_shape)
-    lr_spec = tf.TensorSpec((), tf.float32, name="learning_rate")
+    # shape [1], not a scalar: the aarch64 ai-edge-litert wheels crash resizing a signature
+    # input to an empty shape (memset of -4 bytes; found by bench/aarch64_check.py)
+    lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")
     output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
 
     # ---- parameters: keys, initial values, and which become variables -----------------
@@ -220,6 +222,7 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
     backward: set[str] = set()
 
     def train_step(x, y, learning_rate, *values):
+        learning_rate = tf.reshape(learning_rate, [])
         p = dict(zip(keys, values))
         sources = [p[w.path] for w in weights[:n_train]]  # what the tape differentiates
         with tf.GradientTape() as tape:

@@ -105,7 +105,7 @@ def feeds(step: TracedStep, seed: int = 0) -> dict[str, np.ndarray]:
     x = rng.uniform(-1, 1, step.x_spec.shape).astype(np.float32)
     classes = step.output_spec.shape[-1]
     y = rng.integers(0, classes, step.y_spec.shape).astype(np.int32)
-    return {"x": x, "y": y, "learning_rate": np.float32(0.1), **step.params}
+    return {"x": x, "y": y, "learning_rate": np.array([0.1], np.float32), **step.params}
 
 
 # ---- running and comparing ---------------------------------------------------------------

@@ -140,7 +140,8 @@ def test_signature_and_parameters_unchanged(case):
 def test_pipeline_lowers_the_narrowed_ops(case):
     step, before, _, _, _, _ = case
     graph, records = build_pipeline(step.frozen, debug=True)(step.train)  # postconditions
-    assert [r.name for r in records][2:4] == ["narrow", "lower"]
+    names = [r.name for r in records]
+    assert names.index("narrow") < names.index("lower")
     # the narrowed filter gradients were lowered (debug=True also ran lower's postcondition)
     assert not {"Conv2DBackpropFilter", "DepthwiseConv2dNativeBackpropFilter"} & set(
         graph.op_histogram())

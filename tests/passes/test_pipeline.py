@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from graph_passes.dce import DeadCodeElimination
+from graph_passes.fold_batchnorm import FoldBatchNorm
 from graph_passes.freeze import Freeze
 from graph_passes.ir import parse_ref
 from graph_passes.lower import Lower
@@ -60,17 +61,17 @@ class Vandal(Pass):
 
 
 # ---- build_pipeline ------------------------------------------------------------------------
-def test_build_pipeline_is_freeze_prune_narrow_lower_dce(step):
+def test_build_pipeline_is_freeze_prune_narrow_fold_lower_dce(step):
     pipeline = build_pipeline(frozen_values(step))
-    assert [type(p) for p in pipeline.passes] == [Freeze, Prune, NarrowWeightGradients, Lower,
-                                                  DeadCodeElimination]
+    assert [type(p) for p in pipeline.passes] == [Freeze, Prune, NarrowWeightGradients,
+                                                  FoldBatchNorm, Lower, DeadCodeElimination]
     assert not pipeline.check_invariants
     assert build_pipeline(frozen_values(step), debug=True).check_invariants
 
 
 def test_records_each_pass_in_order(step):
     graph, records = build_pipeline(frozen_values(step), debug=True)(step.train)
-    assert [r.name for r in records] == ["freeze", "prune", "narrow", "lower", "dce"]
+    assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "lower", "dce"]
     assert records[0].ops_before == len(step.train.nodes)
     for earlier, later in zip(records, records[1:]):
         assert later.ops_before == earlier.ops_after
@@ -78,7 +79,7 @@ def test_records_each_pass_in_order(step):
     assert records[0].stats["variables_frozen"] == sum(not w.trained for w in step.weights)
     assert records[1].ops_after < records[1].ops_before and records[1].modified
     assert not records[2].modified  # no partial-channel weight in this scheme
-    assert records[3].stats["lowered"]
+    assert records[4].stats["lowered"]
 
 
 def test_pipeline_keeps_signature_and_numbers(step):

@@ -14,7 +14,7 @@ from tfpock.runtime import checkpoint
 from tfpock.runtime.interpreter import load_interpreter_class
 from tfpock.runtime.validate import InputError, check_batch
 
-FORMAT = "tfpock-training-model/2"
+FORMAT = "tfpock-training-model/3"
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
 
 
@@ -72,7 +72,7 @@ class Trainer:
         lr = self.learning_rate if learning_rate is None else learning_rate
         if not np.isfinite(lr) or lr < 0:
             raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")
-        out = self._runners["train"](x=x, y=y, learning_rate=np.float32(lr))
+        out = self._runners["train"](x=x, y=y, learning_rate=np.array([lr], np.float32))
         return {"loss": float(out["loss"])}
 
     def infer(self, x) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""Fold the scale of a frozen BatchNorm into the convolution or dense layer before it.
+
+A BatchNormalization with ``trainable=False`` computes ``y * s + b`` with constants
+``s = gamma * rsqrt(var + eps)`` and ``b = beta - mean * s`` per output channel. When the
+layer before it is trained, its kernel is a variable, so the converter cannot fold ``s``
+into it and the step pays an activation-sized multiply forward and backward. With ``W`` the
+kernel and ``dy`` the gradient arriving at the BatchNorm:
+
+    forward:   conv(x, W) * s             = conv(x, W * s)
+    backward:  filter_grad(x, dy * s)     = filter_grad(x, dy) * s      (kernel-sized)
+               input_grad(W, dy * s)      = input_grad(W * s, dy)
+
+(for a depthwise kernel ``[kh, kw, C, M]`` the scale is reshaped ``[C, M]``; for Dense
+``MatMul(x, W)`` the same with ``[in, out]``). What remains, ``+ b``, is a per-channel bias
+the converter fuses into CONV_2D / FULLY_CONNECTED with the activation after it. A rule
+declines (and the pass leaves the graph as it was for that BatchNorm) when the convolution's
+output has other readers or the scale is not a per-output-channel constant.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from graph_passes.constants import constant_value
+from graph_passes.ir import Graph, parse_ref, tensor_name
+from graph_passes.pass_base import Pass, PassResult
+
+
+@dataclasses.dataclass(frozen=True)
+class Producer:
+    """A forward op whose output channels a per-channel scale can move into its kernel."""
+    kernel_input: int
+    accepts: Callable[[Graph, tf.compat.v1.NodeDef], bool]
+    scale_shape: Callable[[tuple], tuple]   # kernel shape -> shape the scale takes
+
+
+PRODUCERS = {
+    "Conv2D": Producer(1, lambda g, n: g.attr(n, "data_format", "NHWC") == "NHWC",
+                       lambda k: (k[-1],)),
+    "DepthwiseConv2dNative": Producer(1, lambda g, n: g.attr(n, "data_format", "NHWC") == "NHWC",
+                                      lambda k: (k[-2], k[-1])),
+    "MatMul": Producer(1, lambda g, n: not g.attr(n, "transpose_a", False)
+                       and not g.attr(n, "transpose_b", False), lambda k: (k[-1],)),
+}
+# backward readers of dy * s: op -> ("filter", dy input) scales the result; ("input", dy
+# input, kernel input) swaps in the scaled kernel
+FILTER_GRADS = {"Conv2DBackpropFilter": 2, "DepthwiseConv2dNativeBackpropFilter": 2}
+INPUT_GRADS = {"Conv2DBackpropInput": (2, 1), "DepthwiseConv2dNativeBackpropInput": (2, 1)}
+
+
+def _dense_grad_role(graph: Graph, node) -> tuple[str, int, int | None] | None:
+    """Dense backward MatMuls: dW = MatMul(x, g, transpose_a), dx = MatMul(g, W, transpose_b)."""
+    if node.op != "MatMul":
+        return None
+    if graph.attr(node, "transpose_a", False) and not graph.attr(node, "transpose_b", False):
+        return ("filter", 1, None)
+    if graph.attr(node, "transpose_b", False) and not graph.attr(node, "transpose_a", False):
+        return ("input", 0, 1)
+    return None
+
+
+def _role(graph: Graph, node):
+    if node.op in FILTER_GRADS:
+        return ("filter", FILTER_GRADS[node.op], None)
+    if node.op in INPUT_GRADS:
+        dy, kernel = INPUT_GRADS[node.op]
+        return ("input", dy, kernel)
+    return _dense_grad_role(graph, node)
+
+
+def _scale_of(graph: Graph, mul, conv_ref: str):
+    """The other operand of ``mul`` if it is a constant per-channel vector, with its value."""
+    refs = [r for r in mul.input if parse_ref(r)[1] >= 0]
+    if len(refs) != 2:
+        return None, None
+    other = refs[1] if tensor_name(refs[0]) == conv_ref else refs[0]
+    value = constant_value(graph, other)
+    if value is None or value.ndim != 1:
+        return None, None
+    return other, value
+
+
+def fold_one(graph: Graph, mul) -> dict | None:
+    """Folds the BatchNorm scale ``mul`` multiplies by, if the pattern holds; returns what
+    it did or None (declined)."""
+    for ref in [r for r in mul.input if parse_ref(r)[1] >= 0]:
+        conv = graph.nodes[parse_ref(ref)[0]]
+        if conv.op not in PRODUCERS or parse_ref(ref)[1] != 0 or conv.name in graph.backward:
+            continue
+        producer = PRODUCERS[conv.op]
+        if not producer.accepts(graph, conv):
+            continue
+        conv_ref = tensor_name(ref)
+        if [n.name for n, _ in graph.readers(conv_ref)] != [mul.name]:
+            continue
+        scale_ref, scale = _scale_of(graph, mul, conv_ref)
+        kernel_ref = conv.input[producer.kernel_input]
+        kernel_shape = graph.spec(kernel_ref).shape
+        if scale is None or scale.size != int(np.prod(producer.scale_shape(kernel_shape))):
+            continue
+        shape = producer.scale_shape(kernel_shape)
+        scaled = graph.splice(lambda w, s: w * tf.reshape(s, shape), [kernel_ref, scale_ref],
+                              f"{conv.name}/folded_scale")[0]
+        conv.input[producer.kernel_input] = scaled
+        graph.replace_uses(tensor_name(mul.name), conv_ref)
+        backward = _fold_backward(graph, scale_ref, kernel_ref, scaled, shape)
+        return {"op": conv.op, **backward}
+    return None
+
+
+def _fold_backward(graph: Graph, scale_ref: str, kernel_ref: str, scaled: str, shape) -> dict:
+    """Rewrites the readers of ``dy * s`` (the BatchNorm's input gradient) in the backward."""
+    folded = collections.Counter()
+    for g in [n for n in graph.nodes.values() if n.name in graph.backward and n.op == "Mul"]:
+        refs = [tensor_name(r) for r in g.input if parse_ref(r)[1] >= 0]
+        if tensor_name(scale_ref) not in refs or len(refs) != 2:
+            continue
+        dy = refs[1] if refs[0] == tensor_name(scale_ref) else refs[0]
+        readers = graph.readers(g.name)
+        roles = [(node, pos, _role(graph, node)) for node, pos in readers]
+        if not roles or any(role is None or role[1] != pos for node, pos, role in roles):
+            continue  # something else reads dy * s: leave it
+        if any(role[0] == "input" and tensor_name(node.input[role[2]]) != tensor_name(kernel_ref)
+               for node, _, role in roles):
+            continue
+        for node, pos, role in roles:
+            node.input[pos] = dy
+            if role[0] == "input":
+                node.input[role[2]] = scaled
+            else:
+                graph.insert_after(f"{node.name}:0", lambda out, s: out * tf.reshape(s, shape),
+                                   [scale_ref], f"{node.name}/folded_scale")
+            folded[role[0]] += 1
+    return {"backward_" + k: v for k, v in folded.items()}
+
+
+class FoldBatchNorm(Pass):
+    name = "fold_bn"
+
+    def run(self, graph: Graph) -> PassResult:
+        folds = []
+        for mul in [n for n in graph.nodes.values() if n.op == "Mul" and n.name not in graph.backward]:
+            if mul.name in graph.nodes:
+                done = fold_one(graph, mul)
+                if done:
+                    folds.append(done)
+        stats = {"folded": len(folds),
+                 "backward_rewrites": sum(f.get("backward_filter", 0) + f.get("backward_input", 0)
+                                          for f in folds)}
+        return PassResult(bool(folds), stats)
