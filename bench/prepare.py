@@ -44,7 +44,7 @@ def export_forward(model: keras.Model, batch: int, path: str) -> int:
 
 def compile_tfpock(model: keras.Model, scheme: str, batch: int, path: str) -> dict:
     """Compiles and exports; returns the figures the report shows. Ops removed come from the
-    pass records (``Program._records``: no public accessor yet) and ``layer_table()``."""
+    pass records (``Program.pass_records``) and ``layer_table()``."""
     start = time.perf_counter()
     program = tfpock.optimize(
         model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -53,7 +53,7 @@ def compile_tfpock(model: keras.Model, scheme: str, batch: int, path: str) -> di
     with stock_recipe.quiet_stderr():
         program.export(path)
     exported = time.perf_counter()
-    records = program._records["train"]  # noqa: SLF001 - see docstring
+    records = program.pass_records["train"]
     table = program.layer_table()
     return {
         "compile_s": compiled - start, "export_s": exported - compiled,

@@ -44,6 +44,12 @@ class Program:
         return self._metadata
 
     @property
+    def pass_records(self) -> dict[str, list[PassRecord]]:
+        """What each pass did, per graph ("train", "infer", and "export" once exported with
+        reorder): name, ops before and after, whether it changed anything, its stats."""
+        return {k: list(v) for k, v in self._records.items()}
+
+    @property
     def trained_paths(self) -> list[str]:
         """Paths of the weights the optimizer updates (wholly or on some channels)."""
         return [w.path for w in self._step.weights if w.trained]
