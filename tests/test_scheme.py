@@ -1,0 +1,121 @@
+"""Schemes: JSON in and out, helpers, and validation that names what is wrong."""
+from __future__ import annotations
+
+import json
+
+import keras
+import pytest
+
+from tests import models
+from tfpock import Scheme, SchemeError
+from tfpock.scheme import Policy, TrainedWeight
+
+ISSUE_EXAMPLE = {"default": "frozen",
+                 "layers": {"logits": "full", "conv_dil": "bias",
+                            "fc_mid": {"weight_fraction": 0.25, "bias": True}}}
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return models.every_layer_cnn(dropout=0.0)
+
+
+def test_json_round_trip_and_file(tmp_path, cnn):
+    scheme = Scheme.from_dict(ISSUE_EXAMPLE)
+    assert scheme.to_dict() == ISSUE_EXAMPLE
+    path = tmp_path / "scheme.json"
+    scheme.save(path)
+    assert json.loads(path.read_text()) == ISSUE_EXAMPLE
+    assert Scheme.parse(str(path), cnn) == scheme
+    assert Scheme.parse(ISSUE_EXAMPLE, cnn) == scheme
+
+
+def test_resolution_of_the_issue_example(cnn):
+    resolved = {w.path: w for w in Scheme.from_dict(ISSUE_EXAMPLE).resolve(cnn)}
+    assert resolved["logits/kernel"] == TrainedWeight("logits/kernel", "logits")
+    assert "conv_dil/bias" in resolved and "conv_dil/kernel" not in resolved
+    fc = resolved["fc_mid/kernel"]  # [44, 10]: a quarter of 44 input channels
+    assert (fc.channels, fc.axis) == (11, 0)
+    assert "fc_mid/bias" in resolved
+    assert len(resolved) == 5
+
+
+def test_channel_counts_and_bias_flag(cnn):
+    scheme = Scheme(layers={"dw": {"weight_channels": 3, "bias": False},
+                            "sep": {"weight_fraction": 0.5}})
+    resolved = {w.path: w for w in scheme.resolve(cnn)}
+    assert resolved["dw/kernel"].channels == 3 and resolved["dw/kernel"].axis == 2
+    assert "dw/bias" not in resolved
+    assert resolved["sep/depthwise_kernel"].channels == 4   # of 8
+    assert resolved["sep/pointwise_kernel"].channels == 4   # of 8
+    assert "sep/bias" in resolved
+
+
+def test_all_channels_is_a_full_update(cnn):
+    (kernel, _) = Scheme(layers={"logits": {"weight_fraction": 1.0}}).resolve(cnn)
+    assert kernel.channels is None
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"layers": {"fc_mid": {"weight_fraction": 1.5}}}, ["weight_fraction must be in (0, 1]"]),
+    ({"layers": {"fc_mid": {"weight_fraction": 0.5, "weight_channels": 2}}}, ["exactly one"]),
+    ({"layers": {"fc_mid": {"weight_channels": 0}}}, ["positive integer"]),
+    ({"layers": {"fc_mid": {"weight_fraction": 0.5, "bias": "yes"}}}, ["true or false"]),
+    ({"layers": {"fc_mid": {"fraction": 0.5}}}, ["unknown keys ['fraction']"]),
+    ({"layers": {"fc_mid": "everything"}}, ["unknown policy 'everything'"]),
+    ({"default": {"weight_fraction": 0.5}}, ["must name its layers"]),
+    ({"layer": {}}, ["unknown keys ['layer']"]),
+])
+def test_malformed_policies_are_named(spec, words):
+    with pytest.raises(SchemeError) as info:
+        Scheme.from_dict(spec)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("layers, words", [
+    ({"fc_mdi": "full"}, ["fc_mdi", "did you mean fc_mid"]),
+    ({"dw": {"weight_channels": 99}}, ["99 channels", "dw/kernel", "8 input channels"]),
+    ({"rescaling": "full"}, ["has no weights"]),
+    ({"bn": {"weight_fraction": 0.5}}, ["not trainable"]),
+])
+def test_impossible_policies_are_named(cnn, layers, words):
+    with pytest.raises(SchemeError) as info:
+        Scheme(layers=layers).resolve(cnn)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_channel_policy_on_a_layer_without_kernel():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                              keras.layers.LayerNormalization(name="ln")])
+    with pytest.raises(SchemeError, match="no kernel with input channels"):
+        Scheme(layers={"ln": {"weight_fraction": 0.5}}).resolve(model)
+
+
+def test_missing_and_broken_scheme_files(tmp_path, cnn):
+    with pytest.raises(SchemeError, match="does not exist"):
+        Scheme.parse(str(tmp_path / "none.json"), cnn)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(SchemeError, match="not valid JSON"):
+        Scheme.parse(str(broken), cnn)
+
+
+def test_last_blocks_of_mobilenet():
+    model = models.mobilenet_v2(size=96)
+    scheme = Scheme.last_blocks(model, 1)
+    names = sorted(scheme.layers)
+    assert all(n.startswith("block_16_") for n in names if n not in ("Conv_1", "predictions"))
+    assert {"block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1",
+            "predictions"} <= set(names)
+    assert not any(n.startswith("block_15_") for n in names)
+    with pytest.raises(SchemeError, match="asked for 99 blocks"):
+        Scheme.last_blocks(model, 99)
+
+
+def test_policy_json_forms():
+    assert Policy.parse("full", "x").to_json() == "full"
+    assert Policy.parse({"weight_channels": 4}, "x").to_json() == {"weight_channels": 4,
+                                                                    "bias": True}
