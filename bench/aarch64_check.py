@@ -28,10 +28,11 @@ What it does:
    the emulated Raspberry Pi: LiteRT's cpuinfo segfaults on the host's x86 files), where only
    ``tfpock/__init__.py``, ``tfpock/runtime/`` and the protocol script are copied from the
    repo. One thread on both sides. Three device runs (``--variants``):
-   ``ai-edge-litert`` as shipped (its aarch64 wheels crash on tfpock's 0-d ``learning_rate``
-   input: see SHIM below; the crash and a minimal probe of it are recorded),
-   ``ai-edge-litert+scalar-resize-shim`` (the same wheel with that one resize call skipped,
-   to check the numbers), and ``tflite-runtime`` 2.14.0 with numpy<2, unmodified.
+   ``ai-edge-litert`` as shipped, ``ai-edge-litert+scalar-resize-shim`` (the same wheel with
+   the resize of 0-d inputs skipped: the aarch64 wheels crash resizing a 0-d input, found by
+   this check when ``learning_rate`` was a scalar; tfpock now shapes it ``[1]``, so the
+   as-shipped run trains and the shim is kept only to probe that crash), and
+   ``tflite-runtime`` 2.14.0 with numpy<2, unmodified.
 4. Compares losses (1e-5 relative), every trained weight (1e-5 absolute) and the inference
    outputs (1e-4 relative + 1e-5 absolute), reports the actual largest differences and
    whether they are bit-identical, and writes ``bench/results/aarch64-portability.json``
@@ -39,8 +40,8 @@ What it does:
 
 Emulated times are printed so a reader knows how long the check takes; they are not speed
 figures of any aarch64 device (qemu-user translates every instruction).
-Exit status: 0 when every variant runs and matches within tolerance, 1 when one does not
-(today: ai-edge-litert as shipped), 2 when the arm64 environment cannot be set up (the reason
+Exit status: 0 when every variant runs and matches within tolerance (the case since the
+[1]-shaped learning rate), 1 when one does not, 2 when the arm64 environment cannot be set up (the reason
 is written to the note as well). A second run reuses the cache (~50 s, most of it exporting).
 """
 from __future__ import annotations
