@@ -36,6 +36,7 @@ from tfpock.errors import ExportError
 from tfpock.provenance import layer_of_node
 from tfpock.tracing import TracedStep
 
+from tfpock.runtime import atomic
 from tfpock.runtime.trainer import FORMAT, SIGNATURES
 
 
@@ -199,18 +200,5 @@ def runtime_hazards(parsed: model_file.ModelFile) -> list[str]:
 
 
 def write_atomically(path: str | os.PathLike, content: bytes) -> None:
-    """Writes ``content`` to ``path`` via a temporary file in the same folder and a rename,
-    so readers see the old file or the whole new one, never a part."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tfpock-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes the model file atomically (see :mod:`tfpock.runtime.atomic`)."""
+    atomic.write_atomically(path, lambda f: f.write(content))

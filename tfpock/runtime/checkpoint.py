@@ -1,15 +1,16 @@
 """Checkpoints: an .npz of the trained weights keyed by Keras variable path, written atomically.
 
-Atomic means a temporary file in the same folder, flushed and fsynced, then renamed over the
-target: a crash leaves the previous checkpoint or the new one, never a torn file.
+Atomic (:mod:`tfpock.runtime.atomic`): a crash leaves the previous checkpoint or the new one,
+never a torn file.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from tfpock.runtime.atomic import write_atomically
 
 
 class CheckpointError(ValueError):
@@ -23,18 +24,7 @@ def save(path: str | os.PathLike, weights: dict[str, np.ndarray]) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CheckpointError(f"folder {folder!r} of checkpoint {path!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tfpock-ckpt-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **weights)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomically(path, lambda f: np.savez(f, **weights))
 
 
 def load(path: str | os.PathLike, expected: dict[str, tuple[tuple[int, ...], np.dtype]]
