@@ -23,7 +23,7 @@ def every_layer_cnn(seed: int = 0, dropout: float = 0.25) -> keras.Model:
     keras.utils.set_random_seed(seed)
     gelu_tanh = functools.partial(keras.activations.gelu, approximate=True)
     inp = keras.Input((16, 16, 3))
-    h = layers.Rescaling(1 / 2.0, offset=-0.25)(inp)
+    h = layers.Rescaling(1 / 2.0, offset=-0.25, name="rescale")(inp)
     h = layers.ZeroPadding2D(1)(h)                                       # 18x18x3
     a = layers.Conv2D(8, 3, strides=2, padding="valid", name="conv_s2")(h)  # 8x8x8
     a = layers.BatchNormalization(trainable=False, name="bn")(a)

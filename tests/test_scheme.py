@@ -76,7 +76,7 @@ def test_malformed_policies_are_named(spec, words):
 @pytest.mark.parametrize("layers, words", [
     ({"fc_mdi": "full"}, ["fc_mdi", "did you mean fc_mid"]),
     ({"dw": {"weight_channels": 99}}, ["99 channels", "dw/kernel", "8 input channels"]),
-    ({"rescaling": "full"}, ["has no weights"]),
+    ({"rescale": "full"}, ["has no weights"]),
     ({"bn": {"weight_fraction": 0.5}}, ["not trainable"]),
 ])
 def test_impossible_policies_are_named(cnn, layers, words):
