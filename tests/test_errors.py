@@ -216,3 +216,13 @@ def test_user_model_is_not_mutated():
     for v, b in zip(model.variables, before):
         np.testing.assert_array_equal(v.numpy(), b)
     assert [l.trainable for l in model.layers] == flags
+
+
+def test_interpreter_options_pass_through(exported):
+    _, path = exported
+    x, y = np.ones((4, 20), np.float32), np.arange(4, dtype=np.int32)
+    plain = Trainer(path).train(x, y)["loss"]
+    unclustered = Trainer(path, experimental_disable_delegate_clustering=True)
+    assert unclustered.train(x, y)["loss"] == plain
+    with pytest.raises(ValueError, match="does not take interpreter options"):
+        Trainer(path, no_such_option=1)

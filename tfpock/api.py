@@ -36,8 +36,9 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         skip_passes: optional passes to switch off, to measure what they buy: any of
             ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "dce").
         reorder: reschedule the exported ``train`` subgraph for a lower peak of live
-            activations (``graph_passes.reorder``; off by default: it fragments the XNNPACK
-            delegate's partitions and slows the step, measured in its docstring).
+            activations (``graph_passes.reorder``; off by default: under the XNNPACK
+            delegate's clustering it does not lower the allocation, measured in its
+            docstring).
 
     Returns:
         A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.

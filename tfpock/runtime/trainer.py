@@ -33,13 +33,20 @@ class Trainer:
     """
 
     def __init__(self, model_path: str | os.PathLike, runtime: str = "auto",
-                 num_threads: int | None = None):
+                 num_threads: int | None = None, **interpreter_options):
+        """``interpreter_options`` go to the runtime's Interpreter as they are, e.g.
+        ``experimental_disable_delegate_clustering=True`` on ai-edge-litert (which lets a
+        model reordered for memory keep its order under XNNPACK)."""
         model_path = os.fspath(model_path)
         if not os.path.exists(model_path):
             raise ModelFileError(f"model file {model_path!r} does not exist")
         self.runtime, interpreter_cls = load_interpreter_class(runtime)
         try:
-            self._interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads)
+            self._interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads,
+                                                **interpreter_options)
+        except TypeError as exc:
+            raise ValueError(f"{self.runtime} does not take interpreter options "
+                             f"{sorted(interpreter_options)}: {exc}") from exc
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{model_path!r} is not a loadable TFLite model: {exc}") from exc
         signatures = self._interpreter.get_signature_list()
