@@ -15,6 +15,13 @@ kernel and ``dy`` the gradient arriving at the BatchNorm:
 the converter fuses into CONV_2D / FULLY_CONNECTED with the activation after it. A rule
 declines (and the pass leaves the graph as it was for that BatchNorm) when the convolution's
 output has other readers or the scale is not a per-output-channel constant.
+
+Measured (MobileNetV2 0.35 @128, ai-edge-litert, one core, ``skip_passes=("fold_bn",)`` as
+the control): full scheme batch 8, 75 vs 77.5 ms per step (-3%), allocation unchanged
+(92.0 vs 92.4 MB); last:2 batch 1, no speed change (0.83 ms) and 8.4 vs 7.9 MB. The scaled
+kernel ``W * s`` lives from the forward to the input gradient beside ``W``, so where kernels
+are large against activations the arena grows: ResNet-18-style full scheme, +7% with the
+passes on (bench/memory.py). Recomputing ``W * s`` in the backward would avoid that.
 """
 from __future__ import annotations
 
