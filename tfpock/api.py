@@ -28,13 +28,13 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             one output. It is read, never modified.
         loss: a Keras loss object or name; defaults to the compiled model's loss.
         optimizer: a Keras optimizer; defaults to the compiled model's optimizer.
-        scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"`` or a
-            :class:`tfpock.Scheme`.
+        scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"``, a
+            :class:`tfpock.Scheme`, its JSON form as a dict, or the path of a ``.json``.
         batch_size: the static batch size of the ``train`` and ``infer`` signatures.
         debug: check the signature invariants and each pass's postcondition after every
             pass.
         skip_passes: optional passes to switch off, to measure what they buy: any of
-            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "dce").
+            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "fold_bn", "dce").
         reorder: reschedule the exported ``train`` subgraph for a lower peak of live
             activations (``graph_passes.reorder``; off by default: under the XNNPACK
             delegate's clustering it does not lower the allocation, measured in its
