@@ -140,7 +140,7 @@ def _seed_states(model: keras.Model) -> set[int]:
     return ids
 
 
-def _statistics(model: keras.Model, owners) -> set[int]:
+def _statistics(model: keras.Model) -> set[int]:
     """ids of the moving statistics a training step updates: those of trainable BatchNorms."""
     ids = set()
     for layer in layer_table.leaf_layers(model):
@@ -158,7 +158,7 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
     everything = trainable + others
     owners = _owner_layers(model)
     chosen = {w.path: w for w in trained}
-    stats = _statistics(model, owners)
+    stats = _statistics(model)
     weights = []
     for v in everything:
         spec = chosen.get(v.path)
