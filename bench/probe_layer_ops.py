@@ -7,7 +7,6 @@ Writes nothing. Run: ``python bench/probe_layer_ops.py [name-substring ...]``.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
+from bench.stock_recipe import quiet_stderr, refused_ops  # noqa: E402
 from tests.litert_helpers import convert_builtins_only  # noqa: E402
 
 N_CLASSES = 3
@@ -119,22 +119,6 @@ def training_step(model):
     return step, [x_spec, y_spec, *w_specs]
 
 
-_REFUSED = re.compile(r"(?:TF Select|Custom) ops: ([\w, ]+)")
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """The converter's MLIR diagnostics go to file descriptor 2; keep the table readable."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def probe(build) -> tuple[list[str], list[str]]:
     """Returns (refused op types, op types of the traced graph that look suspicious)."""
     model = build()
@@ -143,12 +127,11 @@ def probe(build) -> tuple[list[str], list[str]]:
     ops = {n.op for n in graph_def.node}
     interesting = sorted(o for o in ops if re.search("Grad|Random|Erf|Concat|Offset", o))
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             convert_builtins_only(step, specs)
         return [], interesting
     except Exception as err:  # the converter's error lists the refused ops
-        refused = sorted({op.strip() for group in _REFUSED.findall(str(err))
-                          for op in group.split(",") if op.strip()})
+        refused = refused_ops(err)
         return refused or [f"<error: {type(err).__name__}: {str(err)[:200]}>"], interesting
 
 
