@@ -38,17 +38,12 @@ import dataclasses
 import heapq
 
 import flatbuffers
-import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from graph_passes.pass_base import PassResult
+from tfpock import memory, model_file  # the memory analysis any pass can call
 
 _OPS = schema.BuiltinOperator
-_ITEM_BYTES = {schema.TensorType.FLOAT32: 4, schema.TensorType.INT32: 4,
-               schema.TensorType.INT64: 8, schema.TensorType.BOOL: 1,
-               schema.TensorType.INT8: 1, schema.TensorType.UINT8: 1,
-               schema.TensorType.FLOAT16: 2, schema.TensorType.INT16: 2}
-_NO_ARENA = {schema.TensorType.RESOURCE, schema.TensorType.VARIANT, schema.TensorType.STRING}
 
 
 @dataclasses.dataclass
@@ -74,10 +69,10 @@ def _analyse(model: schema.ModelT, sg: schema.SubGraphT) -> _Subgraph:
 
     sizes, producer, consumers = {}, {}, {}
     for t, tensor in enumerate(sg.tensors):
-        if tensor.type in _NO_ARENA or is_constant(t):
-            continue
-        shape = tensor.shape if tensor.shape is not None else []
-        sizes[t] = int(np.prod(shape, dtype=np.int64)) * _ITEM_BYTES.get(tensor.type, 4)
+        size = memory.activation_bytes(tensor.shape if tensor.shape is not None else [],
+                                       model_file.type_name(tensor.type))
+        if size and not is_constant(t):
+            sizes[t] = size
     deps: list[set[int]] = [set() for _ in sg.operators]
     handle_var: dict[int, bytes] = {}   # resource tensor -> variable identity
     last_touch: dict[bytes, int] = {}
@@ -161,7 +156,6 @@ def schedule(model: schema.ModelT, sg: schema.SubGraphT) -> list[int]:
 def reorder(content: bytes, signatures: list[str]) -> tuple[bytes, PassResult]:
     """Reschedules the subgraphs of ``signatures``; returns the new file and stats (peak
     live activation bytes before and after, per signature)."""
-    from tfpock import memory, model_file  # the analysis any pass can call
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     index = {s.signatureKey.decode(): s.subgraphIndex for s in model.signatureDefs}
     before = model_file.read(content)

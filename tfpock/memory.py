@@ -52,10 +52,16 @@ class Timeline:
         return max(self.ops, key=lambda o: o.live_bytes, default=None)
 
 
-def tensor_bytes(tensor: model_file.Tensor) -> int:
-    if tensor.dtype in _NOT_ACTIVATIONS:
+def activation_bytes(shape, dtype: str) -> int:
+    """Arena bytes of a tensor of ``shape`` and schema type name ``dtype`` (0 for resources,
+    variants and strings, which the arena does not hold as plain data)."""
+    if dtype in _NOT_ACTIVATIONS:
         return 0
-    return int(np.prod(tensor.shape, dtype=np.int64)) * _ITEM_BYTES.get(tensor.dtype, 4)
+    return int(np.prod(shape, dtype=np.int64)) * _ITEM_BYTES.get(dtype, 4)
+
+
+def tensor_bytes(tensor: model_file.Tensor) -> int:
+    return activation_bytes(tensor.shape, tensor.dtype)
 
 
 def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:

@@ -20,6 +20,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed runtim
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+def type_name(code: int) -> str:
+    """The schema's name of a TensorType code (FLOAT32, INT32, RESOURCE, ...)."""
+    return _TYPE_NAMES.get(code, str(code))
+
+
 _NUMPY_TYPES = {"FLOAT32": "<f4", "INT32": "<i4", "INT64": "<i8", "FLOAT16": "<f2",
                 "INT8": "i1", "UINT8": "u1", "BOOL": "?", "INT16": "<i2"}
 
@@ -103,7 +108,7 @@ def read(content: bytes) -> ModelFile:
             tensors.append(Tensor(tensor.Name().decode(),
                                   tuple(int(d) for d in tensor.ShapeAsNumpy())
                                   if tensor.ShapeLength() else (),
-                                  _TYPE_NAMES.get(tensor.Type(), str(tensor.Type())),
+                                  type_name(tensor.Type()),
                                   bool(data), data))
         ops = []
         for o in range(sg.OperatorsLength()):
