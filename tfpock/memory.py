@@ -8,6 +8,7 @@ Two views, usable on any TFLite file (not only tfpock's):
   outputs); constants (data in the file) and resource variables are not activations. The peak
   of this timeline is the least memory any arena plan for that operator order can use, which
   is why the order of operators decides memory (PockEngine reorders updates for this).
+  :func:`live_tensors` lists the tensors behind one point of it (e.g. the peak).
 * :func:`measured_arena` runs the signature once in a fresh process and reports how much the
   process's resident memory grew: what the runtime's arena planner really allocated for it
   (plus a little interpreter bookkeeping).
@@ -64,10 +65,13 @@ def tensor_bytes(tensor: model_file.Tensor) -> int:
     return activation_bytes(tensor.shape, tensor.dtype)
 
 
-def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:
-    """Live activation bytes at each operator of ``signature``, in the file's order."""
-    parsed = content if isinstance(content, model_file.ModelFile) else model_file.read(content)
-    sg = parsed.subgraph(signature)
+def _lifetimes(sg: model_file.Subgraph) -> dict[int, tuple[int, int]]:
+    """Tensor index -> (first, last) operator index over which each activation is alive.
+
+    The one liveness rule both :func:`timeline` and :func:`live_tensors` use, so the tensors
+    listed at an operator always add up to that operator's live bytes. Signature inputs live
+    from operator 0, outputs to the last operator; constants are left out.
+    """
     n_ops = len(sg.operators)
     start: dict[int, int] = {}
     end: dict[int, int] = {}
@@ -81,16 +85,55 @@ def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:
                 end[t] = i
     for t in sg.outputs:
         end[t] = n_ops - 1
-    sizes = {t: tensor_bytes(sg.tensors[t]) for t in start
-             if not sg.tensors[t].constant}
+    return {t: (first, max(end.get(t, first), first)) for t, first in start.items()
+            if not sg.tensors[t].constant}
+
+
+def _subgraph(content: bytes | model_file.ModelFile, signature: str) -> model_file.Subgraph:
+    parsed = content if isinstance(content, model_file.ModelFile) else model_file.read(content)
+    return parsed.subgraph(signature)
+
+
+def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:
+    """Live activation bytes at each operator of ``signature``, in the file's order."""
+    sg = _subgraph(content, signature)
+    n_ops = len(sg.operators)
     delta = np.zeros(n_ops + 1, np.int64)
-    for t, size in sizes.items():
-        first, last = start[t], max(end.get(t, start[t]), start[t])
+    for t, (first, last) in _lifetimes(sg).items():
+        size = tensor_bytes(sg.tensors[t])
         delta[first] += size
         delta[last + 1] -= size
     live = np.cumsum(delta)[:n_ops]
     return Timeline(signature, [OpMemory(i, op.name, int(live[i]))
                                 for i, op in enumerate(sg.operators)])
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int
+
+
+def live_tensors(content: bytes | model_file.ModelFile, signature: str,
+                 op_index: int) -> list[LiveTensor]:
+    """The activations alive while operator ``op_index`` of ``signature`` runs, largest first.
+
+    Says *what* makes up a point of :func:`timeline` (its bytes sum to that operator's
+    ``live_bytes``), e.g. which tensors to shrink or free earlier to lower the peak::
+
+        t = timeline(content, "train")
+        biggest = live_tensors(content, "train", t.peak_op.index)[:5]
+    """
+    sg = _subgraph(content, signature)
+    if not 0 <= op_index < len(sg.operators):
+        raise IndexError(f"op_index {op_index} out of range: signature {signature!r} has "
+                         f"{len(sg.operators)} operators")
+    alive = [LiveTensor(sg.tensors[t].name, sg.tensors[t].shape, sg.tensors[t].dtype,
+                        tensor_bytes(sg.tensors[t]))
+             for t, (first, last) in sorted(_lifetimes(sg).items()) if first <= op_index <= last]
+    return sorted((x for x in alive if x.bytes > 0), key=lambda x: -x.bytes)
 
 
 _PROBE = r"""
