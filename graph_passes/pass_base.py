@@ -6,8 +6,10 @@ Every pass takes the :class:`TrainingGraph` it is given, edits it **in place**, 
 touched, runs the passes in order, and, with ``check_invariants=True`` (the debug switch),
 checks after every pass that the signature kept its inputs and outputs, that each output
 still exists, and the pass's own ``postcondition`` (the lower pass: no op it should have
-lowered is left). An exception inside a pass is re-raised as :class:`PassError` naming the pass
-and the passes that ran before it.
+lowered is left). Each record carries the graph's peak of live activation bytes before and
+after its pass (:func:`graph_passes.liveness.peak_live_bytes`, once per pass boundary): the
+before/after memory figure each pass owes the report. An exception inside a pass is re-raised
+as :class:`PassError` naming the pass and the passes that ran before it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from graph_passes.ir import Graph, parse_ref
+from graph_passes.liveness import peak_live_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,10 @@ class PassRecord:
     ops_after: int
     modified: bool
     stats: dict[str, Any]
+    # Peak live activation bytes before and after (None where not measured): the GraphDef
+    # liveness estimate for graph passes, the file's timeline for the export reorder pass.
+    peak_live_before: int | None = None
+    peak_live_after: int | None = None
 
 
 class PassError(RuntimeError):
@@ -88,6 +95,7 @@ class Sequential:
         graph = graph.copy()
         inputs, output_keys = dict(graph.inputs), list(graph.outputs)
         records: list[PassRecord] = []
+        peak = peak_live_bytes(graph).peak_bytes if self.passes else None
         for p in self.passes:
             before = len(graph.nodes)
             try:
@@ -97,12 +105,14 @@ class Sequential:
                     p.postcondition(graph)
                     for check in self.extra_checks:
                         check(graph)
+                peak_after = peak_live_bytes(graph).peak_bytes
             except PassError:
                 raise
             except Exception as exc:  # re-raised with the pipeline's context
                 raise PassError(p.name, [r.name for r in records], exc) from exc
             records.append(PassRecord(p.name, before, len(graph.nodes), result.modified,
-                                      result.stats))
-            logger.debug("pass %s: %d -> %d ops, %s", p.name, before, len(graph.nodes),
-                         result.stats)
+                                      result.stats, peak, peak_after))
+            logger.debug("pass %s: %d -> %d ops, peak live %d -> %d bytes, %s", p.name, before,
+                         len(graph.nodes), peak, peak_after, result.stats)
+            peak = peak_after
         return graph, records

@@ -50,6 +50,10 @@ def test_report_lists_each_pass_with_its_figures(bias_only_mlp):
     assert "variables_frozen=3" in report        # the three kernels
     assert "gradient_ops_removed=" in report
     assert "ops " in report and "->" in report
+    assert "[train] peak live: the GraphDef's estimate" in report
+    prune = next(r for r in program.pass_records["train"] if r.name == "prune")
+    assert (f"peak live {prune.peak_live_before / 1024:.1f} -> "
+            f"{prune.peak_live_after / 1024:.1f} KB") in report
     assert "trained weights: 3" in report
     table = program.layer_table()
     assert list(table) == ["hidden_1", "hidden_2", "logits"]

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Iterable
 
 import numpy as np
 
@@ -89,6 +90,17 @@ def _lifetimes(sg: model_file.Subgraph) -> dict[int, tuple[int, int]]:
             if not sg.tensors[t].constant}
 
 
+def live_profile(intervals: Iterable[tuple[int, int, int]], n_steps: int) -> np.ndarray:
+    """Live bytes at each of ``n_steps`` steps, from each tensor's (first step, last step,
+    bytes), both steps inclusive. The interval arithmetic of :func:`timeline`, shared with
+    the GraphDef liveness of the graph passes (``graph_passes.liveness``)."""
+    delta = np.zeros(n_steps + 1, np.int64)
+    for first, last, size in intervals:
+        delta[first] += size
+        delta[last + 1] -= size
+    return np.cumsum(delta)[:n_steps]
+
+
 def _subgraph(content: bytes | model_file.ModelFile, signature: str) -> model_file.Subgraph:
     parsed = content if isinstance(content, model_file.ModelFile) else model_file.read(content)
     return parsed.subgraph(signature)
@@ -97,13 +109,8 @@ def _subgraph(content: bytes | model_file.ModelFile, signature: str) -> model_fi
 def timeline(content: bytes | model_file.ModelFile, signature: str) -> Timeline:
     """Live activation bytes at each operator of ``signature``, in the file's order."""
     sg = _subgraph(content, signature)
-    n_ops = len(sg.operators)
-    delta = np.zeros(n_ops + 1, np.int64)
-    for t, (first, last) in _lifetimes(sg).items():
-        size = tensor_bytes(sg.tensors[t])
-        delta[first] += size
-        delta[last + 1] -= size
-    live = np.cumsum(delta)[:n_ops]
+    live = live_profile(((first, last, tensor_bytes(sg.tensors[t]))
+                         for t, (first, last) in _lifetimes(sg).items()), len(sg.operators))
     return Timeline(signature, [OpMemory(i, op.name, int(live[i]))
                                 for i, op in enumerate(sg.operators)])
 

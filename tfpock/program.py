@@ -12,7 +12,7 @@ from graph_passes.ir import parse_ref
 
 from graph_passes.pass_base import PassRecord
 from graph_passes.reorder import reorder
-from tfpock import export, model_file
+from tfpock import export, memory, model_file
 from tfpock.provenance import layer_of_node
 from tfpock.runtime.validate import check_batch
 from tfpock.tracing import TracedStep
@@ -46,7 +46,8 @@ class Program:
     @property
     def pass_records(self) -> dict[str, list[PassRecord]]:
         """What each pass did, per graph ("train", "infer", and "export" once exported with
-        reorder): name, ops before and after, whether it changed anything, its stats."""
+        reorder): name, ops and peak live activation bytes before and after, whether it
+        changed anything, its stats."""
         return {k: list(v) for k, v in self._records.items()}
 
     @property
@@ -109,8 +110,10 @@ class Program:
             if self._module.reorder:
                 content, result = reorder(content, ["train"])
                 n_ops = len(model_file.read(content).subgraph("train").operators)
-                self._records["export"] = [PassRecord("reorder", n_ops, n_ops, result.modified,
-                                                      result.stats["train"])]
+                stats = result.stats["train"]
+                self._records["export"] = [PassRecord(
+                    "reorder", n_ops, n_ops, result.modified, stats,
+                    stats["peak_bytes_before"], stats["peak_bytes_after"])]
             export.verify(content)
             self._content = content
         return self._content
@@ -121,7 +124,8 @@ class Program:
         return os.fspath(path)
 
     def report(self) -> str:
-        """What each pass did, per graph, and what the scheme trains."""
+        """What each pass did, per graph (ops and peak live activations before -> after), the
+        exported file's peak per signature once converted, and what the scheme trains."""
         lines = [f"tfpock program: batch {self._step.x_spec.shape[0]}, "
                  f"x {tuple(self._step.x_spec.shape)}, y {tuple(self._step.y_spec.shape)}",
                  f"trained weights: {len(self.trained_paths)} "
@@ -129,11 +133,17 @@ class Program:
                  f"parameters); frozen: {len(self.frozen_paths)} "
                  f"({sum(self._step.frozen[p].size for p in self.frozen_paths):,})"]
         for graph_name, records in self._records.items():
-            lines.append(f"[{graph_name}]")
-            for r in records:
-                stats = ", ".join(f"{k}={len(v) if isinstance(v, list) else v}"
-                                  for k, v in r.stats.items())
-                lines.append(f"  {r.name:<8} ops {r.ops_before:>5} -> {r.ops_after:<5} {stats}")
+            if graph_name != "export":
+                lines.append(f"[{graph_name}] peak live: the GraphDef's estimate")
+                lines.extend(_record_line(r) for r in records)
+        if self._content is not None:
+            lines.append("[export] peak live per signature: the file's timeline")
+            parsed = model_file.read(self._content)
+            for signature in parsed.signatures:
+                peak = memory.timeline(parsed, signature).peak_op
+                lines.append(f"  {signature:<8} " + (f"{_size(peak.live_bytes)} at op "
+                                                      f"{peak.index} {peak.op}" if peak else "-"))
+            lines.extend(_record_line(r) for r in self._records.get("export", []))
         lines.append("[layers] policy, trained parameters, gradient ops removed by prune")
         for layer, row in self.layer_table().items():
             lines.append(f"  {layer:<28} {json.dumps(row['policy']):<44} "
@@ -154,3 +164,26 @@ class Program:
         return {layer: {"policy": policy, "trained_parameters": trained[layer],
                         "gradient_ops_removed": removed[layer]}
                 for layer, policy in self._layer_policies.items()}
+
+
+# Stats a record's figures already show (the reorder pass's peaks).
+_SHOWN_AS_FIGURES = ("peak_bytes_before", "peak_bytes_after")
+
+
+def _record_line(r: PassRecord) -> str:
+    """``  prune    ops  1330 -> 1278,  peak live 63.2 -> 62.0 MB  ops_removed=52, ...``"""
+    line = f"  {r.name:<8} ops {r.ops_before:>5} -> {r.ops_after}"
+    if r.peak_live_before is not None and r.peak_live_after is not None:
+        line = f"{line + ',':<29} peak live {_size(r.peak_live_before, r.peak_live_after)}"
+    stats = ", ".join(f"{k}={len(v) if isinstance(v, list) else v}"
+                      for k, v in r.stats.items() if k not in _SHOWN_AS_FIGURES)
+    return f"{line}  {stats}".rstrip()
+
+
+def _size(*figures: int) -> str:
+    """Byte counts in one unit, joined by arrows: ``_size(66_000_000, 65_000_000)`` is
+    ``"62.9 -> 62.0 MB"`` (MB = 2**20 bytes, as in bench/)."""
+    unit, scale = next(((u, s) for u, s in (("MB", 2**20), ("KB", 2**10)) if max(figures) >= s),
+                       ("B", 1))
+    digits = 0 if scale == 1 else 1
+    return " -> ".join(f"{f / scale:.{digits}f}" for f in figures) + f" {unit}"

@@ -7,6 +7,7 @@ from graph_passes.dce import DeadCodeElimination
 from graph_passes.fold_batchnorm import FoldBatchNorm
 from graph_passes.freeze import Freeze
 from graph_passes.ir import parse_ref
+from graph_passes.liveness import peak_live_bytes
 from graph_passes.lower import Lower
 from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Pass, PassError, PassResult, Sequential
@@ -73,9 +74,14 @@ def test_records_each_pass_in_order(step):
     graph, records = build_pipeline(frozen_values(step), debug=True)(step.train)
     assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "lower", "dce"]
     assert records[0].ops_before == len(step.train.nodes)
+    assert records[0].peak_live_before == peak_live_bytes(step.train).peak_bytes
     for earlier, later in zip(records, records[1:]):
         assert later.ops_before == earlier.ops_after
+        assert later.peak_live_before == earlier.peak_live_after  # measured once per boundary
     assert records[-1].ops_after == len(graph.nodes)
+    assert records[-1].peak_live_after == peak_live_bytes(graph).peak_bytes
+    # last:3 leaves the first convolution frozen: prune drops the back-propagation into it
+    assert records[1].peak_live_after < records[1].peak_live_before
     assert records[0].stats["variables_frozen"] == sum(not w.trained for w in step.weights)
     assert records[1].ops_after < records[1].ops_before and records[1].modified
     assert not records[2].modified  # no partial-channel weight in this scheme
