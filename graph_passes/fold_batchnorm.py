@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from graph_passes.constants import constant_value
+from graph_passes.constants import constant_value, is_constant
 from graph_passes.ir import Graph, parse_ref, tensor_name
 from graph_passes.pass_base import Pass, PassResult
 
@@ -91,6 +91,21 @@ def _scale_of(graph: Graph, mul, conv_ref: str):
     return other, value
 
 
+def _worth_folding(graph: Graph, kernel_ref: str, output_ref: str) -> bool:
+    """Folding trades two activation-sized multiplies (``* s`` forward, ``dy * s`` backward)
+    for two kernel-sized ones (``W * s``, ``filter_grad * s``). A constant (frozen) kernel
+    costs nothing, the converter folds ``W * s``; a trained one only pays off when it is
+    smaller than the activation: MobileNetV2's last 1x1 conv at batch 1 has a 143,360-element
+    kernel against a 20,480-element output."""
+    if is_constant(graph, kernel_ref):
+        return True
+    kernel = graph.spec(kernel_ref).shape
+    output = graph.spec(output_ref).shape
+    if None in kernel or None in output or -1 in kernel or -1 in output:
+        return True
+    return int(np.prod(kernel)) <= int(np.prod(output))
+
+
 def fold_one(graph: Graph, mul) -> dict | None:
     """Folds the BatchNorm scale ``mul`` multiplies by, if the pattern holds; returns what
     it did or None (declined)."""
@@ -109,6 +124,8 @@ def fold_one(graph: Graph, mul) -> dict | None:
         kernel_shape = graph.spec(kernel_ref).shape
         if scale is None or scale.size != int(np.prod(producer.scale_shape(kernel_shape))):
             continue
+        if not _worth_folding(graph, kernel_ref, conv_ref):
+            return {"declined": "kernel larger than the activation it scales"}
         shape = producer.scale_shape(kernel_shape)
         scaled = graph.splice(lambda w, s: w * tf.reshape(s, shape), [kernel_ref, scale_ref],
                               f"{conv.name}/folded_scale")[0]
@@ -149,13 +166,15 @@ class FoldBatchNorm(Pass):
     name = "fold_bn"
 
     def run(self, graph: Graph) -> PassResult:
-        folds = []
+        folds, declined = [], collections.Counter()
         for mul in [n for n in graph.nodes.values() if n.op == "Mul" and n.name not in graph.backward]:
             if mul.name in graph.nodes:
                 done = fold_one(graph, mul)
-                if done:
+                if done and "declined" in done:
+                    declined[done["declined"]] += 1
+                elif done:
                     folds.append(done)
-        stats = {"folded": len(folds),
+        stats = {"folded": len(folds), "declined": dict(declined),
                  "backward_rewrites": sum(f.get("backward_filter", 0) + f.get("backward_input", 0)
                                           for f in folds)}
         return PassResult(bool(folds), stats)

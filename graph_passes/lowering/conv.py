@@ -59,7 +59,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from graph_passes.ir import Graph
+from graph_passes.constants import is_constant
+from graph_passes.ir import Graph, parse_ref
 from graph_passes.lowering.base import LoweringRule, require_float32, require_nhwc
 
 
@@ -127,6 +128,9 @@ def filter_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> tf.Te
         for j in range(win.kernel[1]):
             begin = [0, i * dh, j * dw, 0]
             end = [0, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, 0]
+            if begin[1:3] == [0, 0] and end[1:3] == list(xp.shape[1:3]) and (sh, sw) == (1, 1):
+                slices.append(xp)  # the whole tensor: a STRIDED_SLICE would only copy it
+                continue
             slices.append(tf.strided_slice(xp, begin, end, [1, sh, sw, 1],
                                            begin_mask=0b1001, end_mask=0b1001))
     return slices[0] if len(slices) == 1 else tf.concat(slices, axis=3)
@@ -242,4 +246,66 @@ class Conv2DBackpropInputRule(LoweringRule):
             strides=[1, *win.strides, 1], padding=padding)
 
 
-RULES = [Conv2DBackpropFilterRule(), Conv2DBackpropInputRule()]
+def reads_signature_inputs(graph: Graph, ref: str) -> bool:
+    """Whether ``ref`` depends on a signature input (x, y, the learning rate): true of a
+    gradient, false of a kernel computed from weights and constants only."""
+    feeds = set(graph.inputs.values())
+    seen, stack = set(), [ref]
+    while stack:
+        name = parse_ref(stack.pop())[0]
+        if name in seen:
+            continue
+        seen.add(name)
+        if f"{name}:0" in feeds or name in feeds:
+            return True
+        stack.extend(graph.nodes[name].input)
+    return False
+
+
+class WeightConv2DRule(LoweringRule):
+    """Conv2D whose kernel is a trained weight -> im2col patches and one matmul.
+
+    TFLite runs a CONV_2D whose filter is not a constant on its builtin kernel (XNNPACK only
+    takes static filters) with a filter transpose each call, about 3x slower than the same
+    convolution with constant weights; a BATCH_MATMUL of two runtime tensors is delegated.
+    Measured with ``python bench/lowering_weight_conv.py`` (ai-edge-litert 2.3, one thread,
+    signature runner, median of 300 calls, shared 2-core x86-64 machine):
+
+        case                          CONV_2D (runtime kernel)  patches+matmul  const kernel
+        1x1 112->1280, 4x4, N=1       188 us                    128 us          59 us
+        3x3 64->64, 8x8, N=1          149 us                     98 us          53 us
+        3x3 64->64, 12x12, N=8        2536 us                  1201 us         830 us
+        3x3 48->48, 16x16, N=8        2604 us                  1677 us        1107 us
+
+    Only 1x1 kernels are taken: they need no patches at stride 1 (a reshape) and one strided
+    slice otherwise. For kxk kernels the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the
+    input) lost on whole models although single convolutions win: ResNet-18-style half
+    width @96, full scheme, batch 8, 1057 -> 2049 train ops, timeline peak 30.9 -> 43.6 MB,
+    measured arena 87 -> 92 MB, step time unchanged within noise (197 vs 185 ms, loaded
+    machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A cost
+    model per shape could take the kxk cases that pay. With 1x1 only (and fold_bn's size
+    check): MobileNetV2 0.35 @128 last:2 batch 1 step 0.886 -> 0.80 ms. Convolutions whose "kernel" is a gradient
+    (the conv form of a filter gradient) read signature inputs and are left alone."""
+
+    op_type = "Conv2D"
+
+    def applies(self, graph, node):
+        kernel = node.input[1]
+        shape = graph.spec(kernel).shape
+        if shape is None or tuple(shape[:2]) != (1, 1):
+            return False  # kxk: patches cost memory and time on whole models (docstring)
+        return not is_constant(graph, kernel) and not reads_signature_inputs(graph, kernel)
+
+    def check(self, graph, node):
+        return check_conv(graph, node, [node.input[0], node.input[1], node.name])
+
+    def rewrite(self, graph, node, x, w):
+        n, ho, wo, co = graph.spec(node.name).shape
+        kh, kw, ci, _ = w.shape
+        win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), (ho, wo))
+        patches = filter_patches(pad_spatial(x, win.pads), win, (ho, wo))
+        y = tf.matmul(tf.reshape(patches, [-1, kh * kw * ci]), tf.reshape(w, [kh * kw * ci, co]))
+        return [tf.reshape(y, [n, ho, wo, co])]
+
+
+RULES = [Conv2DBackpropFilterRule(), Conv2DBackpropInputRule(), WeightConv2DRule()]

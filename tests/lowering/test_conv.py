@@ -208,3 +208,74 @@ def test_lower_pass_leaves_plain_input_grad_to_the_converter(dilation, padding, 
     assert result.modified == fires
     key = "lowered" if fires else "left_to_converter"
     assert result.stats[key] == {"Conv2DBackpropInput": 1}
+
+
+# Conv2D whose kernel is a weight (not a signature input): im2col patches and one matmul.
+def weight_conv_graph(config, x, kernel):
+    """x is the signature input, the kernel a weight fed as a param (as the trace feeds a
+    trained kernel)."""
+    from graph_passes.ir import Graph
+    *_, s, d, padding = config
+    scratch = tf.Graph()
+    with scratch.as_default():
+        xp = tf.compat.v1.placeholder(tf.float32, x.shape, name="x")
+        wp = tf.compat.v1.placeholder(tf.float32, kernel.shape, name="w")
+        out = tf.identity(tf.nn.conv2d(xp, wp, s, padding, dilations=d), name="out")
+    return Graph(scratch.as_graph_def(), inputs={"x": xp.name}, outputs={"out": out.name},
+                 params={"kernel": wp.name})
+
+
+def run_weight_conv(graph, x, kernel):
+    return tf.compat.v1.Session(graph=_imported(graph)).run("out:0", {"x:0": x, "w:0": kernel})
+
+
+def _imported(graph):
+    scratch = tf.Graph()
+    with scratch.as_default():
+        tf.graph_util.import_graph_def(graph.to_graph_def(), name="")
+    return scratch
+
+
+@pytest.mark.parametrize("name", ["1x1_s1", "1x1_s2_odd", "3x3_s1_same", "3x3_s2_same_even",
+                                  "3x3_d2_same", "5x5_s2_same", "conv1d_k3_s2_valid"])
+def test_weight_conv_becomes_patches_and_matmul(name):
+    """The rewrite is right for every geometry (the pass applies it to 1x1 kernels only)."""
+    from graph_passes.lowering.conv import WeightConv2DRule
+    config = CONFIGS[name]
+    x, kernel, _ = arrays(config, seed=3)
+    graph = weight_conv_graph(config, x, kernel)
+    rule = WeightConv2DRule()
+    assert rule.applies(graph, graph.nodes_of(["Conv2D"])[0]) == (config[5:7] == (1, 1))
+    assert lower_all(graph, rule) == 1
+    histogram = graph.op_histogram()
+    assert histogram["Conv2D"] == 0 and histogram["MatMul"] == 1
+    if name == "1x1_s1":  # no patches at all: reshape, matmul, reshape
+        assert histogram["StridedSlice"] == 0 and histogram["ConcatV2"] == 0
+    *_, s, d, padding = config
+    assert_close(run_weight_conv(graph, x, kernel),
+                 tf.nn.conv2d(x, kernel, s, padding, dilations=d).numpy(), 1e-5)
+
+
+def test_weight_conv_on_litert_has_no_conv():
+    from graph_passes.lowering.conv import WeightConv2DRule
+    config = CONFIGS["1x1_s2_odd"]
+    x, kernel, _ = arrays(config, seed=4)
+    graph = weight_conv_graph(config, x, kernel)
+    lower_all(graph, WeightConv2DRule())
+    assert graph.op_histogram()["Conv2D"] == 0
+    graph.inputs["w"] = graph.params.pop("kernel")  # feed the kernel to run it on its own
+    [out] = run_on_litert(as_function(graph), x, kernel)
+    assert_close(out, tf.nn.conv2d(x, kernel, 2, "SAME").numpy(), 1e-4)
+
+
+def test_weight_conv_leaves_constant_and_gradient_kernels():
+    """A constant kernel is XNNPACK's; a kernel computed from signature inputs (the conv
+    form of a filter gradient) would need huge patches: both stay CONV_2D."""
+    from graph_passes.lowering.conv import WeightConv2DRule
+    config = CONFIGS["1x1_s1"]
+    x, kernel, _ = arrays(config)
+    rule = WeightConv2DRule()
+    constant = graph_of(lambda a: tf.nn.conv2d(a, tf.constant(kernel), 1, "VALID"), x)
+    assert not rule.applies(constant, constant.nodes_of(["Conv2D"])[0])
+    from_inputs = graph_of(lambda a, w: tf.nn.conv2d(a, w, 1, "VALID"), x, kernel)
+    assert not rule.applies(from_inputs, from_inputs.nodes_of(["Conv2D"])[0])

@@ -77,3 +77,24 @@ def test_frozen_conv_and_frozen_batchnorm_fold_too():
     assert FoldBatchNorm().run(graph).stats["folded"] == 2
     values = helpers.feeds(step)
     helpers.assert_outputs_close(helpers.run(graph, values), helpers.run(before, values))
+
+
+def test_declines_a_trained_kernel_larger_than_its_activation():
+    """A wide 1x1 conv on a 2x2 map (MobileNetV2's last conv at batch 1 in small): W * s
+    would cost more than the activation-sized multiply it replaces, so it stays unfolded."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((2, 2, 16)), layers.Conv2D(64, 1, use_bias=False, name="wide"),
+        layers.BatchNormalization(trainable=False, name="bn"), layers.ReLU(6.0),
+        layers.Flatten(), layers.Dense(2, name="logits")])
+    step, graph = prepared(model)
+    before = graph.copy()
+    result = FoldBatchNorm().run(graph)
+    assert result.stats["folded"] == 0
+    assert result.stats["declined"] == {"kernel larger than the activation it scales": 1}
+    assert len(bn_scale_muls(graph)) == 1
+    helpers.assert_outputs_close(helpers.run(graph, helpers.feeds(step)),
+                                 helpers.run(before, helpers.feeds(step)))
+    # frozen, the same kernel folds: W * s is a constant the converter computes once
+    step, graph = prepared(model, "last:1")
+    assert FoldBatchNorm().run(graph).stats["folded"] == 1

@@ -28,13 +28,14 @@ EXPECTED = {
         "MaxPoolGrad": 1, "AvgPoolGrad": 1,
         "ReluGrad": 1, "Relu6Grad": 1, "EluGrad": 1, "LeakyReluGrad": 1,
     }, {
+        "Conv2D": 2,  # conv, conv_dil: 3x3 trained kernels stay CONV_2D (WeightConv2DRule)
         # conv_dil's input gradient: Keras dilates by SpaceToBatchND, so the op itself is a
         # plain stride-1 SAME one, which converts to TRANSPOSE_CONV as it is
         "Conv2DBackpropInput": 1,
     }),
     "small_cnn": (helpers.small_cnn, {
         "Conv2DBackpropFilter": 2, "MaxPoolGrad": 1, "ReluGrad": 2,
-    }, {"Conv2DBackpropInput": 1}),
+    }, {"Conv2DBackpropInput": 1, "Conv2D": 2}),
     "mlp_bn": (helpers.mlp_bn, {"ReluGrad": 1}, {}),
 }
 
@@ -49,6 +50,11 @@ def prepared(build, scheme="full"):
 def rule_ops_left(graph, rules=RULES) -> list[str]:
     """Nodes a rule would still rewrite."""
     return [n.name for n in graph.nodes_of(rules) if rules[n.op].applies(graph, n)]
+
+
+# op types that rules also emit: the conv form of a filter gradient is a Conv2D whose kernel is
+# a gradient, which WeightConv2DRule leaves alone (rule_ops_left checks none is missed)
+EMITTED_BY_LOWERINGS = {"Conv2D"}
 
 
 @pytest.fixture(scope="module", params=list(EXPECTED), ids=list(EXPECTED))
@@ -74,9 +80,11 @@ def test_no_op_a_rule_applies_to_is_left(case):
     assert rule_ops_left(out) == []
     after = out.op_histogram()
     for op in lowered:
-        assert after[op] == left.get(op, 0), op
+        if op not in EMITTED_BY_LOWERINGS:
+            assert after[op] == left.get(op, 0), op
     for op, count in left.items():
-        assert after[op] == count, op
+        if op not in EMITTED_BY_LOWERINGS:
+            assert after[op] == count, op
 
 
 def test_numbers_unchanged(case):
@@ -132,10 +140,10 @@ def test_a_declining_rule_is_an_error_naming_the_node():
                          ids=["tanh_mlp-full", "small_cnn-last1"])
 def test_does_not_fire_without_rule_ops(build, scheme):
     _, graph = prepared(build, scheme)
-    assert not set(graph.op_histogram()) & set(RULES)
+    assert rule_ops_left(graph) == []  # frozen convs' kernels are constants: XNNPACK's
     before = helpers.serialized(graph)
     result = Lower().run(graph)
-    assert not result.modified and result.stats == {"lowered": {}}
+    assert not result.modified and result.stats["lowered"] == {}
     assert helpers.serialized(graph) == before
 
 

@@ -1,0 +1,68 @@
+"""Times a Conv2D whose kernel is a runtime tensor (a trained weight) on ai-edge-litert.
+
+Three forms per case, each traced alone at fixed shapes, converted with TFLITE_BUILTINS only,
+invoked after warm-up, median printed (one thread): CONV_2D with the kernel as an input (what
+the converter emits for a trained kernel), ``WeightConv2DRule``'s im2col patches + matmul,
+and CONV_2D with a constant kernel (XNNPACK's, the floor). Run:
+``python bench/lowering_weight_conv.py``; the figures go into the docstring of
+``graph_passes/lowering/conv.py`` (WeightConv2DRule).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+from bench.lowering_conv_filter import median_ms  # noqa: E402
+from graph_passes.lowering.conv import Window, filter_patches, pad_spatial  # noqa: E402
+from tests.litert_helpers import convert_builtins_only  # noqa: E402
+
+# name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
+CASES = [
+    ("1x1 112->1280, 4x4, N=1", 1, 4, 112, 1280, 1),
+    ("3x3 64->64, 8x8, N=1", 1, 8, 64, 64, 3),
+    ("3x3 64->64, 12x12, N=8", 8, 12, 64, 64, 3),
+    ("3x3 48->48, 16x16, N=8", 8, 16, 48, 48, 3),
+]
+
+
+def patches_matmul(x, w):
+    n, h, _, ci = x.shape
+    k, co = w.shape[0], w.shape[3]
+    pad = (k - 1) // 2
+    win = Window((k, k), (1, 1), (1, 1), ((pad, k - 1 - pad), (pad, k - 1 - pad)))
+    patches = filter_patches(pad_spatial(x, win.pads), win, (h, h))
+    y = tf.matmul(tf.reshape(patches, [-1, k * k * ci]), tf.reshape(w, [k * k * ci, co]))
+    return tf.reshape(y, [n, h, h, co])
+
+
+def main():
+    print(f"{'case':<28} {'CONV_2D (runtime kernel)':>26} {'patches+matmul':>16} {'constant':>10}")
+    for name, n, h, ci, co, k in CASES:
+        rng = np.random.default_rng(0)
+        x = rng.random((n, h, h, ci), np.float32)
+        w = rng.random((k, k, ci, co), np.float32)
+        xs, ws = tf.TensorSpec(x.shape), tf.TensorSpec(w.shape)
+        forms = {
+            "dynamic": (lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"), [xs, ws], [x, w]),
+            "patches": (patches_matmul, [xs, ws], [x, w]),
+            "constant": (lambda a: tf.nn.conv2d(a, tf.constant(w), 1, "SAME"), [xs], [x]),
+        }
+        ref = tf.nn.conv2d(x, w, 1, "SAME").numpy()
+        row = []
+        for fn, specs, arrays in forms.values():
+            runner = Interpreter(model_content=convert_builtins_only(fn, specs),
+                                 num_threads=1).get_signature_runner("serving_default")
+            feeds = {f"in{i:02d}": a for i, a in enumerate(arrays)}
+            assert np.allclose(runner(**feeds)["out00"], ref, rtol=1e-4, atol=1e-3), name
+            row.append(median_ms(lambda: runner(**feeds), reps=300, warm=30))
+        print(f"{name:<28} {row[0] * 1e3:>23.0f} us {row[1] * 1e3:>13.0f} us {row[2] * 1e3:>7.0f} us")
+
+
+if __name__ == "__main__":
+    main()
