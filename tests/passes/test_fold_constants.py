@@ -1,0 +1,258 @@
+"""fold_constants: ops computed from constants only become Consts, with TF's numbers.
+
+Run as a module (``python -m tests.passes.test_fold_constants``) it measures the pass on
+MobileNetV2 0.35 @96 and the CNN of tests/models.py (the figures of the pass's docstring).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from graph_passes.dce import DeadCodeElimination
+from graph_passes.fold_constants import FoldConstants
+from graph_passes.freeze import Freeze
+from graph_passes.ir import Graph
+from graph_passes.pass_base import Sequential
+from tests import models
+from tests.passes import helpers
+from tests.passes.helpers import traced
+from tfpock import export, model_file
+from tfpock.layers import leaf_layers
+from tfpock.pipeline import build_pipeline
+
+
+def graph_of(build, x_shape=(2, 3)) -> Graph:
+    """A Graph whose signature is ``x`` (float32 [2, 3]) -> ``y = build(x)``."""
+    with tf.Graph().as_default() as scratch:
+        x = tf.compat.v1.placeholder(tf.float32, x_shape, name="x")
+        tf.identity(build(x), name="y")
+    return Graph(scratch.as_graph_def(), {"x": "x"}, {"y": "y"})
+
+
+def frozen_weight_chain(x):
+    """x @ reshape(transpose(W) * 2): three ops over constants, one that reads x."""
+    w = tf.constant(np.arange(12, dtype=np.float32).reshape(4, 3), name="w")
+    scaled = tf.multiply(tf.transpose(w, name="wt"), 2.0, name="scaled")
+    return tf.matmul(x, tf.reshape(scaled, [3, 4], name="kernel"), name="matmul")
+
+
+def folded(graph: Graph, **kwargs) -> tuple[Graph, dict]:
+    graph = graph.copy()
+    return graph, FoldConstants(**kwargs).run(graph).stats
+
+
+X = {"x": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+
+
+# ---- it fires -----------------------------------------------------------------------------
+def test_folds_a_const_only_subgraph_and_dce_clears_the_rest():
+    graph = graph_of(frozen_weight_chain)
+    after, stats = folded(graph)
+    assert stats["folded"] == 3
+    assert stats["folded_by_op"] == {"Transpose": 1, "Mul": 1, "Reshape": 1}
+    assert stats["declined"] == {}
+    assert stats["computed_ops"] == "5 -> 2"          # identity y + matmul remain
+    # the kernel (48 bytes) is read instead of w (48) and the perm, scale and shape Consts
+    assert stats["bytes_created"] == 48
+    assert stats["bytes_unreferenced"] == 48 + 8 + 4 + 8
+    assert after.nodes["kernel"].op == "Const"       # same name: readers stay wired
+    DeadCodeElimination().run(after)
+    assert after.op_histogram() == {"Placeholder": 1, "Const": 1, "MatMul": 1, "Identity": 1}
+
+
+def test_numbers_unchanged():
+    graph = graph_of(frozen_weight_chain)
+    after, _ = folded(graph)
+    helpers.assert_outputs_equal(helpers.run(after, X), helpers.run(graph, X))
+
+
+def test_every_output_of_a_multi_output_op_folds():
+    def build(x):
+        a, b = tf.split(tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3)), [1, 2], 1)
+        return tf.concat([x[:, :1] * a, x[:, 1:] + b], axis=1)
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded_by_op"] == {"Split": 1} or stats["folded_by_op"] == {"SplitV": 1}
+    helpers.assert_outputs_equal(helpers.run(after, X), helpers.run(graph, X))
+
+
+def test_shapes_of_computed_tensors_fold_when_static():
+    """ShapeN(x, W) is what the lowered input gradient of a convolution reads."""
+    def build(x):
+        w = tf.constant(np.ones((3, 4), np.float32), name="w")
+        shapes = tf.shape_n([tf.negative(x, name="neg"), w], name="shapes")
+        return tf.reshape(tf.matmul(x, w), shapes[0][:1] * shapes[1][1:], name="out")
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded_by_op"] == {"ShapeN": 1, "StridedSlice": 2, "Mul": 1}
+    helpers.assert_outputs_equal(helpers.run(after, X), helpers.run(graph, X))
+    DeadCodeElimination().run(after)
+    assert "neg" not in after.nodes     # read only for its shape
+
+    # with an unknown batch size the shape is no constant: nothing to fold, nothing declined
+    _, stats = folded(graph_of(build, x_shape=(None, 3)))
+    assert stats["folded"] == 0 and stats["declined"] == {}
+
+
+def test_frozen_batchnorm_of_a_model_folds_with_identical_numbers():
+    step = traced(helpers.mlp_bn(), "last:1")
+    frozen, _ = Sequential([Freeze(step.frozen)])(step.train)
+    after, records = Sequential([Freeze(step.frozen), FoldConstants()],
+                                check_invariants=True)(step.train)
+    stats = records[-1].stats
+    # s = gamma * rsqrt(var + eps), b = beta - mean * s, and the loss's shape arithmetic
+    assert {"AddV2": 1, "Rsqrt": 1, "Sub": 1}.items() <= stats["folded_by_op"].items()
+    assert stats["folded_by_op"]["Mul"] == 2
+    values = helpers.feeds(step)
+    helpers.assert_outputs_equal(helpers.run(after, values), helpers.run(frozen, values))
+    assert helpers.signature(after) == helpers.signature(step.train)
+
+
+# ---- it declines, and says why ----------------------------------------------------------
+def test_does_not_fold_a_stateful_random_op():
+    graph = graph_of(lambda x: x + tf.random.uniform([2, 3], seed=1, name="noise"))
+    after, stats = folded(graph)
+    assert stats["folded"] == 0
+    assert stats["declined"] == {"stateful": {"RandomUniform": 1}}
+    assert helpers.serialized(after) == helpers.serialized(graph)
+
+
+def test_does_not_fold_a_stateless_random_draw():
+    """The lowering turns it into a fresh draw per step: it must stay an op."""
+    def build(x):
+        key, counter, alg = tf.raw_ops.StatelessRandomGetKeyCounterAlg(seed=[1, 2])
+        return x * tf.raw_ops.StatelessRandomUniformV2(shape=[2, 3], key=key, counter=counter,
+                                                       alg=alg, name="draw")
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded"] == 0
+    assert stats["declined"] == {"random": {"StatelessRandomGetKeyCounterAlg": 1}}
+    assert after.nodes["draw"].op == "StatelessRandomUniformV2"
+
+    # with a constant key and counter the draw itself is the candidate, and declined
+    def build_const(x):
+        return x * tf.raw_ops.StatelessRandomUniformV2(
+            shape=[2, 3], key=tf.constant([7], tf.uint64), counter=tf.constant([0, 0], tf.uint64),
+            alg=1, name="draw")
+    _, stats = folded(graph_of(build_const))
+    assert stats["declined"] == {"random": {"StatelessRandomUniformV2": 1}}
+
+
+def test_does_not_fold_placeholders_or_what_reads_them():
+    def build(x):
+        fed = tf.compat.v1.placeholder_with_default(tf.ones([2, 3]), [2, 3], name="fed")
+        return tf.negative(x, name="neg") + fed
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded"] == 0
+    assert stats["declined"] == {"feed_point": {"PlaceholderWithDefault": 1}}
+    assert after.nodes["x"].op == "Placeholder" and after.nodes["neg"].op == "Neg"
+
+
+def test_does_not_fold_under_a_control_input_from_a_computed_op():
+    def build(x):
+        guard = tf.negative(x, name="guard")
+        one = tf.constant(1.0)
+        with tf.control_dependencies([guard]):
+            guarded = tf.identity(one, name="guarded")
+            waiting = tf.constant(2.0, name="waiting")     # a Const that waits for guard
+        return x + guarded + tf.identity(waiting, name="reads_waiting")
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded"] == 0
+    assert stats["declined"] == {"control_input": {"Identity": 1}}
+    helpers.assert_outputs_equal(helpers.run(after, X), helpers.run(graph, X))
+
+
+def test_size_cap_declines_a_materialised_broadcast_and_what_follows():
+    def build(x):
+        big = tf.fill([64, 64], 1.5, name="big")             # 16 KiB from 12 bytes
+        return x + tf.reduce_sum(big * 2.0, name="total")
+    graph = graph_of(build)
+    after, stats = folded(graph)
+    assert stats["folded"] == 0
+    assert stats["declined"] == {"size_cap": {"Fill": 1}}
+    assert after.nodes["big"].op == "Fill"
+    loose, stats = folded(graph, max_growth_bytes=64 * 64 * 4)
+    assert stats["folded_by_op"] == {"Fill": 1, "Mul": 1, "Sum": 1}
+    helpers.assert_outputs_equal(helpers.run(loose, X), helpers.run(graph, X))
+
+
+def test_negative_cap_is_refused():
+    with pytest.raises(ValueError, match="max_growth_bytes"):
+        FoldConstants(max_growth_bytes=-1)
+
+
+# ---- invariants ---------------------------------------------------------------------------
+def test_signature_and_postcondition_on_a_lowered_cnn():
+    """After lower, with the pipeline's debug checks; a second run finds nothing."""
+    step = traced(helpers.lowering_cnn(), "last:3")
+    graph, records = Sequential(with_fold(build_pipeline(step.frozen).passes),
+                                check_invariants=True)(step.train)
+    assert [r.name for r in records][-2:] == ["fold_constants", "dce"]
+    assert helpers.signature(graph) == helpers.signature(step.train)
+    again = FoldConstants().run(graph)
+    assert not again.modified and again.stats["folded"] == 0
+
+
+def test_postcondition_fails_on_an_unfolded_graph():
+    with pytest.raises(AssertionError, match="3 foldable nodes"):
+        FoldConstants().postcondition(graph_of(frozen_weight_chain))
+
+
+# ---- measurement (python -m tests.passes.test_fold_constants) ----------------------------
+def with_fold(passes):
+    """The pipeline's passes with fold_constants after lower, before dce."""
+    passes = list(passes)
+    at = next(i for i, p in enumerate(passes) if p.name == "dce")
+    return passes[:at] + [FoldConstants()] + passes[at:]
+
+
+def _tflite_ops(step, model, train: Graph, infer: Graph) -> tuple[int, collections.Counter]:
+    module = export.TrainingModule(train, infer, step, export.metadata_for(step, {}))
+    content = export.convert(module, [train, infer], [l.name for l in leaf_layers(model)])
+    ops = model_file.read(content).subgraph("train").operators
+    return len(content), collections.Counter(op.name for op in ops)
+
+
+def measure(name: str, model, scheme, batch_size: int = 8) -> None:
+    step = traced(model, scheme, batch_size)
+    _, records = Sequential([Freeze(step.frozen), FoldConstants()])(step.train)
+    print(f"== {name} {scheme if isinstance(scheme, str) else 'sparse'}")
+    print(f"  freeze -> fold_constants: {records[-1].stats}")
+    plain = build_pipeline(step.frozen)
+    folding = Sequential(with_fold(plain.passes))
+    graphs = {}
+    for label, pipeline in (("plain", plain), ("fold", folding)):
+        train, records = pipeline(step.train)
+        infer, _ = pipeline(step.infer)
+        graphs[label] = (train, infer)
+        if label == "fold":
+            print(f"  in the pipeline (after lower): {records[-2].stats}")
+    values = helpers.feeds(step)
+    a, b = (helpers.run(graphs[k][0], values) for k in ("plain", "fold"))
+    print("  max |difference| of train outputs:",
+          max(float(np.abs(a[k] - b[k]).max()) for k in a))
+    (size0, ops0), (size1, ops1) = (_tflite_ops(step, model, *graphs[k]) for k in ("plain", "fold"))
+    print(f"  .tflite train ops {sum(ops0.values())} -> {sum(ops1.values())}, "
+          f"file {size0:,} -> {size1:,} bytes; op diff "
+          f"+{dict(ops1 - ops0)} -{dict(ops0 - ops1)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=96)
+    args = parser.parse_args()
+    sparse = {"default": "frozen", "layers": {"block_15_project": "full", "predictions": "full"}}
+    for scheme in ("full", "last:2", "bias", sparse):
+        measure(f"MobileNetV2 0.35 @{args.size}", models.mobilenet_v2(size=args.size), scheme)
+    for scheme in ("full", "last:2", "bias"):
+        measure("every_layer_cnn", models.every_layer_cnn(), scheme)
+
+
+if __name__ == "__main__":
+    main()
