@@ -145,13 +145,6 @@ def _numeric(dtype: tf.DType) -> bool:
     return dtype.is_floating or dtype.is_integer or dtype.is_bool or dtype.is_complex
 
 
-def _imported(graph: Graph) -> tf.Graph:
-    scratch = tf.Graph()
-    with scratch.as_default():
-        tf.graph_util.import_graph_def(graph.to_graph_def(), name="")
-    return scratch
-
-
 def _decline_reason(op: tf.Operation, control_ok: bool, max_growth_bytes: int) -> str | None:
     """Why ``op`` (whose data inputs are constant, or a shape op of static shapes) must not
     fold, or None."""
@@ -266,7 +259,7 @@ def fold(graph: Graph, max_growth_bytes: int = DEFAULT_MAX_GROWTH_BYTES
          ) -> tuple[FoldPlan, collections.Counter]:
     """Replaces every foldable node by Consts of its values; returns the plan and the op
     types folded."""
-    scratch = _imported(graph)
+    scratch = graph.to_tf_graph()
     plan = plan_folds(graph, scratch, max_growth_bytes)
     values = evaluate(scratch, plan.fold)
     op_types = collections.Counter()
@@ -330,7 +323,7 @@ class FoldConstants(Pass):
         return PassResult(bool(plan.fold), stats)
 
     def postcondition(self, graph: Graph) -> None:
-        left = plan_folds(graph, _imported(graph), self.max_growth_bytes).fold
+        left = plan_folds(graph, graph.to_tf_graph(), self.max_growth_bytes).fold
         if left:
             raise AssertionError(f"fold_constants left {len(left)} foldable nodes: "
                                  + ", ".join(f"{graph.nodes[n].op} {n!r}" for n in left[:5]))

@@ -96,10 +96,15 @@ class Graph:
             self._infer_specs()
         return self._specs[name]
 
-    def _infer_specs(self) -> None:
+    def to_tf_graph(self) -> tf.Graph:
+        """The nodes imported into a new ``tf.Graph`` (same names), to run or inspect."""
         scratch = tf.Graph()
         with scratch.as_default():
             tf.graph_util.import_graph_def(self.to_graph_def(), name="")
+        return scratch
+
+    def _infer_specs(self) -> None:
+        scratch = self.to_tf_graph()
         for op in scratch.get_operations():
             for out in op.outputs:
                 shape = None if out.shape.rank is None else tuple(out.shape.as_list())

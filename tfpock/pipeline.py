@@ -7,6 +7,7 @@ import numpy as np
 
 from graph_passes.dce import DeadCodeElimination
 from graph_passes.fold_batchnorm import FoldBatchNorm
+from graph_passes.fold_constants import FoldConstants
 from graph_passes.freeze import Freeze
 from graph_passes.lower import Lower
 from graph_passes.narrow import NarrowWeightGradients
@@ -17,12 +18,12 @@ from tfpock.errors import TfpockError
 # Passes a user may switch off to measure what they buy. freeze and lower are not among
 # them: without freeze the frozen weights would have no values in the exported model, and
 # without lower the model would need Flex ops.
-OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "dce")
+OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "fold_constants", "dce")
 
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    skip: Iterable[str] = ()) -> Sequential:
-    """freeze -> prune -> narrow -> fold_bn -> lower -> dce; ``debug`` checks the signature and each
+    """freeze -> prune -> narrow -> fold_bn -> lower -> fold_constants -> dce; ``debug`` checks the signature and each
     pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
     skip = set(skip)
     unknown = skip - set(OPTIONAL_PASSES)
@@ -35,6 +36,7 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
         NarrowWeightGradients(),  # partial-channel kernels' gradients compute k channels only
         FoldBatchNorm(),          # frozen BatchNorm scales move into the kernel before them
         Lower(),                  # ops TFLite lacks as builtins become builtin-convertible ops
+        FoldConstants(),          # what depends on constants only is computed once, here
         DeadCodeElimination(),    # producers the lowering left unread
     ]
     return Sequential([p for p in passes if p.name not in skip], check_invariants=debug)

@@ -172,9 +172,9 @@ _SHOWN_AS_FIGURES = ("peak_bytes_before", "peak_bytes_after")
 
 def _record_line(r: PassRecord) -> str:
     """``  prune    ops  1330 -> 1278,  peak live 63.2 -> 62.0 MB  ops_removed=52, ...``"""
-    line = f"  {r.name:<8} ops {r.ops_before:>5} -> {r.ops_after}"
+    line = f"  {r.name:<14} ops {r.ops_before:>5} -> {r.ops_after}"
     if r.peak_live_before is not None and r.peak_live_after is not None:
-        line = f"{line + ',':<29} peak live {_size(r.peak_live_before, r.peak_live_after)}"
+        line = f"{line + ',':<35} peak live {_size(r.peak_live_before, r.peak_live_after)}"
     stats = ", ".join(f"{k}={len(v) if isinstance(v, list) else v}"
                       for k, v in r.stats.items() if k not in _SHOWN_AS_FIGURES)
     return f"{line}  {stats}".rstrip()

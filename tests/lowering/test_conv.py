@@ -226,14 +226,8 @@ def weight_conv_graph(config, x, kernel):
 
 
 def run_weight_conv(graph, x, kernel):
-    return tf.compat.v1.Session(graph=_imported(graph)).run("out:0", {"x:0": x, "w:0": kernel})
-
-
-def _imported(graph):
-    scratch = tf.Graph()
-    with scratch.as_default():
-        tf.graph_util.import_graph_def(graph.to_graph_def(), name="")
-    return scratch
+    session = tf.compat.v1.Session(graph=graph.to_tf_graph())
+    return session.run("out:0", {"x:0": x, "w:0": kernel})
 
 
 @pytest.mark.parametrize("name", ["1x1_s1", "1x1_s2_odd", "3x3_s1_same", "3x3_s2_same_even",

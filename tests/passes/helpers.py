@@ -120,9 +120,7 @@ def _session_config() -> tf.compat.v1.ConfigProto:
 def run(graph: Graph, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Runs ``graph`` in TF, feeding its signature inputs and remaining parameters from
     ``values``; returns every signature output by name."""
-    scratch = tf.Graph()
-    with scratch.as_default():
-        tf.graph_util.import_graph_def(graph.to_graph_def(), name="")
+    scratch = graph.to_tf_graph()
     fed = {ref: values[key] for key, ref in graph.inputs.items()}
     fed.update({ref: values[path] for path, ref in graph.params.items()})
     names = sorted(graph.outputs)

@@ -5,6 +5,7 @@ import pytest
 
 from graph_passes.dce import DeadCodeElimination
 from graph_passes.fold_batchnorm import FoldBatchNorm
+from graph_passes.fold_constants import FoldConstants
 from graph_passes.freeze import Freeze
 from graph_passes.ir import parse_ref
 from graph_passes.liveness import peak_live_bytes
@@ -62,17 +63,19 @@ class Vandal(Pass):
 
 
 # ---- build_pipeline ------------------------------------------------------------------------
-def test_build_pipeline_is_freeze_prune_narrow_fold_lower_dce(step):
+def test_build_pipeline_is_freeze_prune_narrow_fold_lower_fold_constants_dce(step):
     pipeline = build_pipeline(frozen_values(step))
     assert [type(p) for p in pipeline.passes] == [Freeze, Prune, NarrowWeightGradients,
-                                                  FoldBatchNorm, Lower, DeadCodeElimination]
+                                                  FoldBatchNorm, Lower, FoldConstants,
+                                                  DeadCodeElimination]
     assert not pipeline.check_invariants
     assert build_pipeline(frozen_values(step), debug=True).check_invariants
 
 
 def test_records_each_pass_in_order(step):
     graph, records = build_pipeline(frozen_values(step), debug=True)(step.train)
-    assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "lower", "dce"]
+    assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "lower",
+                                          "fold_constants", "dce"]
     assert records[0].ops_before == len(step.train.nodes)
     assert records[0].peak_live_before == peak_live_bytes(step.train).peak_bytes
     for earlier, later in zip(records, records[1:]):
