@@ -87,9 +87,13 @@ def test_kill_switches_and_reorder_option():
     names = [r.name for r in program.pass_records["train"]]
     assert names == ["freeze", "prune", "lower"]
     program.to_tflite()
-    (record,) = program.pass_records["export"]
-    assert record.name == "reorder" and "[export]" in program.report()
-    assert record.stats["peak_bytes_after"] <= record.stats["peak_bytes_before"]
-    with pytest.raises(tfpock.TfpockError,
-                       match="optional passes are prune, narrow, fold_bn, fold_constants, dce"):
+    fuse, reorder = program.pass_records["export"]
+    assert fuse.name == "fuse" and reorder.name == "reorder" and "[export]" in program.report()
+    assert set(fuse.stats["rules"]) == {"transpose_pair", "bias", "activation"}
+    assert reorder.stats["peak_bytes_after"] <= reorder.stats["peak_bytes_before"]
+    unfused = compile_(skip_passes=("fuse",))
+    unfused.to_tflite()
+    assert "export" not in unfused.pass_records
+    with pytest.raises(tfpock.TfpockError, match="optional passes are prune, narrow, fold_bn, "
+                                                 "fold_constants, dce, fuse"):
         compile_(skip_passes=("freeze",))

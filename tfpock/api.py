@@ -35,7 +35,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             pass.
         skip_passes: optional passes to switch off, to measure what they buy: any of
             ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "fold_bn", "fold_constants",
-            "dce").
+            "dce") and ``EXPORT_PASSES`` ("fuse", on the exported flatbuffer).
         reorder: reschedule the exported ``train`` subgraph for a lower peak of live
             activations (``graph_passes.reorder``; off by default: under the XNNPACK
             delegate's clustering it does not lower the allocation, measured in its
@@ -74,7 +74,8 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "scheme": scheme_obj.to_dict(),
         "model": model.name,
     })
-    module = export.TrainingModule(train_graph, infer_graph, step, metadata, reorder=reorder)
+    module = export.TrainingModule(train_graph, infer_graph, step, metadata, reorder=reorder,
+                                   fuse="fuse" not in skip_passes)
     leaves = leaf_layers(model)
     policies = {l.name: scheme_obj.layers.get(l.name, scheme_obj.default).to_json()
                 for l in leaves if l.weights}

@@ -50,9 +50,10 @@ class TrainingModule(tf.Module):
     """Variables of the trained state and the signature functions over the graphs."""
 
     def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict,
-                 reorder: bool = False):
+                 reorder: bool = False, fuse: bool = True):
         super().__init__(name="tfpock")
         self.reorder = reorder
+        self.fuse = fuse
         self._train_graph = train.to_graph_def()
         self._infer_graph = infer.to_graph_def()
         self.train_graph, self.infer_graph = train, infer

@@ -19,6 +19,8 @@ from tfpock.errors import TfpockError
 # them: without freeze the frozen weights would have no values in the exported model, and
 # without lower the model would need Flex ops.
 OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "fold_constants", "dce")
+# Passes on the exported flatbuffer (Program.to_tflite), switched off the same way.
+EXPORT_PASSES = ("fuse",)
 
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
@@ -26,10 +28,10 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
     """freeze -> prune -> narrow -> fold_bn -> lower -> fold_constants -> dce; ``debug`` checks the signature and each
     pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
     skip = set(skip)
-    unknown = skip - set(OPTIONAL_PASSES)
+    unknown = skip - set(OPTIONAL_PASSES) - set(EXPORT_PASSES)
     if unknown:
         raise TfpockError(f"cannot skip passes {sorted(unknown)}; optional passes are "
-                          f"{', '.join(OPTIONAL_PASSES)}")
+                          f"{', '.join(OPTIONAL_PASSES + EXPORT_PASSES)}")
     passes = [
         Freeze(frozen_values),    # weights the scheme does not train become constants
         Prune(),                  # backward ops no kept update needs are removed

@@ -6,11 +6,10 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
-from graph_passes.ir import parse_ref
 
 from graph_passes.pass_base import PassRecord
+from graph_passes.fuse import fuse
 from graph_passes.reorder import reorder
 from tfpock import export, memory, model_file
 from tfpock.provenance import layer_of_node
@@ -91,15 +90,10 @@ class Program:
         return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
-        """Values the freeze pass baked into the optimised train graph as constants, keyed by
-        path (frozen weights the step never reads are gone after pruning)."""
-        graph = self._module.train_graph
-        out = {}
-        for path in self.frozen_paths:
-            node = graph.nodes.get(parse_ref(self._step.train.params[path])[0])
-            if node is not None and node.op == "Const":
-                out[path] = tf.make_ndarray(node.attr["value"].tensor)
-        return out
+        """Values the freeze pass baked into the train graph as constants, keyed by path.
+        Later passes may fold them into other constants (a frozen BatchNorm's statistics
+        become one scale and shift), so these are the values as frozen, not graph nodes."""
+        return {path: np.array(self._step.frozen[path]) for path in self.frozen_paths}
 
     def to_tflite(self) -> bytes:
         """The verified TFLite training model (converted once, with the compile-time weights;
@@ -107,13 +101,21 @@ class Program:
         if self._content is None:
             graphs = [self._module.train_graph, self._module.infer_graph]
             content = export.convert(self._module, graphs, self._layer_names)
+            records = []
+            if self._module.fuse:  # what the converter left unfused (docstring of fuse.py)
+                content, result = fuse(content, ["train"])
+                stats = result.stats["train"]
+                records.append(PassRecord("fuse", stats["ops_before"], stats["ops_after"],
+                                          result.modified, {"rules": stats["rules"]},
+                                          stats["peak_bytes_before"], stats["peak_bytes_after"]))
             if self._module.reorder:
                 content, result = reorder(content, ["train"])
                 n_ops = len(model_file.read(content).subgraph("train").operators)
                 stats = result.stats["train"]
-                self._records["export"] = [PassRecord(
-                    "reorder", n_ops, n_ops, result.modified, stats,
-                    stats["peak_bytes_before"], stats["peak_bytes_after"])]
+                records.append(PassRecord("reorder", n_ops, n_ops, result.modified, stats,
+                                          stats["peak_bytes_before"], stats["peak_bytes_after"]))
+            if records:
+                self._records["export"] = records
             export.verify(content)
             self._content = content
         return self._content

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from graph_passes.constants import is_constant
+from graph_passes.ir import parse_ref
 from graph_passes.lowering.base import LoweringRule, require_float32
 
 # Eigen's generic_fast_erf_float: numerator (odd) and denominator (even) coefficients,
@@ -126,5 +128,53 @@ class ErfcRule(_Elementwise):
         return [erfc(x)]
 
 
+# Ops the walk from an activation back to its matmul passes: shape-only ops, and adding a
+# constant (which the converter may fold away, as it does an all-zero bias).
+_SEE_THROUGH = {"Identity", "Reshape", "ExpandDims", "Squeeze", "Add", "AddV2", "BiasAdd"}
+_MATMULS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"}
+
+
+def after_runtime_matmul(graph, ref: str) -> bool:
+    """Whether ``ref`` is a matmul of two runtime tensors (a trained kernel), maybe seen
+    through reshapes and constant additions."""
+    node = graph.nodes[parse_ref(ref)[0]]
+    while node.op in _SEE_THROUGH:
+        data = [r for r in node.input if parse_ref(r)[1] >= 0]
+        runtime = [r for r in data if not is_constant(graph, r)]
+        if node.op in ("Add", "AddV2", "BiasAdd") and len(runtime) != 1:
+            return False  # a runtime addend: the converter keeps the ADD and fuses into it
+        node = graph.nodes[parse_ref(runtime[0] if runtime else data[0])[0]]
+    if node.op not in _MATMULS:
+        return False
+    return all(not is_constant(graph, r) for r in node.input[:2])
+
+
+class _ReluAfterRuntimeMatMul(_Elementwise):
+    """Relu / Relu6 on a matmul of two runtime tensors -> a select.
+
+    TF 2.21's converter fuses the activation into the matmul and then emits a BATCH_MATMUL,
+    which has no fused activation: the activation is silently dropped (a trained
+    ``Dense(8, use_bias=False, activation="relu")`` inferred up to 1.9 off on ai-edge-litert;
+    ``relu(matmul(a, b))`` alone reproduces it, as do ``maximum(., 0)``, ``+ 0``, ``* 1``
+    and reshapes in between). A select is not fused, so it survives: ``f > 0 ? f : 0``
+    (and ``min(f, 6)`` for Relu6), the same numbers as TF's kernels (and 0 for NaN)."""
+
+    def applies(self, graph, node):
+        return after_runtime_matmul(graph, node.input[0])
+
+    def rewrite(self, graph, node, features):
+        kept = tf.minimum(features, 6.0) if node.op == "Relu6" else features
+        return [tf.raw_ops.SelectV2(condition=features > 0, t=kept,
+                                    e=tf.constant(0.0, features.dtype))]
+
+
+class ReluAfterRuntimeMatMulRule(_ReluAfterRuntimeMatMul):
+    op_type = "Relu"
+
+
+class Relu6AfterRuntimeMatMulRule(_ReluAfterRuntimeMatMul):
+    op_type = "Relu6"
+
+
 RULES = [ReluGradRule(), Relu6GradRule(), LeakyReluGradRule(), EluGradRule(), ErfRule(),
-         ErfcRule()]
+         ErfcRule(), ReluAfterRuntimeMatMulRule(), Relu6AfterRuntimeMatMulRule()]

@@ -1,0 +1,46 @@
+"""Patterns TF 2.21's converter gets wrong, checked end to end on ai-edge-litert.
+
+A Relu/Relu6 right after a matmul of two runtime tensors is dropped by the converter (it fuses
+the activation into a BATCH_MATMUL, which has none); the lower pass rewrites such activations
+as selects (graph_passes/lowering/activations.py). Trained layers are where both matmul
+operands are runtime tensors: a Dense without bias, and a 1x1 Conv2D, which WeightConv2DRule
+turns into a matmul.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tfpock
+from tfpock.runtime import Trainer
+
+
+def _model(kind: str, activation: str) -> keras.Model:
+    keras.utils.set_random_seed(0)
+    if kind == "dense":
+        body = [keras.Input((6,)), keras.layers.Dense(8, use_bias=False, activation=activation)]
+    else:
+        body = [keras.Input((3, 3, 4)),
+                keras.layers.Conv2D(8, 1, use_bias=False, activation=activation),
+                keras.layers.Flatten()]
+    return keras.Sequential(body + [keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv1x1"])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_activation_after_a_trained_matmul_survives_conversion(kind, activation, tmp_path):
+    model = _model(kind, activation)
+    program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), optimizer=keras.optimizers.SGD(0.1), scheme="full", batch_size=4)
+    trainer = Trainer(program.export(tmp_path / "m.tflite"))
+    rng = np.random.default_rng(0)
+    x = (3 * rng.standard_normal((4, *model.input_shape[1:]))).astype(np.float32)
+    y = np.array([0, 1, 2, 1], np.int32)
+    expected = model(x).numpy()
+    assert (model.layers[0](x).numpy() <= 0).any()  # the activation matters for this batch
+    np.testing.assert_allclose(trainer.infer(x), expected, atol=1e-5)
+    host = program.train_step(x, y)["loss"]
+    assert trainer.train(x, y)["loss"] == pytest.approx(host, rel=1e-6)
+    for key, value in program.weights().items():
+        np.testing.assert_allclose(trainer.weights()[key], value, atol=1e-6, err_msg=key)
