@@ -83,7 +83,8 @@ def test_kill_switches_and_reorder_option():
     def compile_(**kwargs):
         return tfpock.optimize(models.mlp(), loss="sparse_categorical_crossentropy",
                                optimizer=keras.optimizers.SGD(0.1), batch_size=4, **kwargs)
-    program = compile_(skip_passes=("narrow", "fold_bn", "fold_constants", "dce"), reorder=True)
+    program = compile_(skip_passes=("narrow", "fold_bn", "sink_scale", "fold_constants", "dce"),
+                       reorder=True)
     names = [r.name for r in program.pass_records["train"]]
     assert names == ["freeze", "prune", "lower"]
     program.to_tflite()
@@ -95,5 +96,5 @@ def test_kill_switches_and_reorder_option():
     unfused.to_tflite()
     assert "export" not in unfused.pass_records
     with pytest.raises(tfpock.TfpockError, match="optional passes are prune, narrow, fold_bn, "
-                                                 "fold_constants, dce, fuse"):
+                                                 "sink_scale, fold_constants, dce, fuse"):
         compile_(skip_passes=("freeze",))

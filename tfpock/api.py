@@ -34,8 +34,8 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         debug: check the signature invariants and each pass's postcondition after every
             pass.
         skip_passes: optional passes to switch off, to measure what they buy: any of
-            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "fold_bn", "fold_constants",
-            "dce") and ``EXPORT_PASSES`` ("fuse", on the exported flatbuffer).
+            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "fold_bn", "sink_scale",
+            "fold_constants", "dce") and ``EXPORT_PASSES`` ("fuse", on the exported flatbuffer).
         reorder: reschedule the exported ``train`` subgraph for a lower peak of live
             activations (``graph_passes.reorder``; off by default: under the XNNPACK
             delegate's clustering it does not lower the allocation, measured in its

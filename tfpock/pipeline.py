@@ -12,20 +12,21 @@ from graph_passes.freeze import Freeze
 from graph_passes.lower import Lower
 from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Sequential
+from graph_passes.sink_scale import SinkScale
 from graph_passes.prune import Prune
 from tfpock.errors import TfpockError
 
 # Passes a user may switch off to measure what they buy. freeze and lower are not among
 # them: without freeze the frozen weights would have no values in the exported model, and
 # without lower the model would need Flex ops.
-OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "fold_constants", "dce")
+OPTIONAL_PASSES = ("prune", "narrow", "fold_bn", "sink_scale", "fold_constants", "dce")
 # Passes on the exported flatbuffer (Program.to_tflite), switched off the same way.
 EXPORT_PASSES = ("fuse",)
 
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    skip: Iterable[str] = ()) -> Sequential:
-    """freeze -> prune -> narrow -> fold_bn -> lower -> fold_constants -> dce; ``debug`` checks the signature and each
+    """freeze -> prune -> narrow -> fold_bn -> lower -> sink_scale -> fold_constants -> dce; ``debug`` checks the signature and each
     pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
     skip = set(skip)
     unknown = skip - set(OPTIONAL_PASSES) - set(EXPORT_PASSES)
@@ -38,6 +39,7 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
         NarrowWeightGradients(),  # partial-channel kernels' gradients compute k channels only
         FoldBatchNorm(),          # frozen BatchNorm scales move into the kernel before them
         Lower(),                  # ops TFLite lacks as builtins become builtin-convertible ops
+        SinkScale(),              # lr * (a @ b) -> a @ (lr * b) on the smaller operand
         FoldConstants(),          # what depends on constants only is computed once, here
         DeadCodeElimination(),    # producers the lowering left unread
     ]

@@ -86,9 +86,10 @@ def dropout_mlp(seed: int = 0) -> keras.Model:
 
 
 # ---- tracing -----------------------------------------------------------------------------
-def traced(model: keras.Model, scheme="full", batch_size: int = BATCH) -> TracedStep:
+def traced(model: keras.Model, scheme="full", batch_size: int = BATCH,
+           optimizer: keras.optimizers.Optimizer | None = None) -> TracedStep:
     loss = resolve_loss(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    optimizer = compile_optimizer(keras.optimizers.SGD(0.1))
+    optimizer = compile_optimizer(optimizer or keras.optimizers.SGD(0.1))
     trained = Scheme.parse(scheme, model).resolve(model)
     return trace(model, loss, optimizer, batch_size, trained)
 
