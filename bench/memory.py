@@ -22,9 +22,11 @@ builders): TF ``tf.function`` + ``GradientTape`` per scheme, Keras ``train_on_ba
 fine-tuning (both: RSS after importing TF, after loading the model, and VmHWM after 3
 steps), tfpock's ``infer`` signature and the all-constant forward (contender 6) as floors.
 
-"passes off" is ``skip_passes=("narrow", "fold_bn")``; prune and dce are left on because the
-TFLite converter removes dead ops itself, so switching them off changes the exported file
-little. A reordered variant is the unreordered export passed through
+"passes off" is ``skip_passes=SKIP_OFF`` (narrow, fold_bn, sink_scale, fold_constants and the
+export-time fuse); prune and dce are left on because the TFLite converter removes dead ops
+itself, so switching them off changes the exported file little. (WeightConv2DRule and the
+other lowering rules cannot be switched off: without them the model would need Flex ops or
+convert wrongly.) A reordered variant is the unreordered export passed through
 ``graph_passes.reorder.reorder(content, ["train"])`` and ``tfpock.export.verify``: exactly what
 ``tfpock.optimize(..., reorder=True).export()`` does after conversion (``Program.to_tflite``),
 without compiling twice.
@@ -54,7 +56,7 @@ PARTIAL = {
         "layer4_1_conv2": {"weight_fraction": 0.25}, "fc": "full",
         "layer4_1_conv1": {"weight_fraction": 0.25}}},
 }
-SKIP_OFF = ("narrow", "fold_bn")
+SKIP_OFF = ("narrow", "fold_bn", "sink_scale", "fold_constants", "fuse")
 
 
 def _rss() -> int:
@@ -406,7 +408,7 @@ def markdown(r: dict) -> str:
           "library + the model file + arena. For TF processes this includes TensorFlow's import "
           "(~540 MB RSS per NOTES.md; column `import`), the Keras model and the traced "
           "function; `peak - setup` is what the training steps themselves added.",
-          "- passes off = `skip_passes=(\"narrow\", \"fold_bn\")`; prune and dce stay on because "
+          f"- passes off = `skip_passes={SKIP_OFF}`; prune and dce stay on because "
           "the converter prunes dead ops itself, so switching them off changes little.",
           "- reordered = `graph_passes.reorder.reorder` on the same export (what "
           "`reorder=True` does).", ""]
