@@ -21,8 +21,8 @@ def _model(kind: str, activation: str) -> keras.Model:
     if kind == "dense":
         body = [keras.Input((6,)), keras.layers.Dense(8, use_bias=False, activation=activation)]
     else:
-        body = [keras.Input((3, 3, 4)),
-                keras.layers.Conv2D(8, 1, use_bias=False, activation=activation),
+        body = [keras.Input((2, 2, 4)),  # kernel (128) >= input (64): WeightConv2DRule applies
+                keras.layers.Conv2D(32, 1, use_bias=False, activation=activation),
                 keras.layers.Flatten()]
     return keras.Sequential(body + [keras.layers.Dense(3)])
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from graph_passes.constants import is_constant
@@ -277,8 +278,13 @@ class WeightConv2DRule(LoweringRule):
         3x3 64->64, 12x12, N=8        2536 us                  1201 us         830 us
         3x3 48->48, 16x16, N=8        2604 us                  1677 us        1107 us
 
-    Only 1x1 kernels are taken: they need no patches at stride 1 (a reshape) and one strided
-    slice otherwise. For kxk kernels the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the
+    Only 1x1 kernels at least as large as their input activation are taken (trained layers
+    near the head: MobileNetV2's last conv has a 143,360-element kernel and a 1,792-element
+    input at batch 1). They need no patches at stride 1 (a reshape) and one strided slice
+    otherwise. Over large activations the reshapes are copies (the backward still reads the
+    input) that eat the gain: taking every 1x1 kernel made MobileNetV2 0.35 @128, full
+    scheme, batch 8 slower, 75 -> 80 ms, although each convolution alone was as fast or
+    faster (``bench/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the
     input) lost on whole models although single convolutions win: ResNet-18-style half
     width @96, full scheme, batch 8, 1057 -> 2049 train ops, timeline peak 30.9 -> 43.6 MB,
     measured arena 87 -> 92 MB, step time unchanged within noise (197 vs 185 ms, loaded
@@ -294,6 +300,9 @@ class WeightConv2DRule(LoweringRule):
         shape = graph.spec(kernel).shape
         if shape is None or tuple(shape[:2]) != (1, 1):
             return False  # kxk: patches cost memory and time on whole models (docstring)
+        x_shape = graph.spec(node.input[0]).shape
+        if x_shape is None or None in x_shape or np.prod(shape) < np.prod(x_shape):
+            return False  # large activations: the reshapes' copies eat the gain (docstring)
         return not is_constant(graph, kernel) and not reads_signature_inputs(graph, kernel)
 
     def check(self, graph, node):

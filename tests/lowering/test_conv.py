@@ -238,9 +238,7 @@ def test_weight_conv_becomes_patches_and_matmul(name):
     config = CONFIGS[name]
     x, kernel, _ = arrays(config, seed=3)
     graph = weight_conv_graph(config, x, kernel)
-    rule = WeightConv2DRule()
-    assert rule.applies(graph, graph.nodes_of(["Conv2D"])[0]) == (config[5:7] == (1, 1))
-    assert lower_all(graph, rule) == 1
+    assert lower_all(graph, WeightConv2DRule()) == 1
     histogram = graph.op_histogram()
     assert histogram["Conv2D"] == 0 and histogram["MatMul"] == 1
     if name == "1x1_s1":  # no patches at all: reshape, matmul, reshape
@@ -248,6 +246,18 @@ def test_weight_conv_becomes_patches_and_matmul(name):
     *_, s, d, padding = config
     assert_close(run_weight_conv(graph, x, kernel),
                  tf.nn.conv2d(x, kernel, s, padding, dilations=d).numpy(), 1e-5)
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, applies", [
+    ((1, 2, 2, 4), (1, 1, 4, 32), True),    # a head conv: kernel larger than its input
+    ((2, 6, 6, 3), (1, 1, 3, 4), False),    # an early conv: the reshapes would copy more
+    ((1, 2, 2, 4), (3, 3, 4, 32), False),   # kxk: patches
+])
+def test_weight_conv_applies_to_large_1x1_kernels_only(x_shape, kernel_shape, applies):
+    from graph_passes.lowering.conv import WeightConv2DRule
+    x, kernel = np.zeros(x_shape, np.float32), np.zeros(kernel_shape, np.float32)
+    graph = weight_conv_graph((1, 1, 1, 1, 1, 1, 1, 1, 1, "SAME"), x, kernel)
+    assert WeightConv2DRule().applies(graph, graph.nodes_of(["Conv2D"])[0]) == applies
 
 
 def test_weight_conv_on_litert_has_no_conv():
@@ -266,7 +276,7 @@ def test_weight_conv_leaves_constant_and_gradient_kernels():
     """A constant kernel is XNNPACK's; a kernel computed from signature inputs (the conv
     form of a filter gradient) would need huge patches: both stay CONV_2D."""
     from graph_passes.lowering.conv import WeightConv2DRule
-    config = CONFIGS["1x1_s1"]
+    config = (1, 2, 2, 4, 32, 1, 1, 1, 1, "VALID")  # large enough to apply as a weight
     x, kernel, _ = arrays(config)
     rule = WeightConv2DRule()
     constant = graph_of(lambda a: tf.nn.conv2d(a, tf.constant(kernel), 1, "VALID"), x)
