@@ -1,11 +1,16 @@
-"""Times a Conv2D whose kernel is a runtime tensor (a trained weight) on ai-edge-litert.
+"""Times convolutions with a runtime kernel (a trained weight) on ai-edge-litert.
 
+Part 1, the forward Conv2D:
 Three forms per case, each traced alone at fixed shapes, converted with TFLITE_BUILTINS only,
 invoked after warm-up, median printed (one thread): CONV_2D with the kernel as an input (what
 the converter emits for a trained kernel), ``WeightConv2DRule``'s im2col patches + matmul,
 and CONV_2D with a constant kernel (XNNPACK's, the floor). Run:
 ``python bench/lowering_weight_conv.py``; the figures go into the docstring of
 ``graph_passes/lowering/conv.py`` (WeightConv2DRule).
+
+Part 2, the stride-1 input gradient (Conv2DBackpropInput): TRANSPOSE_CONV (what the converter
+emits), the same as a CONV_2D with the flipped kernel, and ``input_grad_matmul``'s patches of
+the padded ``dy`` + one matmul (Conv2DBackpropInputRule's stride-1 form).
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from bench.lowering_conv_filter import median_ms  # noqa: E402
-from graph_passes.lowering.conv import Window, filter_patches, pad_spatial  # noqa: E402
+from graph_passes.lowering.conv import (  # noqa: E402
+    Window, filter_patches, input_grad_matmul, pad_spatial)
 from tests.litert_helpers import convert_builtins_only  # noqa: E402
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
@@ -41,6 +47,51 @@ def patches_matmul(x, w):
     return tf.reshape(y, [n, h, h, co])
 
 
+# name, N, H, Ci, Co (3x3 kernels, stride 1, SAME): ResNet-18-style half width, batch 8
+INPUT_GRAD_CASES = [
+    ("3x3 64->64, 12x12, N=8", 8, 12, 64, 64),
+    ("3x3 128->128, 6x6, N=8", 8, 6, 128, 128),
+    ("3x3 32->32, 24x24, N=8", 8, 24, 32, 32),
+    ("3x3 256->256, 3x3, N=8", 8, 3, 256, 256),
+]
+
+
+def time_forms(forms: dict, ref: np.ndarray, name: str) -> list[float]:
+    """Median ms of each form (fn, specs, arrays), after checking it against ``ref``."""
+    row = []
+    for fn, specs, arrays in forms.values():
+        runner = Interpreter(model_content=convert_builtins_only(fn, specs),
+                             num_threads=1).get_signature_runner("serving_default")
+        feeds = {f"in{i:02d}": a for i, a in enumerate(arrays)}
+        assert np.allclose(runner(**feeds)["out00"], ref, rtol=1e-4, atol=1e-2), name
+        row.append(median_ms(lambda: runner(**feeds), reps=300, warm=30))
+    return row
+
+
+def input_gradients():
+    print(f"\n{'input gradient':<28} {'TRANSPOSE_CONV':>16} {'CONV_2D flipped':>16} "
+          f"{'patches+matmul':>16}")
+    for name, n, h, ci, co in INPUT_GRAD_CASES:
+        rng = np.random.default_rng(0)
+        dy = rng.random((n, h, h, co), np.float32)
+        w = rng.random((3, 3, ci, co), np.float32)
+        shape = [n, h, h, ci]
+        specs, arrays = [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
+        flip = lambda k: tf.reverse(tf.reverse(tf.transpose(k, [0, 1, 3, 2]), [0]), [1])
+        full = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
+        forms = {
+            "transpose_conv": (lambda d, k: tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.constant(shape), filter=k, out_backprop=d, strides=[1, 1, 1, 1],
+                padding="SAME"), specs, arrays),
+            "conv": (lambda d, k: tf.nn.conv2d(d, flip(k), 1, "SAME"), specs, arrays),
+            "patches": (lambda d, k: input_grad_matmul(k, d, full, shape), specs, arrays),
+        }
+        ref = tf.raw_ops.Conv2DBackpropInput(input_sizes=shape, filter=w, out_backprop=dy,
+                                             strides=[1, 1, 1, 1], padding="SAME").numpy()
+        row = time_forms(forms, ref, name)
+        print(f"{name:<28}" + "".join(f"{v:>13.2f} ms" for v in row))
+
+
 def main():
     print(f"{'case':<28} {'CONV_2D (runtime kernel)':>26} {'patches+matmul':>16} {'constant':>10}")
     for name, n, h, ci, co, k in CASES:
@@ -53,16 +104,10 @@ def main():
             "patches": (patches_matmul, [xs, ws], [x, w]),
             "constant": (lambda a: tf.nn.conv2d(a, tf.constant(w), 1, "SAME"), [xs], [x]),
         }
-        ref = tf.nn.conv2d(x, w, 1, "SAME").numpy()
-        row = []
-        for fn, specs, arrays in forms.values():
-            runner = Interpreter(model_content=convert_builtins_only(fn, specs),
-                                 num_threads=1).get_signature_runner("serving_default")
-            feeds = {f"in{i:02d}": a for i, a in enumerate(arrays)}
-            assert np.allclose(runner(**feeds)["out00"], ref, rtol=1e-4, atol=1e-3), name
-            row.append(median_ms(lambda: runner(**feeds), reps=300, warm=30))
+        row = time_forms(forms, tf.nn.conv2d(x, w, 1, "SAME").numpy(), name)
         print(f"{name:<28} {row[0] * 1e3:>23.0f} us {row[1] * 1e3:>13.0f} us {row[2] * 1e3:>7.0f} us")
 
 
 if __name__ == "__main__":
     main()
+    input_gradients()

@@ -105,7 +105,10 @@ def test_filter_grad_reads_no_filter_sizes():
 
 # Conv2DBackpropInput: dilated and EXPLICIT cases are rewritten to what TRANSPOSE_CONV takes.
 INPUT_CASES = {
-    "3x3_s1_same": (CONFIGS["3x3_s1_same"], None),
+    "3x3_s1_same": (CONFIGS["3x3_s1_same"], None),            # patches + matmul
+    "5x5_s1_valid": (CONFIGS["5x5_s1_valid"], None),          # patches + matmul
+    "conv1d_k5_same": (CONFIGS["conv1d_k5_same"], None),      # patches + matmul
+    "3x3_s1_explicit": ((1, 7, 8, 2, 3, 3, 3, 1, 1, "EXPLICIT"), [0, 0, 0, 2, 1, 0, 0, 0]),
     "3x3_d2_same": (CONFIGS["3x3_d2_same"], None),
     "conv1d_k3_d2_same": (CONFIGS["conv1d_k3_d2_same"], None),
     "5x5_d2_valid": ((2, 12, 11, 3, 2, 5, 5, 1, 2, "VALID"), None),
@@ -162,7 +165,8 @@ def test_input_grad(name):
     assert_close(run_tf(graph, kernel, dy), input_reference(name, op, kernel, dy), 1e-5)
 
 
-@pytest.mark.parametrize("name", ["3x3_d2_same", "3x3_s2_explicit", "3x3_d2_explicit"])
+@pytest.mark.parametrize("name", ["3x3_d2_same", "3x3_s2_explicit", "3x3_d2_explicit",
+                                  "3x3_s1_same", "5x5_s1_valid", "3x3_s1_explicit"])
 def test_input_grad_on_litert(name):
     op, kernel, dy = input_case(name, seed=3)
     graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
@@ -191,18 +195,20 @@ def test_declines_float16():
                   Conv2DBackpropInputRule())
 
 
-@pytest.mark.parametrize("dilation, padding, fires", [(1, "SAME", False), (1, "VALID", False),
-                                                      (2, "SAME", True)])
-def test_lower_pass_leaves_plain_input_grad_to_the_converter(dilation, padding, fires):
-    """Stride-only SAME/VALID Conv2DBackpropInput converts to TRANSPOSE_CONV as it is."""
+@pytest.mark.parametrize("k, stride, dilation, padding, fires", [
+    (3, 2, 1, "SAME", False), (3, 2, 1, "VALID", False), (1, 1, 1, "SAME", False),
+    (3, 1, 1, "SAME", True), (3, 1, 1, "VALID", True), (3, 1, 2, "SAME", True)])
+def test_lower_pass_leaves_strided_and_1x1_input_grads_to_the_converter(k, stride, dilation,
+                                                                        padding, fires):
+    """Strided SAME/VALID and 1x1 Conv2DBackpropInput convert to TRANSPOSE_CONV as they are;
+    stride-1 kxk ones become patches + matmul, dilated ones the undilated form."""
     from graph_passes.lower import Lower
-    kernel = np.ones((3, 3, 2, 4), np.float32)
-    dy = np.ones((1, 8, 8, 4), np.float32)
+    kernel = np.ones((k, k, 2, 4), np.float32)
+    x = np.zeros((1, 8, 8, 2), np.float32)
+    dy = np.ones(tf.nn.conv2d(x, kernel, stride, padding, dilations=dilation).shape, np.float32)
     op = lambda w, g: tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=[1, 8, 8, 2], filter=w, out_backprop=g, strides=[1, 1, 1, 1],
+        input_sizes=[1, 8, 8, 2], filter=w, out_backprop=g, strides=[1, stride, stride, 1],
         padding=padding, dilations=[1, dilation, dilation, 1])
-    if padding == "VALID":
-        dy = np.ones((1, 6, 6, 4), np.float32)
     graph = graph_of(op, kernel, dy)
     result = Lower().run(graph)
     assert result.modified == fires

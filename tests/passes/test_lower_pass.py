@@ -27,15 +27,15 @@ EXPECTED = {
         "DepthwiseConv2dNativeBackpropInput": 1,   # dw (conv below it trains)
         "MaxPoolGrad": 1, "AvgPoolGrad": 1,
         "ReluGrad": 1, "Relu6Grad": 1, "EluGrad": 1, "LeakyReluGrad": 1,
+        # conv_dil's input gradient: Keras dilates by SpaceToBatchND, so the op itself is a
+        # plain stride-1 SAME one: patches + matmul
+        "Conv2DBackpropInput": 1,
     }, {
         "Conv2D": 2,  # conv, conv_dil: 3x3 trained kernels stay CONV_2D (WeightConv2DRule)
-        # conv_dil's input gradient: Keras dilates by SpaceToBatchND, so the op itself is a
-        # plain stride-1 SAME one, which converts to TRANSPOSE_CONV as it is
-        "Conv2DBackpropInput": 1,
     }),
     "small_cnn": (helpers.small_cnn, {
-        "Conv2DBackpropFilter": 2, "MaxPoolGrad": 1, "ReluGrad": 2,
-    }, {"Conv2DBackpropInput": 1, "Conv2D": 2}),
+        "Conv2DBackpropFilter": 2, "MaxPoolGrad": 1, "ReluGrad": 2, "Conv2DBackpropInput": 1,
+    }, {"Conv2D": 2}),
     "mlp_bn": (helpers.mlp_bn, {"ReluGrad": 1}, {}),
 }
 
