@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from graph_passes.lowering.conv import (  # noqa: E402
-    Window, filter_grad_conv, filter_grad_matmul, filter_patches, pad_spatial)
+    Window, filter_grad_channel_major, filter_grad_conv, filter_grad_matmul, filter_patches,
+    pad_spatial)
 from tests.litert_helpers import convert_builtins_only  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -51,27 +52,7 @@ def per_offset_matmul(x, dy, win):
     return tf.reshape(tf.stack(grads), [win.kernel[0], win.kernel[1], ci, co])
 
 
-def channel_major_matmul(x, dy, win):
-    """Positions last: transpose x to [Ci, N, H, W] and dy to [Co, N*Ho*Wo] once, slice on
-    the last two axes, so the matmul is patches [K*Ci, M] @ dy^T (a FULLY_CONNECTED)."""
-    _, ho, wo, co = dy.shape
-    ci = x.shape[3]
-    xt = tf.transpose(pad_spatial(x, win.pads), [3, 0, 1, 2])
-    (sh, sw), (dh, dw) = win.strides, win.dilations
-    sl = []
-    for i in range(win.kernel[0]):
-        for j in range(win.kernel[1]):
-            sl.append(tf.reshape(tf.strided_slice(
-                xt, [0, 0, i * dh, j * dw],
-                [0, 0, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1],
-                [1, 1, sh, sw], begin_mask=3, end_mask=3), [ci, -1]))
-    patches = sl[0] if len(sl) == 1 else tf.concat(sl, 0)
-    dyt = tf.transpose(tf.reshape(dy, [-1, co]))
-    grad = tf.matmul(patches, dyt, transpose_b=True)
-    return tf.reshape(grad, [win.kernel[0], win.kernel[1], ci, co])
-
-
-FORMS = {"matmul": filter_grad_matmul, "chan-major": channel_major_matmul,
+FORMS = {"matmul": filter_grad_matmul, "chan-major": filter_grad_channel_major,
          "per-offset": per_offset_matmul, "conv": filter_grad_conv}
 
 

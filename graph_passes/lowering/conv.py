@@ -41,8 +41,14 @@ The slice forms are dominated by TFLite's PAD and STRIDED_SLICE on narrow channe
 (one stride-2 slice of [8, 97, 97, 3] costs ~0.4 ms), which the conv form avoids. Chosen
 (:func:`use_conv_form`): the matmul form for 1x1 kernels (one slice, one matmul, 2x faster
 than the conv form) and whenever the conv form cannot express the case (stride > 1 and
-dilation > 1 on the same axis); the conv form for every other kernel. Channel-major would gain
-~10% at stride 1 only and is not used.
+dilation > 1 on the same axis); the conv form for every other kernel. Channel-major
+(:func:`filter_grad_channel_major`) is faster at stride 1, more so at ResNet-18's widths
+(3x3 s1 64->64 12x12 N=8: 1.14 vs 2.54 ms conv form; 128->128 6x6: 1.07 vs 2.47; 256->256
+3x3: 1.17 vs 2.75), but on the whole ResNet-18-style model (half width @96, full, batch 8)
+taking it at stride 1 gave 147 -> 139 ms for a timeline peak of 39 -> 67 MB and a measured
+arena of 81 -> 97 MB: the converter schedules the patches, which depend on forward
+activations only, early, so they live across the forward/backward boundary. Not used until a
+schedule keeps them short-lived (reorder, or a memory-aware choice per layer).
 
 ``Conv2DBackpropInput`` becomes TRANSPOSE_CONV in the converter, except with dilations > 1 or
 EXPLICIT padding (found by converting the raw op with builtins only: both are refused).
@@ -162,6 +168,27 @@ def filter_grad_matmul(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
     return tf.reshape(grad, [win.kernel[0], win.kernel[1], ci, co])
 
 
+def filter_grad_channel_major(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
+    """The matmul form with positions last: x transposed to [Ci, N, H, W] and dy to
+    [Co, N*Ho*Wo] once, slices on the last two axes, so the matmul is patches [K*Ci, M] @
+    dy^T (see module doc)."""
+    _, ho, wo, co = dy.shape
+    ci = x.shape[3]
+    xt = tf.transpose(pad_spatial(x, win.pads), [3, 0, 1, 2])
+    (sh, sw), (dh, dw) = win.strides, win.dilations
+    sl = []
+    for i in range(win.kernel[0]):
+        for j in range(win.kernel[1]):
+            sl.append(tf.reshape(tf.strided_slice(
+                xt, [0, 0, i * dh, j * dw],
+                [0, 0, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1],
+                [1, 1, sh, sw], begin_mask=3, end_mask=3), [ci, -1]))
+    patches = sl[0] if len(sl) == 1 else tf.concat(sl, 0)
+    dyt = tf.transpose(tf.reshape(dy, [-1, co]))
+    grad = tf.matmul(patches, dyt, transpose_b=True)
+    return tf.reshape(grad, [win.kernel[0], win.kernel[1], ci, co])
+
+
 def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
     """dw as one convolution over transposed tensors (see module doc).
 
@@ -194,17 +221,22 @@ class Conv2DBackpropFilterRule(LoweringRule):
     def rewrite(self, graph, node, x, dy):
         kernel = graph.spec(node.name).shape
         win = window(graph, node, tuple(kernel[:2]), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
-        if use_conv_form(win):
-            return [filter_grad_conv(x, dy, win)]
-        return [filter_grad_matmul(x, dy, win)]
+        return [FILTER_GRAD_FORMS[filter_grad_form(win)](x, dy, win)]
 
 
-def use_conv_form(win: Window) -> bool:
-    """The measured choice (module doc): the conv form for every kernel larger than 1x1 that
-    it can express (per axis, stride 1 or dilation 1); else the matmul form."""
+def filter_grad_form(win: Window) -> str:
+    """The measured choice (module doc): matmul for 1x1 kernels, the conv form for every
+    kernel it can express (per axis, stride 1 or dilation 1), else matmul. Channel-major is
+    faster at stride 1 but its patches cost memory on whole models (module doc)."""
     if win.kernel == (1, 1):
-        return False
-    return all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations))
+        return "matmul"
+    if all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations)):
+        return "conv"
+    return "matmul"
+
+
+FILTER_GRAD_FORMS = {"matmul": filter_grad_matmul, "channel_major": filter_grad_channel_major,
+                     "conv": filter_grad_conv}
 
 
 def dilate_kernel(w: tf.Tensor, dilations: tuple[int, int]) -> tf.Tensor:

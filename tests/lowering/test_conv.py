@@ -6,7 +6,9 @@ import pytest
 import tensorflow as tf
 
 from graph_passes.lower import LoweringError
-from graph_passes.lowering.conv import Conv2DBackpropFilterRule, Conv2DBackpropInputRule
+from graph_passes.lowering.conv import (
+    FILTER_GRAD_FORMS, Conv2DBackpropFilterRule, Conv2DBackpropInputRule, filter_grad_form,
+    window)
 from tests.litert_helpers import run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
 
@@ -289,3 +291,21 @@ def test_weight_conv_leaves_constant_and_gradient_kernels():
     assert not rule.applies(constant, constant.nodes_of(["Conv2D"])[0])
     from_inputs = graph_of(lambda a, w: tf.nn.conv2d(a, w, 1, "VALID"), x, kernel)
     assert not rule.applies(from_inputs, from_inputs.nodes_of(["Conv2D"])[0])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_filter_grad_form_it_can_express(name):
+    """Each form, not only the chosen one, against TF's kernel; and the choice itself."""
+    config = CONFIGS[name]
+    x, _, dy = arrays(config, seed=5)
+    expected = filter_op(config)(x, dy).numpy()
+    graph = graph_of(filter_op(config), x, dy)
+    node = graph.nodes_of(["Conv2DBackpropFilter"])[0]
+    win = window(graph, node, config[5:7], x.shape[1:3], dy.shape[1:3])
+    s, d = config[7], config[8]
+    assert filter_grad_form(win) == ("matmul" if config[5:7] == (1, 1) or (s > 1 and d > 1)
+                                     else "conv")
+    for form, fn in FILTER_GRAD_FORMS.items():
+        if form == "conv" and s > 1 and d > 1:
+            continue  # the conv form cannot express stride and dilation together
+        assert_close(fn(tf.constant(x), tf.constant(dy), win).numpy(), expected, 1e-5)
