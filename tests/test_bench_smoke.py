@@ -82,3 +82,27 @@ def test_suite_machinery_on_a_tiny_cnn(tmp_path):
     assert "Conv2DBackpropFilter" in text and "## tiny_cnn" in text
     assert (tmp_path / "report-tiny_cnn-latency.png").stat().st_size > 0
     assert (tmp_path / "report-memory.png").stat().st_size > 0
+
+
+def test_op_profile_times_or_skips_every_op(tmp_path):
+    import tfpock
+    from bench import op_profile
+
+    path = str(tmp_path / "tiny.tflite")
+    tfpock.optimize(tiny_cnn(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    optimizer=keras.optimizers.SGD(0.01), scheme="full",
+                    batch_size=2).export(path)
+    result = op_profile.profile(path, "train", reps=2)
+
+    assert result["ops"] and result["variables"]["counts"]["READ_VARIABLE"] > 0
+    assert result["variables"]["bytes_copied"] > 0
+    for row in result["ops"]:
+        assert row["type"] not in op_profile.VARIABLE_OPS
+        assert ("ms" in row) != ("skipped" in row), row
+        assert row.get("ms", 0.0) >= 0 and (row.get("skipped") or "ms" in row)
+    by_type = result["by_type"]
+    assert sum(e["count"] for e in by_type.values()) == len(result["ops"])
+    assert abs(sum(e["ms"] for e in by_type.values()) - result["sum_ms"]) < 1e-9
+    assert abs(sum(e["share"] for e in by_type.values()) - 1.0) < 1e-6
+    assert result["signature_ms"] > 0
+    assert "sum of per-op medians" in op_profile.report(result)
