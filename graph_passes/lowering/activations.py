@@ -95,7 +95,12 @@ class Relu6GradRule(_Elementwise):
     op_type = "Relu6Grad"
 
     def rewrite(self, graph, node, gradients, features):
-        inside = tf.logical_and(features > 0, features < 6)
+        # 0 < f < 6  <=>  min(f, 6 - f) > 0: 6 - f is exact on [3, 12] and has the right sign
+        # elsewhere. No LOGICAL_AND: TFLite's takes its generic broadcasting path (2.6 ms on
+        # [8, 64, 64, 48], bench/op_profile.py); MobileNetV2 0.35 @128 full b8 step 70 -> 59
+        # ms, measured arena unchanged (88.8 -> 88.3 MB). Two float masks multiplied were as
+        # fast but kept both masks from the forward: arena 107 MB.
+        inside = tf.minimum(features, 6.0 - features) > 0
         return [gradients * tf.cast(inside, gradients.dtype)]
 
 
