@@ -25,7 +25,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from bench.lowering_conv_filter import median_ms  # noqa: E402
 from graph_passes.lowering.conv import (  # noqa: E402
-    Window, filter_patches, input_grad_matmul, pad_spatial)
+    Window, filter_patches, flip_spatial, input_grad_matmul, pad_spatial)
 from tests.litert_helpers import convert_builtins_only  # noqa: E402
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
@@ -77,13 +77,13 @@ def input_gradients():
         w = rng.random((3, 3, ci, co), np.float32)
         shape = [n, h, h, ci]
         specs, arrays = [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
-        flip = lambda k: tf.reverse(tf.reverse(tf.transpose(k, [0, 1, 3, 2]), [0]), [1])
         full = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
         forms = {
             "transpose_conv": (lambda d, k: tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.constant(shape), filter=k, out_backprop=d, strides=[1, 1, 1, 1],
                 padding="SAME"), specs, arrays),
-            "conv": (lambda d, k: tf.nn.conv2d(d, flip(k), 1, "SAME"), specs, arrays),
+            "conv": (lambda d, k: tf.nn.conv2d(d, flip_spatial(tf.transpose(k, [0, 1, 3, 2])), 1,
+                                               "SAME"), specs, arrays),
             "patches": (lambda d, k: input_grad_matmul(k, d, full, shape), specs, arrays),
         }
         ref = tf.raw_ops.Conv2DBackpropInput(input_sizes=shape, filter=w, out_backprop=dy,

@@ -48,17 +48,22 @@ def latency(doc, model: str, path: str) -> None:
             ax.bar(xs, med, width, yerr=[lo, hi], capsize=2, label=f"{t} thread(s)")
             for x, m in zip(xs, med):
                 ax.annotate(f"{m:.3g}", (x, m), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(np.arange(len(keys)))
-        ax.set_xticklabels([_label({"id": i, "scheme": s}) for i, s in keys], rotation=45,
-                           ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("ms per step (median, IQR)")
-        ax.set_title(f"{model}, batch {batch}")
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", which="both", alpha=0.3)
+        _style(ax, keys, "ms per step (median, IQR)", f"{model}, batch {batch}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _style(ax, keys, ylabel: str, title: str) -> None:
+    """The axes both plots share: one tick per (contender, scheme), log scale, grid."""
+    ax.set_xticks(np.arange(len(keys)))
+    ax.set_xticklabels([_label({"id": i, "scheme": s}) for i, s in keys], rotation=45,
+                       ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
 
 
 def memory(doc, path: str) -> None:
@@ -78,14 +83,8 @@ def memory(doc, path: str) -> None:
               if key in rows]
         ys = [rows[key]["peak_rss_mb"] for key in keys if key in rows]
         ax.bar(xs, ys, width, label=m)
-    ax.set_xticks(np.arange(len(keys)))
-    ax.set_xticklabels([_label({"id": i, "scheme": s}) for i, s in keys], rotation=45,
-                       ha="right", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("peak RSS of the process, MB")
-    ax.set_title(f"Peak memory, batch {batch}, {threads} thread(s)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", which="both", alpha=0.3)
+    _style(ax, keys, "peak RSS of the process, MB",
+           f"Peak memory, batch {batch}, {threads} thread(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,6 +12,10 @@ import tensorflow as tf
 from graph_passes.ir import Graph, parse_ref, tensor_name
 
 # ops whose output depends only on their inputs (no state, no randomness)
+# TF's matrix products (a weight gradient, a lowered convolution): read by sink_scale and by
+# the lowering of activations that follow a matmul.
+MATMUL_OPS = frozenset({"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"})
+
 PURE_OPS = frozenset({
     "Const", "Identity", "AddV2", "Add", "Sub", "Mul", "RealDiv", "Div", "Rsqrt", "Sqrt",
     "Reciprocal", "Neg", "Square", "Maximum", "Minimum", "Reshape", "ExpandDims", "Squeeze",

@@ -191,19 +191,24 @@ class DenseKernelGradRule(NarrowingRule):
         return tf.matmul(first_channels(x, k), dy, transpose_a=True)
 
 
-class ConvKernelGradRule(NarrowingRule):
+class _FilterGradRule(NarrowingRule):
+    """A TF filter-gradient op ``(input, filter_sizes, out_backprop)``: NHWC float32 only;
+    filter_sizes is not read, the static output shape gives it."""
+
+    def check(self, graph, node, k):
+        return _require_nhwc_float32(graph, node)
+
+    def inputs(self, graph, node):
+        return [node.input[0], node.input[2]]
+
+
+class ConvKernelGradRule(_FilterGradRule):
     """``Conv2DBackpropFilter(x, [kh, kw, K, O], dy)`` -> the same op on ``x[..., :k]`` with
     filter sizes [kh, kw, k, O]."""
 
     op_type = "Conv2DBackpropFilter"
     _attrs = ("strides", "padding", "explicit_paddings", "dilations", "data_format",
               "use_cudnn_on_gpu")
-
-    def check(self, graph, node, k):
-        return _require_nhwc_float32(graph, node)
-
-    def inputs(self, graph, node):
-        return [node.input[0], node.input[2]]   # filter_sizes: the static output shape
 
     def rewrite(self, graph, node, k, x, dy):
         kh, kw, _, co = graph.spec(node.name).shape
@@ -212,18 +217,12 @@ class ConvKernelGradRule(NarrowingRule):
             out_backprop=dy, **_copy_attrs(node, self._attrs))
 
 
-class DepthwiseKernelGradRule(NarrowingRule):
+class DepthwiseKernelGradRule(_FilterGradRule):
     """``DepthwiseConv2dNativeBackpropFilter(x, [kh, kw, C, M], dy)`` -> the same op on
     ``x[..., :k]`` and ``dy[..., :k*M]`` with filter sizes [kh, kw, k, M]."""
 
     op_type = "DepthwiseConv2dNativeBackpropFilter"
     _attrs = ("strides", "padding", "explicit_paddings", "dilations", "data_format")
-
-    def check(self, graph, node, k):
-        return _require_nhwc_float32(graph, node)
-
-    def inputs(self, graph, node):
-        return [node.input[0], node.input[2]]   # filter_sizes: the static output shape
 
     def rewrite(self, graph, node, k, x, dy):
         kh, kw, _, multiplier = graph.spec(node.name).shape

@@ -167,18 +167,18 @@ def reorder(content: bytes, signatures: list[str]) -> tuple[bytes, PassResult]:
         sg = model.subgraphs[index[name]]
         peak = memory.timeline(before, name).peak_bytes
         stats[name] = {"peak_bytes_before": peak, "peak_bytes_after": peak}
-        original, best = sg.operators, None
+        original = best_ops = sg.operators
+        best_peak, best_policy = peak, None  # a new order is kept only if it lowers the peak
         for policy in POLICIES:
             order = schedule(model, sg, policy)
             if order == list(range(len(order))):
                 continue
             sg.operators = [original[i] for i in order]
             candidate = memory.timeline(model_file.read(_pack(model)), name).peak_bytes
-            if candidate < min(peak, best[0] if best else peak):
-                best = (candidate, policy, sg.operators)
-        sg.operators = original
-        if best:  # keep a new order only where it lowers the peak
-            stats[name].update(peak_bytes_after=best[0], policy=best[1])
-            sg.operators = best[2]
+            if candidate < best_peak:
+                best_peak, best_policy, best_ops = candidate, policy, sg.operators
+        sg.operators = best_ops
+        if best_policy is not None:
+            stats[name].update(peak_bytes_after=best_peak, policy=best_policy)
             changed = True
     return (_pack(model) if changed else content), PassResult(changed, stats)

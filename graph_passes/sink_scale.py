@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from graph_passes.constants import MATMUL_OPS
 from graph_passes.ir import Graph, parse_ref, tensor_name
 from graph_passes.pass_base import Pass, PassResult
 
-MATMULS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"}
 SHAPE_ONLY = {"Reshape", "Identity"}
 
 
@@ -48,7 +48,7 @@ def _matmul_behind(graph: Graph, ref: str, reader: str):
         node = graph.nodes[parse_ref(ref)[0]]
         if parse_ref(ref)[1] != 0:
             return None
-        if node.op in MATMULS:
+        if node.op in MATMUL_OPS:
             return node
         if node.op not in SHAPE_ONLY:
             return None

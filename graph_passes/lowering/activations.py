@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from graph_passes.constants import is_constant
+from graph_passes.constants import MATMUL_OPS, is_constant
 from graph_passes.ir import parse_ref
 from graph_passes.lowering.base import LoweringRule, require_float32
 
@@ -136,7 +136,6 @@ class ErfcRule(_Elementwise):
 # Ops the walk from an activation back to its matmul passes: shape-only ops, and adding a
 # constant (which the converter may fold away, as it does an all-zero bias).
 _SEE_THROUGH = {"Identity", "Reshape", "ExpandDims", "Squeeze", "Add", "AddV2", "BiasAdd"}
-_MATMULS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"}
 
 
 def after_runtime_matmul(graph, ref: str) -> bool:
@@ -149,7 +148,7 @@ def after_runtime_matmul(graph, ref: str) -> bool:
         if node.op in ("Add", "AddV2", "BiasAdd") and len(runtime) != 1:
             return False  # a runtime addend: the converter keeps the ADD and fuses into it
         node = graph.nodes[parse_ref(runtime[0] if runtime else data[0])[0]]
-    if node.op not in _MATMULS:
+    if node.op not in MATMUL_OPS:
         return False
     return all(not is_constant(graph, r) for r in node.input[:2])
 

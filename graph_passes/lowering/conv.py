@@ -301,6 +301,13 @@ class Conv2DBackpropInputRule(LoweringRule):
             strides=[1, *win.strides, 1], padding=padding)
 
 
+def flip_spatial(w: tf.Tensor) -> tf.Tensor:
+    """``w`` with its first two (spatial) axes reversed, one axis per reverse:
+    tflite-runtime 2.14's REVERSE_V2 silently reverses only the first axis of a multi-axis
+    reverse (tests/test_runtime_portability.py found it; export refuses such reverses)."""
+    return tf.reverse(tf.reverse(w, [0]), [1])
+
+
 def input_grad_matmul_window(graph: Graph, node) -> Window | None:
     """For a stride-1, undilated kxk input gradient, the window of the "full" correlation
     that computes it (dy padded by k-1 minus the forward padding on each side), else None:
@@ -327,8 +334,7 @@ def input_grad_matmul(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Te
     """dx = patches(dy padded) @ flipped kernel: dx[n, p, q, c] = sum_{i, j, o}
     dyp[n, p + i, q + j, o] * w[kh-1-i, kw-1-j, c, o] (stride 1)."""
     kh, kw, ci, co = w.shape
-    # one axis per reverse (tflite-runtime 2.14 reverses only the first of several axes)
-    flipped = tf.reverse(tf.reverse(tf.transpose(w, [0, 1, 3, 2]), [0]), [1])  # [kh,kw,Co,Ci]
+    flipped = flip_spatial(tf.transpose(w, [0, 1, 3, 2]))   # [kh, kw, Co, Ci]
     patches = filter_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]))
     dx = tf.matmul(tf.reshape(patches, [-1, kh * kw * co]), tf.reshape(flipped, [kh * kw * co, ci]))
     return tf.reshape(dx, shape)

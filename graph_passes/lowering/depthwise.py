@@ -58,7 +58,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from graph_passes.lowering.base import LoweringRule
-from graph_passes.lowering.conv import Window, check_conv, pad_spatial, window
+from graph_passes.lowering.conv import (
+    Window, check_conv, flip_spatial, pad_spatial, window)
 
 
 def _fold_batch_into_channels(t: tf.Tensor) -> tf.Tensor:
@@ -143,10 +144,7 @@ def input_grad(w: tf.Tensor, dy: tf.Tensor, win: Window, in_shape) -> tf.Tensor:
     for axis, size in ((1, h), (2, wd)):
         reach = (win.kernel[axis - 1] - 1) * win.dilations[axis - 1]
         u = _shift(u, axis, reach - win.pads[axis - 1][0], size + reach)
-    # one axis per reverse: tflite-runtime 2.14's REVERSE_V2 silently reverses only the first
-    # axis of a multi-axis reverse (tests/test_runtime_portability.py found it)
-    flipped = tf.reshape(tf.reverse(tf.reverse(w, axis=[0]), axis=[1]),
-                         [kh, kw, c * multiplier, 1])
+    flipped = tf.reshape(flip_spatial(w), [kh, kw, c * multiplier, 1])
     dx = tf.raw_ops.DepthwiseConv2dNative(input=u, filter=flipped, strides=[1, 1, 1, 1],
                                           padding="VALID",
                                           dilations=[1, *win.dilations, 1])
