@@ -7,8 +7,8 @@ constants of the file (only trained weights are variables) and bit-identical in 
 
 One allowance, measured rather than assumed: the early-layer gradients of a deep ReLU6
 network (MobileNetV2, full scheme) are chaotic in float32. Scaling the input by (1 + 1e-6)
-changes TF's own first-layer update by up to ~0.02 (gradients ~30, units crossing the ReLU
-kinks), and folding the frozen BatchNorm constants (which the converter and Grappler do)
+changes TF's own first-layer update by up to ~0.02 with TF's oneDNN CPU kernels and up to
+~0.095 with its default ones (gradients ~30, units crossing the ReLU kinks), and folding the frozen BatchNorm constants (which the converter and Grappler do)
 changes the rounding by as much. So each updated weight's tolerance is 1e-4 plus four times
 the reference's own change under that perturbation; for every weight of the MLP, the CNN and
 the sparse schemes that sensitivity is < 1e-6, so 1e-4 is what is checked there.
@@ -17,7 +17,9 @@ For MobileNetV2 that is still not enough: a unit whose pre-activation
 lies within rounding of a ReLU6 kink flips its gradient when the frozen BatchNorm is folded
 into the convolution, and the whole output channel of the kernel gradient moves (measured:
 67 of 143,360 elements of Conv_1/kernel, all in one channel, off by up to 5.5e-4). There the
-check is on the 99.9th percentile of each weight's error, and every element within 0.05.
+check is on the 99.9th percentile of each weight's error, and every element within 0.05 plus
+the same four times the sensitivity (a fixed cap alone would be tuned to one CPU's kernels:
+with the default ones the early layers' errors reach 0.035).
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ def assert_step_matches(loss, weights, ref_loss, ref_weights, sensitivity, where
         if kink_tolerant:
             error = np.abs(value - ref_weights[path])
             assert np.percentile(error, 99.9) <= atol, f"{where}: weight {path}"
-            assert error.max() <= 0.05, f"{where}: weight {path} off by {error.max()}"
+            cap = 0.05 + 4 * sensitivity[path]
+            assert error.max() <= cap, f"{where}: weight {path} off by {error.max()} > {cap}"
         else:
             np.testing.assert_allclose(value, ref_weights[path], rtol=0, atol=atol,
                                        err_msg=f"{where}: weight {path}")
@@ -143,18 +146,23 @@ def test_program_step_matches_gradient_tape(compiled):
 
 
 def test_tflite_and_tf_program_agree(compiled):
-    """The two tfpock engines run the same optimised graph: they agree tightly even where
-    the stock reference is chaotic."""
+    """The two tfpock engines run the same optimised graph: loss to 1e-5 relative, every
+    updated weight to 1e-4 plus four times the function's own sensitivity to rounding (the
+    module docstring). Where that sensitivity is nil (MLP, CNN, sparse schemes) this is 1e-4.
+    In MobileNetV2's early layers under the full scheme it is not: with TF's default CPU
+    kernels (no oneDNN) the host and the device differ there by up to 0.025 (Conv1 ~0.01),
+    while the head's layers agree to 1e-7 and a 1e-6 nudge of the input moves TF's own update
+    by up to 0.095: chaos of the float32 function, not a difference between the engines."""
     name, scheme, model, _, path = compiled
     x, y = batch_for(model, seed=1)
     fresh = tfpock.optimize(BUILDERS[name](), loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
                             scheme=scheme, batch_size=BATCH)
     trainer = Trainer(path)
     host, device = fresh.train_step(x, y), trainer.train(x, y)
-    np.testing.assert_allclose(device["loss"], host["loss"], rtol=1e-5)
-    on_device = trainer.weights()
-    for p, value in fresh.weights().items():
-        np.testing.assert_allclose(on_device[p], value, rtol=0, atol=1e-4, err_msg=p)
+    *_, sensitivity = reference_after_step(name, fresh.trained_paths, x, y)
+    assert_step_matches(device["loss"], trainer.weights(), host["loss"], fresh.weights(),
+                        sensitivity, "ai-edge-litert vs TF program",
+                        kink_tolerant=(name, scheme) in KINK_TOLERANT)
 
 
 def test_only_trained_weights_are_variables(compiled):

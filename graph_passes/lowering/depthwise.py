@@ -16,7 +16,8 @@ input. The forward depthwise convolution is
 * *conv form*: fold the batch into the channels and read the sum over (p, q) as a depthwise
   convolution whose kernel is ``dy``: input ``xp`` as [1, Hp, Wp, N*C], kernel ``dy`` as
   [Ho, Wo, N*C, M] (stride -> dilation, dilation -> stride, VALID) gives [1, kh, kw, N*C*M];
-  reshape [kh, kw, N, C*M] and sum over N. Needs stride 1 or dilation 1 per axis.
+  reshape [kh, kw, N, C*M] and sum over N. Needs a forward that is strided or dilated, not
+  both (TF's depthwise kernels take a stride or a rate, never both).
 
 **Input gradient** (``DepthwiseConv2dNativeBackpropInput``): with i' = kh-1-i the flipped tap,
 
@@ -42,16 +43,17 @@ shared machine):
     3x3 s1 C=48, 24x24, N=1               0.10   0.08 ms  0.26 ms  0.06 ms  0.23 ms
 
 The conv form is chosen for the filter gradient whenever it can express the case; the slice
-form only when stride > 1 and dilation > 1 meet on one axis. The stride-2 input gradient is
+form when stride > 1 and dilation > 1 meet (or dilations differ per axis). Every convolution
+of both forms goes through :func:`depthwise_valid`, which every TF CPU kernel runs. The stride-2 input gradient is
 the slow one: its depthwise convolution runs over the zero-inserted gradient (s^2 times the
 work; the DEPTHWISE_CONV_2D with a non-constant kernel alone takes 1.8 ms of the 2.18 ms). A
 polyphase form (one small convolution per output phase with the taps that hit it, then an
 interleave) would remove the zeros' work; not done yet.
 
 Both gradients are rearrangements of the same float32 products; only the summation order
-differs from TF's kernels. TF 2.21's own CPU (oneDNN) kernels for these two ops are wrong
-with dilation > 1 and SAME padding and fail with VALID padding, so the tests compare dilated
-cases with direct loops instead.
+differs from TF's kernels. TF 2.21's own gradient kernels cannot serve as references for
+dilated cases: the default ones refuse dilations, the oneDNN ones are wrong with SAME padding
+and fail with VALID, so the tests compare every case with float64 loops.
 """
 from __future__ import annotations
 
@@ -69,6 +71,27 @@ def _fold_batch_into_channels(t: tf.Tensor) -> tf.Tensor:
     return tf.reshape(t, [h, w, n * k])
 
 
+def depthwise_valid(x: tf.Tensor, w: tf.Tensor, strides: tuple[int, int],
+                    dilations: tuple[int, int]) -> tf.Tensor:
+    """A VALID depthwise convolution in a form every TF CPU kernel runs, strided or dilated.
+
+    TF's default CPU kernel (oneDNN off: CPUs without AVX-512-class features, or
+    ``TF_ENABLE_ONEDNN_OPTS=0``) refuses ``DepthwiseConv2dNative`` with dilations and with
+    unequal strides. A rate goes through ``tf.nn.depthwise_conv2d``'s space-to-batch, which
+    the TFLite converter folds back into one dilated DEPTHWISE_CONV_2D
+    (tests/lowering/test_depthwise.py checks the file), so the host runs everywhere and the
+    device keeps the fast op."""
+    if dilations != (1, 1):
+        if strides != (1, 1):
+            raise ValueError(f"strides {strides} with dilations {dilations}: TF has no depthwise "
+                             "kernel for both")
+        return tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "VALID", dilations=list(dilations))
+    if strides[0] != strides[1]:
+        raise ValueError(f"unequal strides {strides}: TF's default depthwise kernel refuses them")
+    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=w, strides=[1, *strides, 1],
+                                            padding="VALID")
+
+
 def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window, multiplier: int) -> tf.Tensor:
     """dw as one depthwise convolution with the batch folded into channels (module doc)."""
     n, ho, wo, cm = dy.shape
@@ -79,8 +102,7 @@ def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window, multiplier: int) 
     xp = pad_spatial(x, win.pads)[:, :need_h, :need_w, :]
     image = tf.expand_dims(_fold_batch_into_channels(xp), 0)
     kernel = tf.reshape(_fold_batch_into_channels(dy), [ho, wo, n * c, multiplier])
-    grad = tf.raw_ops.DepthwiseConv2dNative(input=image, filter=kernel, strides=[1, dh, dw, 1],
-                                            padding="VALID", dilations=[1, sh, sw, 1])
+    grad = depthwise_valid(image, kernel, strides=(dh, dw), dilations=(sh, sw))
     grad = tf.reduce_sum(tf.reshape(grad, [win.kernel[0] * win.kernel[1], n, cm]), axis=1)
     return tf.reshape(grad, [win.kernel[0], win.kernel[1], c, multiplier])
 
@@ -145,9 +167,7 @@ def input_grad(w: tf.Tensor, dy: tf.Tensor, win: Window, in_shape) -> tf.Tensor:
         reach = (win.kernel[axis - 1] - 1) * win.dilations[axis - 1]
         u = _shift(u, axis, reach - win.pads[axis - 1][0], size + reach)
     flipped = tf.reshape(flip_spatial(w), [kh, kw, c * multiplier, 1])
-    dx = tf.raw_ops.DepthwiseConv2dNative(input=u, filter=flipped, strides=[1, 1, 1, 1],
-                                          padding="VALID",
-                                          dilations=[1, *win.dilations, 1])
+    dx = depthwise_valid(u, flipped, strides=(1, 1), dilations=win.dilations)
     if multiplier == 1:
         return dx
     return tf.reshape(tf.reduce_sum(tf.reshape(dx, [n, h, wd * c, multiplier]), axis=3),
@@ -175,9 +195,12 @@ class DepthwiseBackpropFilterRule(LoweringRule):
 
 
 def use_conv_form(win: Window) -> bool:
-    """The measured choice (module doc): the conv form whenever it can express the case
-    (per axis, stride 1 or dilation 1)."""
-    return all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations))
+    """The measured choice (module doc): the conv form whenever :func:`depthwise_valid` can
+    express its convolution, whose strides are the forward dilations and whose dilations are
+    the forward strides: a strided or a dilated forward, not both, and no unequal dilations
+    (they would become unequal strides, which TF's default depthwise kernel refuses)."""
+    strided, dilated = win.strides != (1, 1), win.dilations != (1, 1)
+    return not (strided and dilated) and win.dilations[0] == win.dilations[1]
 
 
 class DepthwiseBackpropInputRule(LoweringRule):

@@ -11,6 +11,7 @@ from graph_passes.lowering.conv import (
     window)
 from tests.litert_helpers import run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
+from tests.lowering.numpy_conv import conv_grads, output_hw, pads_of
 
 # (N, H, W, Ci, Co, kh, kw, stride, dilation, padding); H=1 with kh=1 is Keras' Conv1D.
 CONFIGS = {
@@ -31,14 +32,28 @@ CONFIGS = {
 LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same"]
 
 
-def arrays(config, seed=0):
+def geometry(config, explicit=None):
+    """(strides, dilations, pads) of a config; ``explicit``: TF's 8-list of paddings."""
+    n, h, w, ci, co, kh, kw, s, d, padding = config
+    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
+                   explicit)
+    return (s, s), (d, d), pads
+
+
+def arrays(config, seed=0, explicit=None):
     n, h, w, ci, co, kh, kw, s, d, padding = config
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, ci)).astype(np.float32)
     kernel = rng.standard_normal((kh, kw, ci, co)).astype(np.float32)
-    out_shape = tf.nn.conv2d(x, kernel, s, padding, dilations=d).shape
-    dy = rng.standard_normal(out_shape).astype(np.float32)
+    ho, wo = output_hw((h, w), (kh, kw), *geometry(config, explicit))
+    dy = rng.standard_normal((n, ho, wo, co)).astype(np.float32)
     return x, kernel, dy
+
+
+def reference(config, x, kernel, dy, explicit=None):
+    """(dw, dx) by float64 loops (tests/lowering/numpy_conv.py): TF's default CPU kernels
+    refuse dilated Conv2DBackpropFilter/Input, so TF's ops are no reference on every CPU."""
+    return conv_grads(x, kernel, dy, *geometry(config, explicit))
 
 
 def attrs(config, explicit=None):
@@ -68,32 +83,29 @@ def lowered(op, rule, *inputs):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_filter_grad_in_tf(name):
     config = CONFIGS[name]
-    x, _, dy = arrays(config)
+    x, kernel, dy = arrays(config)
     graph = lowered(filter_op(config), Conv2DBackpropFilterRule(), x, dy)
     assert graph.op_histogram()["Conv2DBackpropFilter"] == 0
-    assert_close(run_tf(graph, x, dy), filter_op(config)(x, dy).numpy(), 1e-5)
+    assert_close(run_tf(graph, x, dy), reference(config, x, kernel, dy)[0], 1e-5)
 
 
 @pytest.mark.parametrize("name", LITERT)
 def test_filter_grad_on_litert(name):
     config = CONFIGS[name]
-    x, _, dy = arrays(config, seed=1)
+    x, kernel, dy = arrays(config, seed=1)
     graph = lowered(filter_op(config), Conv2DBackpropFilterRule(), x, dy)
     [out] = run_on_litert(as_function(graph), x, dy)
-    assert_close(out, filter_op(config)(x, dy).numpy(), 1e-4)
+    assert_close(out, reference(config, x, kernel, dy)[0], 1e-4)
 
 
 def test_filter_grad_explicit_padding():
     config = (2, 7, 8, 3, 2, 3, 3, 2, 1, "EXPLICIT")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
     explicit = [0, 0, 1, 2, 0, 1, 0, 0]
-    ho, wo = (7 + 3 - 3) // 2 + 1, (8 + 1 - 3) // 2 + 1
-    dy = rng.standard_normal((2, ho, wo, 2)).astype(np.float32)
+    x, kernel, dy = arrays(config, seed=2, explicit=explicit)
     op = lambda a, b: tf.raw_ops.Conv2DBackpropFilter(
         input=a, filter_sizes=[3, 3, 3, 2], out_backprop=b, **attrs(config, explicit))
     graph = lowered(op, Conv2DBackpropFilterRule(), x, dy)
-    assert_close(run_tf(graph, x, dy), op(x, dy).numpy(), 1e-5)
+    assert_close(run_tf(graph, x, dy), reference(config, x, kernel, dy, explicit)[0], 1e-5)
 
 
 def test_filter_grad_reads_no_filter_sizes():
@@ -120,60 +132,31 @@ INPUT_CASES = {
 
 
 def input_case(name, seed=0):
+    """(op, kernel, dy, dx reference) of an input-gradient case."""
     config, explicit = INPUT_CASES[name]
-    n, h, w, ci, co, kh, kw, s, d, _ = config
-    rng = np.random.default_rng(seed)
-    x_shape = (n, h, w, ci)
-    kernel = rng.standard_normal((kh, kw, ci, co)).astype(np.float32)
-    pad = "VALID" if explicit else config[-1]
-    xs = np.zeros(x_shape, np.float32)
-    if explicit:
-        xs = np.pad(xs, [explicit[0:2], explicit[2:4], explicit[4:6], explicit[6:8]])
-    dy = rng.standard_normal(tf.nn.conv2d(xs, kernel, s, pad, dilations=d).shape)
+    x, kernel, dy = arrays(config, seed, explicit)
     op = lambda a, b: tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=list(x_shape), filter=a, out_backprop=b, **attrs(config, explicit))
-    return op, kernel, dy.astype(np.float32)
-
-
-def numpy_input_grad(kernel, dy, x_shape, s, d, explicit):
-    """Reference where TF's CPU kernel refuses (dilation with EXPLICIT padding): scatter
-    dy @ w[i, j]^T into the padded input at every kernel offset, then crop the padding."""
-    n, h, w, _ = x_shape
-    pt, pb, pl, pr = explicit[2:6]
-    grad = np.zeros((n, h + pt + pb, w + pl + pr, kernel.shape[2]), np.float64)
-    ho, wo = dy.shape[1:3]
-    for i in range(kernel.shape[0]):
-        for j in range(kernel.shape[1]):
-            grad[:, i * d:i * d + (ho - 1) * s + 1:s, j * d:j * d + (wo - 1) * s + 1:s] += (
-                dy.astype(np.float64) @ kernel[i, j].T.astype(np.float64))
-    return grad[:, pt:pt + h, pl:pl + w]
-
-
-def input_reference(name, op, kernel, dy):
-    config, explicit = INPUT_CASES[name]
-    if explicit and config[8] > 1:
-        return numpy_input_grad(kernel, dy, config[:3] + (config[3],), config[7], config[8],
-                                explicit)
-    return op(kernel, dy).numpy()
+        input_sizes=list(x.shape), filter=a, out_backprop=b, **attrs(config, explicit))
+    return op, kernel, dy, reference(config, x, kernel, dy, explicit)[1]
 
 
 @pytest.mark.parametrize("name", INPUT_CASES)
 def test_input_grad(name):
-    op, kernel, dy = input_case(name)
+    op, kernel, dy, expected = input_case(name)
     graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
     for node in graph.nodes_of(["Conv2DBackpropInput"]):
         assert graph.attr(node, "dilations", [1, 1, 1, 1]) == [1, 1, 1, 1]
         assert graph.attr(node, "padding") in ("SAME", "VALID")
-    assert_close(run_tf(graph, kernel, dy), input_reference(name, op, kernel, dy), 1e-5)
+    assert_close(run_tf(graph, kernel, dy), expected, 1e-5)
 
 
 @pytest.mark.parametrize("name", ["3x3_d2_same", "3x3_s2_explicit", "3x3_d2_explicit",
                                   "3x3_s1_same", "5x5_s1_valid", "3x3_s1_explicit"])
 def test_input_grad_on_litert(name):
-    op, kernel, dy = input_case(name, seed=3)
+    op, kernel, dy, expected = input_case(name, seed=3)
     graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
     [out] = run_on_litert(as_function(graph), kernel, dy)
-    assert_close(out, input_reference(name, op, kernel, dy), 1e-4)
+    assert_close(out, expected, 1e-4)
 
 
 def test_declines_nchw():
@@ -296,10 +279,10 @@ def test_weight_conv_leaves_constant_and_gradient_kernels():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_filter_grad_form_it_can_express(name):
-    """Each form, not only the chosen one, against TF's kernel; and the choice itself."""
+    """Each form, not only the chosen one, against the float64 loops; and the choice."""
     config = CONFIGS[name]
-    x, _, dy = arrays(config, seed=5)
-    expected = filter_op(config)(x, dy).numpy()
+    x, kernel, dy = arrays(config, seed=5)
+    expected = reference(config, x, kernel, dy)[0]
     graph = graph_of(filter_op(config), x, dy)
     node = graph.nodes_of(["Conv2DBackpropFilter"])[0]
     win = window(graph, node, config[5:7], x.shape[1:3], dy.shape[1:3])
@@ -310,3 +293,21 @@ def test_every_filter_grad_form_it_can_express(name):
         if form == "conv" and s > 1 and d > 1:
             continue  # the conv form cannot express stride and dilation together
         assert_close(fn(tf.constant(x), tf.constant(dy), win).numpy(), expected, 1e-5)
+
+
+@pytest.mark.parametrize("name, explicit", [
+    ("3x3_d2_same", None), ("3x3_s2_d2_same", None), ("conv1d_k3_d2_same", None),
+    ("5x5_s2_same", None), ("3x3_d2_same", [0, 0, 2, 1, 1, 2, 0, 0])])
+def test_numpy_reference_is_adjoint(name, explicit):
+    """<conv(x, w), dy> = <w, dw> = <x, dx>: the loops are the forward op's true gradients.
+    The forward is tf.nn.conv2d over the zero-padded input (VALID), which every TF CPU kernel
+    runs, dilated or not."""
+    config = CONFIGS[name]
+    x, kernel, dy = arrays(config, explicit=explicit)
+    strides, dilations, ((pt, pb), (pl, pr)) = geometry(config, explicit)
+    xp = np.pad(x, [(0, 0), (pt, pb), (pl, pr), (0, 0)])
+    y = tf.nn.conv2d(xp, kernel, strides, "VALID", dilations=dilations).numpy()
+    dw, dx = reference(config, x, kernel, dy, explicit)
+    inner = float(np.sum(y.astype(np.float64) * dy))
+    np.testing.assert_allclose(np.sum(kernel * dw), inner, rtol=1e-5)
+    np.testing.assert_allclose(np.sum(x * dx), inner, rtol=1e-5)

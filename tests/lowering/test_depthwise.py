@@ -8,8 +8,10 @@ import tensorflow as tf
 
 from graph_passes.lower import LoweringError
 from graph_passes.lowering.depthwise import DepthwiseBackpropFilterRule, DepthwiseBackpropInputRule
-from tests.litert_helpers import run_on_litert
+from tests.litert_helpers import convert_builtins_only, run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
+from tests.lowering.numpy_conv import conv_grads, output_hw, pads_of
+from tfpock import model_file
 
 # (N, H, W, C, M, kh, kw, stride, dilation, padding)
 CONFIGS = {
@@ -28,66 +30,47 @@ CONFIGS = {
 LITERT = ["3x3_s1_valid_m2", "3x3_s2_same_odd_m1", "3x3_d2_same_m2", "5x5_s2_same_m1"]
 
 
-def arrays(config, seed=0):
+def geometry(config, explicit=None):
+    """(strides, dilations, pads) of a config; ``explicit``: TF's 8-list of paddings."""
+    n, h, w, c, m, kh, kw, s, d, padding = config
+    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
+                   explicit)
+    return (s, s), (d, d), pads
+
+
+def arrays(config, seed=0, explicit=None):
     n, h, w, c, m, kh, kw, s, d, padding = config
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     kernel = rng.standard_normal((kh, kw, c, m)).astype(np.float32)
-    out = tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, **attrs(config))
-    dy = rng.standard_normal(out.shape).astype(np.float32)
+    ho, wo = output_hw((h, w), (kh, kw), *geometry(config, explicit))
+    dy = rng.standard_normal((n, ho, wo, c * m)).astype(np.float32)
     return x, kernel, dy
 
 
-def attrs(config):
+def attrs(config, explicit=None):
     *_, s, d, padding = config
-    return dict(strides=[1, s, s, 1], dilations=[1, d, d, 1], padding=padding)
+    extra = {"explicit_paddings": explicit} if explicit else {}
+    return dict(strides=[1, s, s, 1], dilations=[1, d, d, 1],
+                padding="EXPLICIT" if explicit else padding, **extra)
 
 
-def filter_op(config):
+def filter_op(config, explicit=None):
     c, m, kh, kw = config[3], config[4], config[5], config[6]
     return lambda x, dy: tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-        input=x, filter_sizes=[kh, kw, c, m], out_backprop=dy, **attrs(config))
+        input=x, filter_sizes=[kh, kw, c, m], out_backprop=dy, **attrs(config, explicit))
 
 
-def input_op(config):
+def input_op(config, explicit=None):
     return lambda w, dy: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-        input_sizes=list(config[:4]), filter=w, out_backprop=dy, **attrs(config))
+        input_sizes=list(config[:4]), filter=w, out_backprop=dy, **attrs(config, explicit))
 
 
-def same_pads(size, k, s, d):
-    out = -(-size // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-def depthwise_grads_numpy(x, w, dy, s, d, padding):
-    """(dw, dx) of the depthwise conv by direct loops over kernel offsets, in float64."""
-    n, h, wd, c = x.shape
-    kh, kw, _, m = w.shape
-    ho, wo = dy.shape[1:3]
-    (pt, pb), (pl, pr) = ((same_pads(h, kh, s, d), same_pads(wd, kw, s, d))
-                          if padding == "SAME" else ((0, 0), (0, 0)))
-    xp = np.pad(x.astype(np.float64), [(0, 0), (pt, pb), (pl, pr), (0, 0)])
-    g = dy.astype(np.float64).reshape(n, ho, wo, c, m)
-    dw = np.zeros((kh, kw, c, m))
-    dxp = np.zeros_like(xp)
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i * d, i * d + (ho - 1) * s + 1, s)
-            cols = slice(j * d, j * d + (wo - 1) * s + 1, s)
-            dw[i, j] = np.einsum("npqc,npqcm->cm", xp[:, rows, cols], g)
-            dxp[:, rows, cols] += np.einsum("npqcm,cm->npqc", g, w[i, j])
-    return dw, dxp[:, pt:pt + h, pl:pl + wd]
-
-
-def reference(config, x, kernel, dy):
-    """(dw, dx): TF's raw ops where they are right; for dilation > 1 the numpy loops, because
-    TF 2.21's CPU (oneDNN) depthwise backprop kernels return wrong values with SAME padding
-    and fail with VALID padding when dilated (checked against the loops, which
-    test_numpy_reference_is_adjoint checks against the forward op)."""
-    *_, s, d, padding = config
-    if d > 1:
-        return depthwise_grads_numpy(x, kernel, dy, s, d, padding)
-    return (filter_op(config)(x, dy).numpy(), input_op(config)(kernel, dy).numpy())
+def reference(config, x, kernel, dy, explicit=None):
+    """(dw, dx) by float64 loops (tests/lowering/numpy_conv.py): TF's own depthwise gradient
+    kernels refuse dilations without oneDNN and are wrong with them (SAME) with oneDNN, so
+    they are no reference on every CPU."""
+    return conv_grads(x, kernel, dy, *geometry(config, explicit), depthwise=True)
 
 
 def assert_close(actual, expected, rtol):
@@ -135,33 +118,53 @@ def test_both_grads_on_litert(name):
     assert_close(out[kernel.size:], dx.ravel(), 1e-4)
 
 
-@pytest.mark.parametrize("name", ["3x3_d2_same_m2", "3x3_d2_valid_m1"])
-def test_numpy_reference_is_adjoint(name):
-    """<conv(x, w), dy> = <w, dw> = <x, dx>: the loops are the forward op's true gradients."""
+@pytest.mark.parametrize("name, explicit", [
+    ("3x3_d2_same_m2", None), ("3x3_d2_valid_m1", None), ("3x3_s2_same_even_m2", None),
+    ("3x3_s2_valid_m1", [0, 0, 1, 2, 2, 0, 0, 0])])
+def test_numpy_reference_is_adjoint(name, explicit):
+    """<conv(x, w), dy> = <w, dw> = <x, dx>: the loops are the forward op's true gradients.
+    The forward is tf.nn.depthwise_conv2d over the zero-padded input (VALID), which every TF
+    CPU kernel runs (a rate goes through space-to-batch)."""
     config = CONFIGS[name]
-    x, kernel, dy = arrays(config)
-    y = tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, **attrs(config)).numpy()
-    dw, dx = depthwise_grads_numpy(x, kernel, dy, config[7], config[8], config[9])
+    x, kernel, dy = arrays(config, explicit=explicit)
+    strides, dilations, ((pt, pb), (pl, pr)) = geometry(config, explicit)
+    xp = np.pad(x, [(0, 0), (pt, pb), (pl, pr), (0, 0)])
+    y = tf.nn.depthwise_conv2d(xp, kernel, [1, *strides, 1], "VALID",
+                               dilations=list(dilations)).numpy()
+    dw, dx = reference(config, x, kernel, dy, explicit)
     inner = float(np.sum(y.astype(np.float64) * dy))
     np.testing.assert_allclose(np.sum(kernel * dw), inner, rtol=1e-5)
     np.testing.assert_allclose(np.sum(x * dx), inner, rtol=1e-5)
 
 
 def test_explicit_padding():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 7, 8, 3)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
-    kw = dict(strides=[1, 2, 2, 1], padding="EXPLICIT", explicit_paddings=[0, 0, 1, 2, 2, 0, 0, 0])
-    dy = rng.standard_normal(
-        tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, **kw).shape).astype(np.float32)
-    fop = lambda a, b: tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-        input=a, filter_sizes=[3, 3, 3, 2], out_backprop=b, **kw)
-    iop = lambda w, b: tf.raw_ops.DepthwiseConv2dNativeBackpropInput(
-        input_sizes=[2, 7, 8, 3], filter=w, out_backprop=b, **kw)
-    graph = lowered(fop, DepthwiseBackpropFilterRule(), x, dy)
-    assert_close(run_tf(graph, x, dy), fop(x, dy).numpy(), 1e-5)
-    graph = lowered(iop, DepthwiseBackpropInputRule(), kernel, dy)
-    assert_close(run_tf(graph, kernel, dy), iop(kernel, dy).numpy(), 1e-5)
+    config = (2, 7, 8, 3, 2, 3, 3, 2, 1, "EXPLICIT")
+    explicit = [0, 0, 1, 2, 2, 0, 0, 0]
+    x, kernel, dy = arrays(config, seed=4, explicit=explicit)
+    dw, dx = reference(config, x, kernel, dy, explicit)
+    graph = lowered(filter_op(config, explicit), DepthwiseBackpropFilterRule(), x, dy)
+    assert_close(run_tf(graph, x, dy), dw, 1e-5)
+    graph = lowered(input_op(config, explicit), DepthwiseBackpropInputRule(), kernel, dy)
+    assert_close(run_tf(graph, kernel, dy), dx, 1e-5)
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_same_odd_m1", "3x3_d2_same_m2"])
+def test_rates_convert_to_one_dilated_depthwise_op(name):
+    """The host form of a rate (space-to-batch, which TF's default kernels run) is folded back
+    by the converter: the file has one DEPTHWISE_CONV_2D per gradient and no space-to-batch."""
+    config = CONFIGS[name]
+    x, kernel, dy = arrays(config)
+    fop, iop = filter_op(config), input_op(config)
+    graph = graph_of(lambda a, w, b: tf.concat([tf.reshape(fop(a, b), [-1]),
+                                                 tf.reshape(iop(w, b), [-1])], 0),
+                     x, kernel, dy)
+    lower_all(graph, DepthwiseBackpropFilterRule())
+    lower_all(graph, DepthwiseBackpropInputRule())
+    assert graph.op_histogram()["SpaceToBatchND"] >= 1  # the host form is there
+    specs = [tf.TensorSpec(a.shape, tf.float32) for a in (x, kernel, dy)]
+    ops = model_file.read(convert_builtins_only(as_function(graph), specs)).op_histogram()
+    assert ops["DEPTHWISE_CONV_2D"] == 2
+    assert ops["SPACE_TO_BATCH_ND"] == ops["BATCH_TO_SPACE_ND"] == 0
 
 
 def test_declines_nchw():
