@@ -86,6 +86,14 @@ MOBILENET_SCHEME = {"default": "frozen", "layers": {
     "predictions": "bias",
 }}
 
+# the strided depthwise conv's filter gradient is a rate on the host (dilation = stride): the
+# form TF's default CPU kernels refuse unless it goes through space-to-batch
+MOBILENET_STRIDED_SCHEME = {"default": "frozen", "layers": {
+    "block_13_depthwise": {"weight_channels": 48},          # 48 of 192, stride 2
+    "block_13_project": {"weight_fraction": 0.25, "bias": False},
+    "predictions": "full",
+}}
+
 
 def bn_cnn(seed: int = 0) -> keras.Model:
     """A small CNN with trainable BatchNormalization layers (batch statistics in training,
@@ -120,9 +128,10 @@ BN_SCHEME = {"default": "frozen", "layers": {
 MODELS = {
     "cnn": (lambda: models.every_layer_cnn(dropout=0.0), CNN_SCHEME),
     "mobilenet_v2": (models.mobilenet_v2, MOBILENET_SCHEME),
+    "mobilenet_v2_strided": (models.mobilenet_v2, MOBILENET_STRIDED_SCHEME),
     "bn_cnn": (bn_cnn, BN_SCHEME),
 }
-KINK_TOLERANT = {"mobilenet_v2"}  # see the module docstring
+KINK_TOLERANT = {"mobilenet_v2", "mobilenet_v2_strided"}  # see the module docstring
 COMPILED = [(m, o) for m in ("cnn", "mobilenet_v2") for o in OPTIMIZERS] + \
     [("bn_cnn", "momentum"), ("bn_cnn", "adamw")]
 
@@ -256,7 +265,8 @@ def assert_state_matches(state, ref_state, where, sensitivity=None, channels=Non
             atol = 1e-4 + 4 * sensitivity[key]
             assert np.percentile(error, 99.9) <= atol, \
                 f"{where}: {key} 99.9th percentile error {np.percentile(error, 99.9)} > {atol}"
-            assert error.max() <= 0.05, f"{where}: {key} off by {error.max()}"
+            cap = 0.05 + 4 * sensitivity[key]  # not a fixed cap: chaos depends on the kernels
+            assert error.max() <= cap, f"{where}: {key} off by {error.max()} > {cap}"
 
 
 def nudge_sensitivity(references, state, x, y, ref_after):
@@ -352,6 +362,35 @@ def test_five_steps_match_gradient_tape(compiled):
     moved = [p for p in weights if not np.array_equal(weights[p], before[p])]
     assert len(moved) >= max(1, len(weights) * 3 // 4), f"only {moved} changed"
     assert set(stats) <= set(moved)
+
+
+@pytest.mark.parametrize("model_name", ["mobilenet_v2", "mobilenet_v2_strided"])
+def test_host_program_step_matches_gradient_tape(model_name):
+    """``Program.train_step`` (TF on the host, with whatever CPU kernels it has: oneDNN or
+    TF's default ones) equals the reference step, partial-channel depthwise kernels included,
+    strided or not; the untouched channels stay bit-identical."""
+    builder, scheme = MODELS[model_name]
+    model = builder()
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=OPTIMIZERS["sgd"](),
+                              scheme=scheme, batch_size=BATCH)
+    [(x, y)] = batches(model, n=1)
+    start = program.state()
+    ref = Reference(model_name, "sgd")
+    ref_loss = ref.step(x, y)
+    loss = program.train_step(x, y)["loss"]
+    where = f"{model_name} host program"
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"{where}: loss")
+    ref_after = {**ref.weights(), **ref.slots()}
+    spares = [Reference(model_name, "sgd") for _ in range(2)]
+    sensitivity = nudge_sensitivity(spares, start, x, y, ref_after)
+    state = program.state()
+    assert sorted(program.trained_paths) == sorted(ref.trained)
+    assert_state_matches({k: state[k] for k in ref.trained}, ref_after, where, sensitivity,
+                         ref.trained)
+    for path, k in ref.trained.items():
+        if k is not None:
+            assert not np.array_equal(state[path][..., :k, :], start[path][..., :k, :]), path
+            assert state[path][..., k:, :].tobytes() == start[path][..., k:, :].tobytes(), path
 
 
 def test_untouched_channels_are_bit_identical(compiled):
