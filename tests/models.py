@@ -59,11 +59,13 @@ def every_layer_cnn(seed: int = 0, dropout: float = 0.25) -> keras.Model:
     return keras.Model(inp, out, name="every_layer_cnn")
 
 
-def mobilenet_v2(seed: int = 0, size: int = 96, classes: int = 10) -> keras.Model:
-    """MobileNetV2 alpha 0.35 with its BatchNormalization layers frozen (trainable=False),
-    their statistics calibrated on random images like a trained network's (with the
-    untrained identity statistics the activations vanish with depth and every gradient is
-    ~1e-10, which would make equivalence tests vacuous)."""
+def mobilenet_v2(seed: int = 0, size: int = 96, classes: int = 10,
+                 freeze_bn: bool = True) -> keras.Model:
+    """MobileNetV2 alpha 0.35 with its BatchNormalization layers frozen (trainable=False;
+    ``freeze_bn=False`` leaves them as Keras builds them, trainable), their statistics
+    calibrated on random images like a trained network's (with the untrained identity
+    statistics the activations vanish with depth and every gradient is ~1e-10, which would
+    make equivalence tests vacuous)."""
     keras.utils.set_random_seed(seed)
     model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(size, size, 3),
                                            weights=None, classes=classes,
@@ -72,7 +74,31 @@ def mobilenet_v2(seed: int = 0, size: int = 96, classes: int = 10) -> keras.Mode
         -1, 1, (16, size, size, 3)).astype(np.float32))
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = not freeze_bn
+    return model
+
+
+def bn_cnn(seed: int = 0) -> keras.Model:
+    """A small CNN with trainable BatchNormalization layers (batch statistics in training,
+    moving statistics updated with each layer's momentum)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    # no bias before a BatchNorm in training mode: its gradient is zero up to rounding, which
+    # Adam's normalisation would turn into updates of size lr (noise, not a test)
+    h = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv_a")(inp)
+    h = layers.BatchNormalization(momentum=0.9, name="bn_a")(h)
+    h = layers.ReLU()(h)
+    h = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv_b")(h)
+    h = layers.BatchNormalization(momentum=0.8, name="bn_b")(h)
+    h = layers.ReLU()(h)
+    h = layers.Conv2D(8, 3, padding="same", name="conv_c")(h)
+    h = layers.BatchNormalization(name="bn_c")(h)
+    h = layers.ReLU()(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    out = layers.Dense(4, name="logits")(h)
+    model = keras.Model(inp, out, name="bn_cnn")
+    calibrate_batchnorm(model, np.random.default_rng(seed).uniform(
+        -1, 1, (16, 12, 12, 3)).astype(np.float32))
     return model
 
 

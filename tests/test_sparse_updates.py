@@ -50,6 +50,7 @@ from keras import layers
 
 import tfpock
 from tests import models
+from tests.reference import freeze_as_scheme
 from tfpock.runtime import Trainer
 
 BATCH = 4
@@ -95,27 +96,6 @@ MOBILENET_STRIDED_SCHEME = {"default": "frozen", "layers": {
 }}
 
 
-def bn_cnn(seed: int = 0) -> keras.Model:
-    """A small CNN with trainable BatchNormalization layers (batch statistics in training,
-    moving statistics updated with each layer's momentum)."""
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((12, 12, 3))
-    # no bias before a BatchNorm in training mode: its gradient is zero up to rounding, which
-    # Adam's normalisation would turn into updates of size lr (noise, not a test)
-    h = layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv_a")(inp)
-    h = layers.BatchNormalization(momentum=0.9, name="bn_a")(h)
-    h = layers.ReLU()(h)
-    h = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="conv_b")(h)
-    h = layers.BatchNormalization(momentum=0.8, name="bn_b")(h)
-    h = layers.ReLU()(h)
-    h = layers.Conv2D(8, 3, padding="same", name="conv_c")(h)  # bias kept: frozen by the scheme
-    h = layers.BatchNormalization(name="bn_c")(h)       # frozen by the scheme, trainable in Keras
-    h = layers.ReLU()(h)
-    h = layers.GlobalAveragePooling2D()(h)
-    out = layers.Dense(4, name="logits")(h)
-    return keras.Model(inp, out, name="bn_cnn")
-
-
 BN_SCHEME = {"default": "frozen", "layers": {
     "conv_a": "full",
     "bn_a": "full",
@@ -129,7 +109,7 @@ MODELS = {
     "cnn": (lambda: models.every_layer_cnn(dropout=0.0), CNN_SCHEME),
     "mobilenet_v2": (models.mobilenet_v2, MOBILENET_SCHEME),
     "mobilenet_v2_strided": (models.mobilenet_v2, MOBILENET_STRIDED_SCHEME),
-    "bn_cnn": (bn_cnn, BN_SCHEME),
+    "bn_cnn": (models.bn_cnn, BN_SCHEME),   # bn_c: trainable in Keras, frozen by the scheme
 }
 KINK_TOLERANT = {"mobilenet_v2", "mobilenet_v2_strided"}  # see the module docstring
 COMPILED = [(m, o) for m in ("cnn", "mobilenet_v2") for o in OPTIMIZERS] + \
@@ -186,6 +166,7 @@ class Reference:
         builder, scheme = MODELS[model_name]
         self.model = builder()
         self.trained = expected_trained(self.model, scheme)
+        freeze_as_scheme(self.model, self.trained)   # frozen BatchNorms: inference mode
         by_path = {v.path: v for v in self.model.variables}
         self.watched = [by_path[p] for p in self.trained]
         self.targets = []   # what the optimizer updates: the weight, or its trained slice
@@ -337,7 +318,7 @@ def test_five_steps_match_gradient_tape(compiled):
                                  f"{where} step {i}", sensitivity, ref.trained)
 
     # what is trained: exactly the policy's weights, plus trainable BatchNorm statistics
-    stats = [v.path for l in model.layers if isinstance(l, layers.BatchNormalization)
+    stats = [v.path for l in ref.model.layers if isinstance(l, layers.BatchNormalization)
              and l.trainable for v in (l.moving_mean, l.moving_variance)]
     weights = trainer.weights()
     assert sorted(weights) == sorted([*ref.trained, *stats])

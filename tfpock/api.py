@@ -7,7 +7,8 @@ import keras
 
 from tfpock import export
 from tfpock.errors import TfpockError, UnsupportedModelError
-from tfpock.layers import leaf_layers
+from tfpock.layers import (FROZEN_FORWARD_LAYERS, frozen_forward_layers, frozen_in_keras,
+                           leaf_layers)
 from tfpock.losses import resolve_loss
 from tfpock.optimizers import compile_optimizer
 from tfpock.pipeline import build_pipeline
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
              batch_size: int = 32, debug: bool = False, skip_passes=(),
-             reorder: bool = False) -> Program:
+             reorder: bool = False, frozen_batchnorm: str | None = None) -> Program:
     """Compiles one training step of ``model`` into a builtin-only training program.
 
     Args:
@@ -40,6 +41,11 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             activations (``graph_passes.reorder``; off by default: under the XNNPACK
             delegate's clustering it does not lower the allocation, measured in its
             docstring).
+        frozen_batchnorm: how a BatchNormalization runs that Keras would train but the
+            scheme freezes: ``"inference"`` (the default, as Keras runs a layer with
+            ``trainable=False``: moving statistics, folded into constants) or
+            ``"batch_statistics"`` (training mode, moving statistics updated). Overrides the
+            scheme's own ``frozen_batchnorm``; ``report()`` shows each BatchNorm's mode.
 
     Returns:
         A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.
@@ -61,10 +67,14 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     optimizer = _default(optimizer, model, "optimizer")
     loss_obj = resolve_loss(loss)
     compiled_opt = compile_optimizer(optimizer)
-    scheme_obj = Scheme.parse(scheme, model)
+    scheme_obj = Scheme.parse(scheme, model).with_frozen_batchnorm(frozen_batchnorm)
     trained = scheme_obj.resolve(model)
+    frozen_forward = []
+    if scheme_obj.frozen_batchnorm == "inference":
+        frozen_forward = frozen_forward_layers(model, {w.layer for w in trained})
 
-    step = trace(model, loss_obj, compiled_opt, batch_size, trained)
+    with frozen_in_keras(frozen_forward):   # the trace records Keras' frozen forward
+        step = trace(model, loss_obj, compiled_opt, batch_size, trained)
     pipeline = build_pipeline(step.frozen, debug=debug, skip=skip_passes)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
@@ -79,8 +89,12 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     leaves = leaf_layers(model)
     policies = {l.name: scheme_obj.layers.get(l.name, scheme_obj.default).to_json()
                 for l in leaves if l.weights}
+    frozen_names = {l.name for l in frozen_forward}
+    batchnorm_modes = {l.name: "batch statistics" if l.trainable and l.name not in frozen_names
+                       else "moving statistics"
+                       for l in leaves if isinstance(l, FROZEN_FORWARD_LAYERS)}
     program = Program(step, module, {"train": train_records, "infer": infer_records}, metadata,
-                      {l.name for l in leaves}, policies)
+                      {l.name for l in leaves}, policies, batchnorm_modes)
     logger.info("compiled %s: %d weights trained, %d frozen", model.name,
                 len(program.trained_paths), len(program.frozen_paths))
     return program

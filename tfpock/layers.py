@@ -7,7 +7,9 @@ Layers without weights need no entry: their ops are checked when the graph is lo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Iterable, Iterator
 
 import keras
 
@@ -30,6 +32,11 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
                                                 "moving_variance"), ("beta",)),
     keras.layers.LayerNormalization: LayerKind(("gamma", "beta"), ("beta",)),
 }
+
+
+# Layer kinds whose forward in training depends on ``trainable``: Keras' BatchNormalization
+# normalises with its moving statistics (and leaves them alone) when it is not trainable.
+FROZEN_FORWARD_LAYERS: tuple[type, ...] = (keras.layers.BatchNormalization,)
 
 
 def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
@@ -70,3 +77,27 @@ def layer_weights(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
         if isinstance(var, keras.Variable):
             found[attr] = var
     return found
+
+
+def frozen_forward_layers(model: keras.Model, trained_layers: Iterable[str]) -> list:
+    """Layers that are trainable in Keras, whose forward changes when frozen, and of which the
+    scheme trains nothing: they must run as Keras runs them with ``trainable=False``."""
+    trained = set(trained_layers)
+    return [l for l in leaf_layers(model) if isinstance(l, FROZEN_FORWARD_LAYERS)
+            and l.trainable and l.name not in trained]
+
+
+@contextlib.contextmanager
+def frozen_in_keras(layers: list[keras.layers.Layer]) -> Iterator[None]:
+    """Sets ``trainable = False`` on ``layers`` for the body and restores every flag after,
+    even on an error. The one place tfpock touches the user's model: Keras' own switch is the
+    only public way to give a layer its frozen forward (what the trace must record), and
+    optimize returns with the model as it was."""
+    saved = [(layer, layer.trainable) for layer in layers]
+    try:
+        for layer in layers:
+            layer.trainable = False
+        yield
+    finally:
+        for layer, trainable in saved:
+            layer.trainable = trainable

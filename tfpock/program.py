@@ -28,8 +28,10 @@ class Program:
 
     def __init__(self, step: TracedStep, module: export.TrainingModule,
                  records: dict[str, list[PassRecord]], metadata: dict, layer_names: set[str],
-                 layer_policies: dict[str, object]):
+                 layer_policies: dict[str, object], batchnorm_modes: dict[str, str] | None = None):
         self._layer_policies = layer_policies  # leaf layer with weights -> policy (JSON form)
+        # BatchNormalization -> "batch statistics" (training mode) or "moving statistics"
+        self._batchnorm_modes = dict(batchnorm_modes or {})
         self._step = step
         self._module = module
         self._records = records
@@ -146,15 +148,19 @@ class Program:
                 lines.append(f"  {signature:<8} " + (f"{_size(peak.live_bytes)} at op "
                                                       f"{peak.index} {peak.op}" if peak else "-"))
             lines.extend(_record_line(r) for r in self._records.get("export", []))
-        lines.append("[layers] policy, trained parameters, gradient ops removed by prune")
+        lines.append("[layers] policy, trained parameters, gradient ops removed by prune"
+                     "; BatchNorm: which statistics it normalises with")
         for layer, row in self.layer_table().items():
+            mode = f"  {row['batchnorm']}" if "batchnorm" in row else ""
             lines.append(f"  {layer:<28} {json.dumps(row['policy']):<44} "
-                         f"{row['trained_parameters']:>9,} {row['gradient_ops_removed']:>5}")
+                         f"{row['trained_parameters']:>9,} {row['gradient_ops_removed']:>5}"
+                         f"{mode}")
         return "\n".join(lines)
 
     def layer_table(self) -> dict[str, dict]:
-        """Per layer with weights: its policy, how many parameters the step trains, and how
-        many gradient ops the prune pass removed for it (attributed by provenance)."""
+        """Per layer with weights: its policy, how many parameters the step trains, how
+        many gradient ops the prune pass removed for it (attributed by provenance), and for a
+        BatchNormalization which statistics it normalises with in ``train``."""
         removed = collections.Counter()
         for r in self._records.get("train", []):
             for node in r.stats.get("removed_gradient_nodes", []):
@@ -163,9 +169,13 @@ class Program:
         for w in self._step.weights:
             if w.trained:
                 trained[w.layer] += w.trained_value.size
-        return {layer: {"policy": policy, "trained_parameters": trained[layer],
-                        "gradient_ops_removed": removed[layer]}
-                for layer, policy in self._layer_policies.items()}
+        table = {layer: {"policy": policy, "trained_parameters": trained[layer],
+                         "gradient_ops_removed": removed[layer]}
+                 for layer, policy in self._layer_policies.items()}
+        for layer, mode in self._batchnorm_modes.items():
+            if layer in table:
+                table[layer]["batchnorm"] = mode
+        return table
 
 
 # Stats a record's figures already show (the reorder pass's peaks).

@@ -26,6 +26,14 @@ Strings accepted by ``tfpock.optimize``: ``"full"`` (what Keras would train), ``
 
 Only weights Keras considers trainable can be trained: a scheme never overrides a layer's
 ``trainable=False`` (that is also what puts a BatchNormalization in inference mode).
+
+A layer the scheme leaves without trained weights is frozen as Keras freezes it: it runs as
+if the user had set ``layer.trainable = False``. For a BatchNormalization that means
+inference mode (moving statistics, constants the compiler folds into the convolution before
+it), as Keras' fine-tuning guide, PockEngine and MCUNetV3 do: batch statistics of the 1-8
+samples a device trains on hurt accuracy. ``"frozen_batchnorm": "batch_statistics"`` keeps
+them in training mode instead (batch statistics, moving statistics updated as variables); a
+BatchNormalization whose gamma or beta the scheme trains is in training mode either way.
 """
 from __future__ import annotations
 
@@ -44,6 +52,8 @@ from tfpock.errors import SchemeError, UnsupportedModelError
 
 _SCHEME_STRINGS = '"full", "last:N" (N >= 1), "bias", a dict or a .json path'
 _NAMED = ("frozen", "full", "bias")
+# How a trainable-in-Keras BatchNormalization that the scheme freezes runs (module doc).
+FROZEN_BATCHNORM_MODES = ("inference", "batch_statistics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +133,12 @@ class Scheme:
 
     layers: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     default: Any = "frozen"
+    frozen_batchnorm: str = "inference"
 
     def __post_init__(self):
+        if self.frozen_batchnorm not in FROZEN_BATCHNORM_MODES:
+            raise SchemeError(f"frozen_batchnorm must be one of {FROZEN_BATCHNORM_MODES}, "
+                              f"got {self.frozen_batchnorm!r}")
         object.__setattr__(self, "default", Policy.parse(self.default, "default"))
         object.__setattr__(self, "layers", {
             name: Policy.parse(p, f"layer {name!r}") for name, p in dict(self.layers).items()})
@@ -179,14 +193,15 @@ class Scheme:
     # ---- reading and writing ---------------------------------------------------------------
     @classmethod
     def from_dict(cls, spec: Mapping) -> "Scheme":
-        unknown = set(spec) - {"default", "layers"}
+        unknown = set(spec) - {"default", "layers", "frozen_batchnorm"}
         if unknown:
             raise SchemeError(f"scheme has unknown keys {sorted(unknown)}; expected "
-                              "'default' and 'layers'")
+                              "'default', 'layers' and 'frozen_batchnorm'")
         layers = spec.get("layers", {})
         if not isinstance(layers, Mapping):
             raise SchemeError("scheme 'layers' must map layer names to policies")
-        return cls(layers=layers, default=spec.get("default", "frozen"))
+        return cls(layers=layers, default=spec.get("default", "frozen"),
+                   frozen_batchnorm=spec.get("frozen_batchnorm", "inference"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Scheme":
@@ -202,8 +217,15 @@ class Scheme:
         return cls.from_dict(spec)
 
     def to_dict(self) -> dict:
-        return {"default": self.default.to_json(),
-                "layers": {k: p.to_json() for k, p in self.layers.items()}}
+        out = {"default": self.default.to_json(),
+               "layers": {k: p.to_json() for k, p in self.layers.items()}}
+        if self.frozen_batchnorm != "inference":
+            out["frozen_batchnorm"] = self.frozen_batchnorm
+        return out
+
+    def with_frozen_batchnorm(self, mode: str | None) -> "Scheme":
+        """This scheme with ``frozen_batchnorm`` set (None: unchanged)."""
+        return self if mode is None else dataclasses.replace(self, frozen_batchnorm=mode)
 
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
