@@ -33,6 +33,16 @@ def pads_of(padding: str, in_hw, kernel_hw, strides, dilations, explicit=None):
                  for n, k, s, d in zip(in_hw, kernel_hw, strides, dilations))
 
 
+def geometry(config, explicit=None):
+    """(strides, dilations, pads) of a test config ``(N, H, W, C, X, kh, kw, stride,
+    dilation, padding)`` (X: output channels or depthwise multiplier); ``explicit``: TF's
+    8-list of paddings for EXPLICIT padding."""
+    _, h, w, _, _, kh, kw, s, d, padding = config
+    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
+                   explicit)
+    return (s, s), (d, d), pads
+
+
 def output_hw(in_hw, kernel_hw, strides, dilations, pads) -> tuple[int, int]:
     """Spatial size of the forward convolution's output."""
     return tuple((n + p0 + p1 - (k - 1) * d - 1) // s + 1

@@ -11,7 +11,7 @@ from graph_passes.lowering.conv import (
     window)
 from tests.litert_helpers import run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
-from tests.lowering.numpy_conv import conv_grads, output_hw, pads_of
+from tests.lowering.numpy_conv import conv_grads, geometry, output_hw
 
 # (N, H, W, Ci, Co, kh, kw, stride, dilation, padding); H=1 with kh=1 is Keras' Conv1D.
 CONFIGS = {
@@ -30,14 +30,6 @@ CONFIGS = {
     "conv1d_k3_d2_same": (2, 1, 16, 3, 2, 1, 3, 1, 2, "SAME"),
 }
 LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same"]
-
-
-def geometry(config, explicit=None):
-    """(strides, dilations, pads) of a config; ``explicit``: TF's 8-list of paddings."""
-    n, h, w, ci, co, kh, kw, s, d, padding = config
-    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
-                   explicit)
-    return (s, s), (d, d), pads
 
 
 def arrays(config, seed=0, explicit=None):

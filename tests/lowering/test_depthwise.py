@@ -10,7 +10,7 @@ from graph_passes.lower import LoweringError
 from graph_passes.lowering.depthwise import DepthwiseBackpropFilterRule, DepthwiseBackpropInputRule
 from tests.litert_helpers import convert_builtins_only, run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
-from tests.lowering.numpy_conv import conv_grads, output_hw, pads_of
+from tests.lowering.numpy_conv import conv_grads, geometry, output_hw
 from tfpock import model_file
 
 # (N, H, W, C, M, kh, kw, stride, dilation, padding)
@@ -28,14 +28,6 @@ CONFIGS = {
     "1x3_s1_same_m1": (3, 1, 16, 4, 1, 1, 3, 1, 1, "SAME"),
 }
 LITERT = ["3x3_s1_valid_m2", "3x3_s2_same_odd_m1", "3x3_d2_same_m2", "5x5_s2_same_m1"]
-
-
-def geometry(config, explicit=None):
-    """(strides, dilations, pads) of a config; ``explicit``: TF's 8-list of paddings."""
-    n, h, w, c, m, kh, kw, s, d, padding = config
-    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
-                   explicit)
-    return (s, s), (d, d), pads
 
 
 def arrays(config, seed=0, explicit=None):
