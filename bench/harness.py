@@ -53,7 +53,11 @@ class Timing:
 
 
 def cpus_for(threads: int) -> str:
-    return ",".join(str(c) for c in range(min(threads, os.cpu_count() or 1)))
+    """The first ``threads`` cores this process may run on (a container's cpuset may not
+    include core 0)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        list(range(os.cpu_count() or 1))
+    return ",".join(str(c) for c in allowed[:max(1, threads)])
 
 
 def pin(pid: int, threads: int) -> bool:

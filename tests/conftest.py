@@ -1,6 +1,13 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# What the suite assumes of the machine, set before Keras or TF is imported: Keras on the TF
+# backend whatever ~/.keras/keras.json says (a channels_first or jax config there would change
+# every model), and TF on the CPU (a GPU build would run references in TF32).
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="tfpock-tests-keras-")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 def pytest_report_header(config):

@@ -39,5 +39,7 @@ def test_measured_arena_grows_with_the_activations(tmp_path):
     fn = lambda x: tf.nn.relu(x * 3.0) + x
     small.write_bytes(convert_builtins_only(fn, [tf.TensorSpec((1, 1000), tf.float32)]))
     large.write_bytes(convert_builtins_only(fn, [tf.TensorSpec((1, 4_000_000), tf.float32)]))
-    assert memory.measured_arena(large, "serving_default") > 3 * 16_000_000 * 0.9
+    # at least the input and the output (16 MB each); a runtime that keeps the intermediate
+    # apart (ai-edge-litert 2.3 does) needs more, one that fuses the elementwise ops no more
+    assert memory.measured_arena(large, "serving_default") > 2 * 16_000_000 * 0.9
     assert memory.measured_arena(small, "serving_default") < 16_000_000
