@@ -33,3 +33,31 @@ def tape_sgd_step(model: keras.Model, loss_fn, learning_rate: float, x, y,
 
 def weights_by_path(model: keras.Model) -> dict[str, np.ndarray]:
     return {v.path: np.array(v.numpy()) for v in model.variables}
+
+
+# A weight's update may be off by this much in relative L2 norm where single units crossing a
+# ReLU6 kink move parts of it (tests/test_equivalence.py's docstring).
+KINK_RELATIVE_NORM = 0.1
+
+
+def assert_kink_tolerant(value, expected, start, sensitivity: float, where: str) -> None:
+    """A value of a chaotic float32 step (MobileNetV2): every element within 0.05 plus four
+    times the reference's own sensitivity, and either the 99.9th percentile of the error
+    within 1e-4 plus four times the sensitivity, or the update within 10% in L2 norm.
+
+    The percentile check alone depends on the CPU's kernels: which units sit within rounding
+    of a kink, and whether the reference's 1e-6 nudge happens to flip the same ones, changes
+    with them (with TF's default kernels, the full scheme on one batch is 3x over it while its
+    update is 1.8% off in norm). A few flipped units move a weight's update by a few percent
+    (measured worst 5%: Adam's first step, which turns each gradient element into +-lr); a
+    wrong gradient (a transposed kernel, a lost term) moves it by its own size."""
+    error = np.abs(np.asarray(value, np.float64) - expected)
+    cap = 0.05 + 4 * sensitivity
+    assert error.max() <= cap, f"{where}: off by {error.max():.3g} > {cap:.3g}"
+    if np.percentile(error, 99.9) <= 1e-4 + 4 * sensitivity:
+        return
+    update = float(np.linalg.norm(np.asarray(expected, np.float64) - start))
+    relative = float(np.linalg.norm(error)) / max(update, 1e-12)
+    assert relative <= KINK_RELATIVE_NORM, (
+        f"{where}: 99.9th percentile error {np.percentile(error, 99.9):.3g} > "
+        f"{1e-4 + 4 * sensitivity:.3g} and the update is {relative:.1%} off in norm")
