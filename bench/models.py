@@ -49,19 +49,22 @@ class BenchModel:
                 "vocab": self.vocab, "classes": self.classes}
 
 
-def _freeze_bn(model: keras.Model, size: tuple[int, ...], seed: int) -> keras.Model:
+def _freeze_bn(model: keras.Model, size: tuple[int, ...], seed: int,
+               freeze: bool = True) -> keras.Model:
+    """Calibrates the BatchNorm statistics; ``freeze`` sets the layers ``trainable=False``
+    (False: as Keras builds them, trainable, for bench/depth_sweep.py)."""
     calibrate_batchnorm(model, float_inputs(size, 16, np.random.default_rng(seed)))
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = not freeze
     return model
 
 
-def mobilenet_v2(seed: int = 0) -> keras.Model:
+def mobilenet_v2(seed: int = 0, freeze_bn: bool = True) -> keras.Model:
     keras.utils.set_random_seed(seed)
     model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(128, 128, 3), weights=None,
                                            classes=10, classifier_activation=None)
-    return _freeze_bn(model, (128, 128, 3), seed)
+    return _freeze_bn(model, (128, 128, 3), seed, freeze_bn)
 
 
 def _conv_bn(x, filters, kernel, strides, name, relu=True):
@@ -70,7 +73,8 @@ def _conv_bn(x, filters, kernel, strides, name, relu=True):
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def resnet18(seed: int = 0, widths=(32, 64, 128, 256), size: int = 96) -> keras.Model:
+def resnet18(seed: int = 0, widths=(32, 64, 128, 256), size: int = 96,
+             freeze_bn: bool = True) -> keras.Model:
     """ResNet-18's layout (7x7/2 stem, max pool, BasicBlocks 2-2-2-2, 1x1 projection
     shortcuts) at half width (2.8 M parameters instead of 11 M), so that the full-scheme
     contenders fit the suite's time budget on two cores."""
@@ -90,7 +94,8 @@ def resnet18(seed: int = 0, widths=(32, 64, 128, 256), size: int = 96) -> keras.
             x = layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([h, shortcut]))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     out = layers.Dense(10, name="fc")(x)
-    return _freeze_bn(keras.Model(inp, out, name="resnet18_half"), (size, size, 3), seed)
+    return _freeze_bn(keras.Model(inp, out, name="resnet18_half"), (size, size, 3), seed,
+                      freeze_bn)
 
 
 # MCUNet-style: (expand ratio, output channels, repeats, first stride, kernel)

@@ -70,6 +70,7 @@ def make_step(spec: dict):
             model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=loss_fn)
             return lambda x, y: model.train_on_batch(x, y)
         trained = trained_variables(model, spec["scheme_text"], spec["trained_count"])
+        freeze_untrained_batchnorms(model, trained)
 
         @tf.function
         def step(x, y):
@@ -107,6 +108,17 @@ def trained_variables(model, scheme_text: str, expected: int) -> list:
         raise RuntimeError(f"scheme {scheme_text} resolved to {len(trained)} weights on the "
                            f"loaded model, {expected} on the original")
     return trained
+
+
+def freeze_untrained_batchnorms(model, trained: list) -> None:
+    """A trainable BatchNorm of which the scheme trains nothing runs as Keras runs a frozen
+    layer (moving statistics), as tfpock runs it: the same step, not batch statistics."""
+    import keras
+    ids = {id(v) for v in trained}
+    for layer in model.layers:
+        if (isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                and not any(id(v.value) in ids for v in layer.weights)):
+            layer.trainable = False
 
 
 def _timed(step, data, steps: int, offset: int = 0) -> list[float]:
