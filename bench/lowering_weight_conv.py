@@ -11,6 +11,10 @@ and CONV_2D with a constant kernel (XNNPACK's, the floor). Run:
 Part 2, the stride-1 input gradient (Conv2DBackpropInput): TRANSPOSE_CONV (what the converter
 emits), the same as a CONV_2D with the flipped kernel, and ``input_grad_matmul``'s patches of
 the padded ``dy`` + one matmul (Conv2DBackpropInputRule's stride-1 form).
+
+Part 3, the 1x1 stride-1 input gradient of a trained kernel (MobileNetV2's head convs):
+TRANSPOSE_CONV with the runtime kernel (what the converter emits), the same with a constant
+kernel (a frozen layer's), and ``input_grad_1x1``'s batch matmul with the 4-D kernel as it is.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from bench.lowering_conv_filter import median_ms  # noqa: E402
 from graph_passes.lowering.conv import (  # noqa: E402
-    Window, filter_patches, flip_spatial, input_grad_matmul, pad_spatial)
+    Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
 from tests.litert_helpers import convert_builtins_only  # noqa: E402
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
@@ -92,6 +96,37 @@ def input_gradients():
         print(f"{name:<28}" + "".join(f"{v:>13.2f} ms" for v in row))
 
 
+# name, N, H, Ci, Co (1x1 kernels, stride 1): MobileNetV2 0.35 @128's Conv_1 and
+# block_16_project, at batch 1 and 8
+INPUT_GRAD_1X1_CASES = [
+    ("1x1 112->1280, 4x4, N=1", 1, 4, 112, 1280),
+    ("1x1 336->112, 4x4, N=1", 1, 4, 336, 112),
+    ("1x1 112->1280, 4x4, N=8", 8, 4, 112, 1280),
+    ("1x1 336->112, 4x4, N=8", 8, 4, 336, 112),
+]
+
+
+def input_gradients_1x1():
+    print(f"\n{'1x1 input gradient':<28} {'TRANSPOSE_CONV':>16} {'(const kernel)':>16} "
+          f"{'batch matmul':>16}")
+    for name, n, h, ci, co in INPUT_GRAD_1X1_CASES:
+        rng = np.random.default_rng(0)
+        dy = rng.random((n, h, h, co), np.float32)
+        w = rng.random((1, 1, ci, co), np.float32)
+        shape = [n, h, h, ci]
+        specs, arrays = [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
+        transpose_conv = lambda d, k: tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.constant(shape), filter=k, out_backprop=d, strides=[1, 1, 1, 1],
+            padding="VALID")
+        forms = {
+            "transpose_conv": (transpose_conv, specs, arrays),
+            "constant": (lambda d: transpose_conv(d, tf.constant(w)), specs[:1], arrays[:1]),
+            "matmul": (lambda d, k: input_grad_1x1(k, d, shape), specs, arrays),
+        }
+        row = time_forms(forms, transpose_conv(dy, w).numpy(), name)
+        print(f"{name:<28}" + "".join(f"{v * 1e3:>13.0f} us" for v in row))
+
+
 def main():
     print(f"{'case':<28} {'CONV_2D (runtime kernel)':>26} {'patches+matmul':>16} {'constant':>10}")
     for name, n, h, ci, co, k in CASES:
@@ -111,3 +146,4 @@ def main():
 if __name__ == "__main__":
     main()
     input_gradients()
+    input_gradients_1x1()

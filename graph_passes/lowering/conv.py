@@ -51,7 +51,9 @@ activations only, early, so they live across the forward/backward boundary. Not 
 schedule keeps them short-lived (reorder, or a memory-aware choice per layer).
 
 ``Conv2DBackpropInput`` becomes TRANSPOSE_CONV in the converter, except with dilations > 1 or
-EXPLICIT padding (found by converting the raw op with builtins only: both are refused).
+EXPLICIT padding (found by converting the raw op with builtins only: both are refused). A
+stride-1 1x1 one with a trained (runtime) kernel becomes one batch matmul
+(:func:`takes_1x1_matmul`: TRANSPOSE_CONV with a runtime kernel is twice as slow).
 At stride 1 the rule instead writes the input gradient as the "full" correlation of ``dy``
 with the flipped kernel, as patches + one matmul (:func:`input_grad_matmul`), because
 TRANSPOSE_CONV with a runtime kernel is slow and keeps a col2im scratch buffer:
@@ -269,7 +271,8 @@ class Conv2DBackpropInputRule(LoweringRule):
         # strided SAME/VALID cases convert to TRANSPOSE_CONV as they are
         dilated = any(d != 1 for d in graph.attr(node, "dilations", [1, 1, 1, 1]))
         return (dilated or graph.attr(node, "padding") == "EXPLICIT"
-                or input_grad_matmul_window(graph, node) is not None)
+                or input_grad_matmul_window(graph, node) is not None
+                or takes_1x1_matmul(graph, node))
 
     def check(self, graph, node):
         return check_conv(graph, node, [node.input[1], node.input[2], node.name])
@@ -280,6 +283,8 @@ class Conv2DBackpropInputRule(LoweringRule):
 
     def rewrite(self, graph, node, w, dy):
         shape = list(graph.spec(node.name).shape)
+        if takes_1x1_matmul(graph, node):
+            return [input_grad_1x1(w, dy, shape)]
         full = input_grad_matmul_window(graph, node)
         if full is not None:
             return [input_grad_matmul(w, dy, full, shape)]
@@ -337,6 +342,30 @@ def input_grad_matmul(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Te
     flipped = flip_spatial(tf.transpose(w, [0, 1, 3, 2]))   # [kh, kw, Co, Ci]
     patches = filter_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]))
     dx = tf.matmul(tf.reshape(patches, [-1, kh * kw * co]), tf.reshape(flipped, [kh * kw * co, ci]))
+    return tf.reshape(dx, shape)
+
+
+def takes_1x1_matmul(graph: Graph, node) -> bool:
+    """A stride-1 1x1 input gradient whose kernel is a runtime tensor (a trained weight):
+    TFLite runs TRANSPOSE_CONV with a runtime kernel on its slow builtin kernel, a batch
+    matmul of the kernel as it is takes half the time (MobileNetV2's Conv_1, 112->1280 at
+    4x4: 273 -> 137 us at batch 1, 1578 -> 478 us at batch 8; the ``last:4`` step with BN
+    frozen 1.83 -> 1.36 ms; ``python bench/lowering_weight_conv.py``, part 3, 2026-12-03).
+    A constant kernel (a frozen layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
+    kernel = graph.spec(node.input[1]).shape
+    if kernel is None or tuple(kernel[:2]) != (1, 1) or is_constant(graph, node.input[1]):
+        return False
+    return (graph.attr(node, "data_format", "NHWC") == "NHWC"
+            and graph.attr(node, "padding") in ("SAME", "VALID")
+            and all(v == 1 for v in graph.attr(node, "strides")))
+
+
+def input_grad_1x1(w: tf.Tensor, dy: tf.Tensor, shape) -> tf.Tensor:
+    """The stride-1 input gradient of a 1x1 convolution, dx = dy @ w^T per position, as one
+    batch matmul with the kernel as it is ([1, 1, Ci, Co], batch dims broadcast): no reshape
+    copy of the variable read, and no TRANSPOSE_CONV with a runtime kernel."""
+    co = w.shape[3]
+    dx = tf.matmul(tf.reshape(dy, [1, 1, -1, co]), w, transpose_b=True)
     return tf.reshape(dx, shape)
 
 

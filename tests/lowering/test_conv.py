@@ -172,13 +172,16 @@ def test_declines_float16():
                   Conv2DBackpropInputRule())
 
 
-@pytest.mark.parametrize("k, stride, dilation, padding, fires", [
-    (3, 2, 1, "SAME", False), (3, 2, 1, "VALID", False), (1, 1, 1, "SAME", False),
-    (3, 1, 1, "SAME", True), (3, 1, 1, "VALID", True), (3, 1, 2, "SAME", True)])
-def test_lower_pass_leaves_strided_and_1x1_input_grads_to_the_converter(k, stride, dilation,
-                                                                        padding, fires):
-    """Strided SAME/VALID and 1x1 Conv2DBackpropInput convert to TRANSPOSE_CONV as they are;
-    stride-1 kxk ones become patches + matmul, dilated ones the undilated form."""
+@pytest.mark.parametrize("k, stride, dilation, padding, constant, fires", [
+    (3, 2, 1, "SAME", False, False), (3, 2, 1, "VALID", False, False),
+    (1, 1, 1, "SAME", True, False), (1, 2, 1, "SAME", False, False),
+    (1, 1, 1, "SAME", False, True), (3, 1, 1, "SAME", False, True),
+    (3, 1, 1, "VALID", False, True), (3, 1, 2, "SAME", False, True)])
+def test_lower_pass_leaves_strided_and_constant_1x1_input_grads_to_the_converter(
+        k, stride, dilation, padding, constant, fires):
+    """Strided SAME/VALID Conv2DBackpropInput and 1x1 ones with a constant (frozen) kernel
+    convert to TRANSPOSE_CONV as they are; stride-1 kxk ones become patches + matmul, 1x1
+    ones with a runtime (trained) kernel one batch matmul, dilated ones the undilated form."""
     from graph_passes.lower import Lower
     kernel = np.ones((k, k, 2, 4), np.float32)
     x = np.zeros((1, 8, 8, 2), np.float32)
@@ -186,11 +189,29 @@ def test_lower_pass_leaves_strided_and_1x1_input_grads_to_the_converter(k, strid
     op = lambda w, g: tf.raw_ops.Conv2DBackpropInput(
         input_sizes=[1, 8, 8, 2], filter=w, out_backprop=g, strides=[1, stride, stride, 1],
         padding=padding, dilations=[1, dilation, dilation, 1])
-    graph = graph_of(op, kernel, dy)
+    graph = (graph_of(lambda g: op(tf.constant(kernel), g), dy) if constant
+             else graph_of(op, kernel, dy))
     result = Lower().run(graph)
     assert result.modified == fires
     key = "lowered" if fires else "left_to_converter"
     assert result.stats[key] == {"Conv2DBackpropInput": 1}
+
+
+@pytest.mark.parametrize("n, h, ci, co", [(1, 4, 6, 20), (3, 5, 16, 4)])
+def test_1x1_input_grad_with_a_runtime_kernel_is_one_batch_matmul(n, h, ci, co):
+    config = (n, h, h, ci, co, 1, 1, 1, 1, "SAME")
+    x, kernel, dy = arrays(config, seed=6)
+    op = lambda w, g: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=list(x.shape), filter=w, out_backprop=g, strides=[1, 1, 1, 1],
+        padding="SAME")
+    graph = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
+    histogram = graph.op_histogram()
+    assert histogram["Conv2DBackpropInput"] == 0 and histogram["BatchMatMulV2"] == 1
+    assert histogram["Reshape"] == 2 and histogram["Transpose"] == 0  # the kernel as it is
+    expected = reference(config, x, kernel, dy)[1]
+    assert_close(run_tf(graph, kernel, dy), expected, 1e-5)
+    [out] = run_on_litert(as_function(graph), kernel, dy)
+    assert_close(out, expected, 1e-4)
 
 
 # Conv2D whose kernel is a weight (not a signature input): im2col patches and one matmul.
