@@ -349,9 +349,10 @@ def takes_1x1_matmul(graph: Graph, node) -> bool:
     """A stride-1 1x1 input gradient whose kernel is a runtime tensor (a trained weight):
     TFLite runs TRANSPOSE_CONV with a runtime kernel on its slow builtin kernel, a batch
     matmul of the kernel as it is takes half the time (MobileNetV2's Conv_1, 112->1280 at
-    4x4: 273 -> 137 us at batch 1, 1578 -> 478 us at batch 8; the ``last:4`` step with BN
-    frozen 1.83 -> 1.36 ms; ``python bench/lowering_weight_conv.py``, part 3, 2026-12-03).
-    A constant kernel (a frozen layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
+    4x4: 273 -> 137 us at batch 1, 1578 -> 478 us at batch 8; ``python
+    bench/lowering_weight_conv.py``, part 3, 2026-12-03; whole steps with it:
+    ``bench/results/2026-12-03-x86_64-2core-depth.md``). A constant kernel (a frozen
+    layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
     kernel = graph.spec(node.input[1]).shape
     if kernel is None or tuple(kernel[:2]) != (1, 1) or is_constant(graph, node.input[1]):
         return False
