@@ -31,17 +31,24 @@ from absl import app, flags, logging  # noqa: E402
 from bench import harness  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "MobileNetV2 only, depths 1-4, batch 1, short rounds.")
-flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"], "Models to sweep.")
-flags.DEFINE_list("depths", ["1", "2", "3", "4", "6", "8"], "N of the last:N schemes.")
-flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
-flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
-flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
-flags.DEFINE_string("out_dir", os.path.join(REPO, "bench", "results"), "Where results go.")
-flags.DEFINE_string("work_dir", os.path.join(REPO, "bench", "results", "tmp-depth"),
-                    "Exported models.")
-flags.DEFINE_string("machine", f"{platform.machine()}-{os.cpu_count()}core",
-                    "Machine name in the result file names.")
+
+
+def define_flags() -> None:
+    """The command line; defined when run as a script only, so that tests can import this
+    module beside bench/run.py (absl refuses a flag defined twice)."""
+    flags.DEFINE_bool("quick", False, "MobileNetV2 only, depths 1-4, batch 1, short rounds.")
+    flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"],
+                      "Models to sweep.")
+    flags.DEFINE_list("depths", ["1", "2", "3", "4", "6", "8"], "N of the last:N schemes.")
+    flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+    flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
+    flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
+    flags.DEFINE_string("out_dir", os.path.join(REPO, "bench", "results"), "Where results go.")
+    flags.DEFINE_string("work_dir", os.path.join(REPO, "bench", "results", "tmp-depth"),
+                        "Exported models.")
+    flags.DEFINE_string("machine", f"{platform.machine()}-{os.cpu_count()}core",
+                        "Machine name in the result file names.")
+
 
 # Targets of issue 11 (batch 1, up to the last 4 layers with weights)
 TARGET_DEPTH, FLOOR_RATIO, KERAS_SPEEDUP, TF_SPEEDUP = 4, 1.3, 15.0, 4.0
@@ -217,4 +224,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -2,13 +2,13 @@
 their worker processes (1 round of 1-2 steps), the result document and its report. Checks
 the document's structure and that the stock recipe names the Flex ops a CNN needs; never
 a time (the TF contenders are left out: four TF workers would take longer than this test
-may). The report and its plots are checked where matplotlib (the ``bench`` extra) is
-installed."""
+may). The report and its plots are checked too (matplotlib is in the test extra)."""
 from __future__ import annotations
 
 import json
 
 import keras
+import pytest
 from keras import layers
 
 from bench import contenders, harness, prepare, report
@@ -103,3 +103,31 @@ def test_op_profile_times_or_skips_every_op(tmp_path):
     assert abs(sum(e["share"] for e in by_type.values()) - 1.0) < 1e-6
     assert result["signature_ms"] > 0
     assert "sum of per-op medians" in op_profile.report(result)
+
+
+def test_depth_sweep_ratios_and_report():
+    """bench/depth_sweep.py's arithmetic and report on hand-made rows (the sweep itself
+    takes minutes): ratios per scheme, targets at batch 1 only, a failed contender named."""
+    from bench import depth_sweep
+
+    def ok(cid, scheme, ms, rss=50.0):
+        return {"id": cid, "scheme": scheme, "status": "ok", "error": "",
+                "step_ms": {"median": ms}, "peak_rss_mb": rss}
+    rows = [ok("forward", "-", 1.0), ok("keras_full", "full", 20.0, 700.0),
+            ok("tfpock", "last:1", 1.2), ok("tf_function", "last:1", 6.0),
+            ok("tfpock", "last:2", 1.5),
+            {"id": "tf_function", "scheme": "last:2", "status": "failed", "error": "boom"}]
+    ratios = depth_sweep.ratios(rows)
+    assert [r["depth"] for r in ratios] == [1, 2]
+    assert ratios[0]["over_floor"] == pytest.approx(1.2)
+    assert ratios[0]["vs_keras_full"] == pytest.approx(20 / 1.2)
+    assert ratios[0]["vs_tf_function"] == pytest.approx(5.0)
+    assert ratios[1]["vs_tf_function"] is None
+    assert depth_sweep.verdicts(ratios[0]) == "floor PASS Keras PASS tf.function PASS"
+    schemes = {"last:1": {"trained_parameters": 10}, "last:2": {"trained_parameters": 20}}
+    doc = {"date": "2026-12-03", "machine": "test", "groups": [
+        {"model": "m", "bn": "frozen", "batch": b, "rows": rows, "schemes": schemes,
+         "ratios": ratios} for b in (1, 8)]}
+    text = depth_sweep.markdown(doc)
+    assert text.count("floor PASS Keras PASS tf.function PASS") == 1   # batch 1 only
+    assert "failed: tf_function last:2: boom" in text
