@@ -72,15 +72,19 @@ def time_forms(forms: dict, ref: np.ndarray, name: str) -> list[float]:
     return row
 
 
+def input_grad_case(n: int, h: int, ci: int, co: int, k: int):
+    """(dy, kernel, dx shape, specs, arrays) of a square stride-1 input-gradient case."""
+    rng = np.random.default_rng(0)
+    dy = rng.random((n, h, h, co), np.float32)
+    w = rng.random((k, k, ci, co), np.float32)
+    return dy, w, [n, h, h, ci], [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
+
+
 def input_gradients():
     print(f"\n{'input gradient':<28} {'TRANSPOSE_CONV':>16} {'CONV_2D flipped':>16} "
           f"{'patches+matmul':>16}")
     for name, n, h, ci, co in INPUT_GRAD_CASES:
-        rng = np.random.default_rng(0)
-        dy = rng.random((n, h, h, co), np.float32)
-        w = rng.random((3, 3, ci, co), np.float32)
-        shape = [n, h, h, ci]
-        specs, arrays = [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
+        dy, w, shape, specs, arrays = input_grad_case(n, h, ci, co, 3)
         full = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)))
         forms = {
             "transpose_conv": (lambda d, k: tf.raw_ops.Conv2DBackpropInput(
@@ -110,11 +114,7 @@ def input_gradients_1x1():
     print(f"\n{'1x1 input gradient':<28} {'TRANSPOSE_CONV':>16} {'(const kernel)':>16} "
           f"{'batch matmul':>16}")
     for name, n, h, ci, co in INPUT_GRAD_1X1_CASES:
-        rng = np.random.default_rng(0)
-        dy = rng.random((n, h, h, co), np.float32)
-        w = rng.random((1, 1, ci, co), np.float32)
-        shape = [n, h, h, ci]
-        specs, arrays = [tf.TensorSpec(dy.shape), tf.TensorSpec(w.shape)], [dy, w]
+        dy, w, shape, specs, arrays = input_grad_case(n, h, ci, co, 1)
         transpose_conv = lambda d, k: tf.raw_ops.Conv2DBackpropInput(
             input_sizes=tf.constant(shape), filter=k, out_backprop=d, strides=[1, 1, 1, 1],
             padding="VALID")
