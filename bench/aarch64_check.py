@@ -41,8 +41,8 @@ What it does:
 Emulated times are printed so a reader knows how long the check takes; they are not speed
 figures of any aarch64 device (qemu-user translates every instruction).
 Exit status: 0 when every variant runs and matches within tolerance (the case since the
-[1]-shaped learning rate), 1 when one does not, 2 when the arm64 environment cannot be set up (the reason
-is written to the note as well). A second run reuses the cache (~50 s, most of it exporting).
+[1]-shaped learning rate), 1 when one does not, 2 when the arm64 environment cannot be set up (the
+reason is written to the note as well). A second run reuses the cache (~50 s, most of it exporting).
 """
 from __future__ import annotations
 
@@ -71,7 +71,8 @@ SUITE = "bookworm"        # its python3 is 3.11, the wheels below are cp311
 PY_TAG = "3.11"
 GLIBC_MAX = 36            # bookworm's glibc 2.36: manylinux_2_17 .. _2_36 wheels run there
 # inside the root filesystem: one folder of wheels per device runtime (put on PYTHONPATH)
-SITES = {"ai-edge-litert": "/opt/tfpock-device", "tflite-runtime": "/opt/tfpock-device-tflite-runtime"}
+SITES = {"ai-edge-litert": "/opt/tfpock-device",
+         "tflite-runtime": "/opt/tfpock-device-tflite-runtime"}
 TFLITE_RUNTIME_SPEC = ["tflite-runtime==2.14.0", "numpy<2"]   # what an older Pi image runs
 DEVICE_SRC = "/opt/tfpock-src"
 DEVICE_WORK = "/tmp/tfpock-aarch64-run"

@@ -140,7 +140,8 @@ def main():
             "constant": (lambda a: tf.nn.conv2d(a, tf.constant(w), 1, "SAME"), [xs], [x]),
         }
         row = time_forms(forms, tf.nn.conv2d(x, w, 1, "SAME").numpy(), name)
-        print(f"{name:<28} {row[0] * 1e3:>23.0f} us {row[1] * 1e3:>13.0f} us {row[2] * 1e3:>7.0f} us")
+        us = [v * 1e3 for v in row]
+        print(f"{name:<28} {us[0]:>23.0f} us {us[1]:>13.0f} us {us[2]:>7.0f} us")
 
 
 if __name__ == "__main__":

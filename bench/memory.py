@@ -247,7 +247,6 @@ def targets(results: dict) -> list[dict]:
     for name, e in results["models"].items():
         v = e["variants"]
         full = v["full | passes on | converter"]
-        full_re = v["full | passes on | reordered"]
         tf_full = e["tf"].get("keras full", {})
         tff_full = e["tf"].get("tf_function full", {})
         # 1. full backprop tfpock vs stock TF full fine-tuning
@@ -376,7 +375,8 @@ def summary(r: dict) -> list[str]:
                 changes.append(f"{label} {a:.1f} -> {b:.1f} MB ({b / a - 1:+.0%})")
         L.append(f"- **{name}, passes off -> on** (XNNPACK arena): " + "; ".join(changes) + ".")
     L += ["", "Prune and dce were not switched off (the converter prunes dead ops "
-          "itself, so they change the exported file little). Arena figures are RSS growth: besides the activations they hold runtime "
+          "itself, so they change the exported file little). Arena figures are RSS growth: "
+          "besides the activations they hold runtime "
           "buffers the timeline does not count (e.g. XNNPACK's packed weights and workspace, "
           "copies of variable reads), so they exceed the timeline. The process-view 5.6x "
           "comparison is dominated by TensorFlow's import cost; the arena view is the fair "

@@ -12,9 +12,9 @@ each ``run N`` line on stdin ``{"event": "round", "ms": [...]}``, and for ``exit
 ``{"event": "done", "peak_rss_kb": ...}``.
 
 Kinds: ``keras`` (``train_on_batch``; ``trained_layers`` set freezes every other layer),
-``tf_function`` (GradientTape + SGD on the weights of ``scheme_text``), ``tfpock`` (tfpock.runtime.Trainer),
-``tfpock_infer`` (its ``infer``), ``signature`` (a TFLite ``train(x, y)`` signature: the
-stock recipe), ``forward`` (a TFLite model's default signature, ``x`` only).
+``tf_function`` (GradientTape + SGD on the weights of ``scheme_text``), ``tfpock``
+(tfpock.runtime.Trainer), ``tfpock_infer`` (its ``infer``), ``signature`` (a TFLite ``train(x, y)``
+signature: the stock recipe), ``forward`` (a TFLite model's default signature, ``x`` only).
 """
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def accuracy(predict, x, y) -> float:
         chunk = x[start:start + BATCH]
         padded = np.concatenate([chunk, np.zeros((BATCH - len(chunk), *chunk.shape[1:]),
                                                  chunk.dtype)])
-        correct += int(np.sum(np.argmax(predict(padded)[:len(chunk)], -1) == y[start:start + BATCH]))
+        predicted = np.argmax(predict(padded)[:len(chunk)], -1)
+        correct += int(np.sum(predicted == y[start:start + BATCH]))
     return correct / len(x)
 
 

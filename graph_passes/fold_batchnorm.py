@@ -167,7 +167,9 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: Graph) -> PassResult:
         folds, declined = [], collections.Counter()
-        for mul in [n for n in graph.nodes.values() if n.op == "Mul" and n.name not in graph.backward]:
+        forward_muls = [n for n in graph.nodes.values()
+                        if n.op == "Mul" and n.name not in graph.backward]
+        for mul in forward_muls:
             if mul.name in graph.nodes:
                 done = fold_one(graph, mul)
                 if done and "declined" in done:

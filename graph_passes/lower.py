@@ -3,8 +3,9 @@
 The rules live in :mod:`graph_passes.lowering` (one op type -> one rule). A node whose rule
 declines it (its ``check`` returns a reason) is an error naming the node, the op and the
 reason; a node the rule says needs no lowering (``applies`` is False: the converter has a
-builtin for that configuration) and nodes of other op types are left alone. The replaced node's outputs are redirected
-to the replacement and the node is deleted; dead producers are left to the DCE pass.
+builtin for that configuration) and nodes of other op types are left alone. The replaced node's
+outputs are redirected to the replacement and the node is deleted; dead producers are left to the
+DCE pass.
 """
 from __future__ import annotations
 

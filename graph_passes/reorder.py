@@ -18,8 +18,8 @@ This pass is a list scheduler over the operator dependency graph:
   whose outputs add the fewest bytes net of the inputs it frees, ties by original position.
 
 A new order is kept only where it lowers the subgraph's peak. Only the order changes: every
-operator computes exactly what it did, so results are bit-identical (tests check this on the interpreter). Works on the flatbuffer object API of
-the schema that ships with ai-edge-litert.
+operator computes exactly what it did, so results are bit-identical (tests check this on the
+interpreter). Works on the flatbuffer object API of the schema that ships with ai-edge-litert.
 
 Measured (MobileNetV2 0.35 @128, batch 8, full scheme, SGD, one core, ai-edge-litert 2.3;
 RSS growth of the first ``train`` call in a fresh process, step time median of 15): the

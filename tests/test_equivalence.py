@@ -8,10 +8,11 @@ constants of the file (only trained weights are variables) and bit-identical in 
 One allowance, measured rather than assumed: the early-layer gradients of a deep ReLU6
 network (MobileNetV2, full scheme) are chaotic in float32. Scaling the input by (1 + 1e-6)
 changes TF's own first-layer update by up to ~0.02 with TF's oneDNN CPU kernels and up to
-~0.095 with its default ones (gradients ~30, units crossing the ReLU kinks), and folding the frozen BatchNorm constants (which the converter and Grappler do)
-changes the rounding by as much. So each updated weight's tolerance is 1e-4 plus four times
-the reference's own change under that perturbation; for every weight of the MLP, the CNN and
-the sparse schemes that sensitivity is < 1e-6, so 1e-4 is what is checked there.
+~0.095 with its default ones (gradients ~30, units crossing the ReLU kinks), and folding the frozen
+BatchNorm constants (which the converter and Grappler do) changes the rounding by as much. So each
+updated weight's tolerance is 1e-4 plus four times the reference's own change under that
+perturbation; for every weight of the MLP, the CNN and the sparse schemes that sensitivity is <
+1e-6, so 1e-4 is what is checked there.
 
 For MobileNetV2 that is still not enough: a unit whose pre-activation
 lies within rounding of a ReLU6 kink flips its gradient when the frozen BatchNorm is folded
@@ -27,7 +28,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tfpock
 from tests import models

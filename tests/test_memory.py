@@ -1,7 +1,6 @@
 """Memory analysis: the per-operator live-bytes timeline and the measured allocation."""
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from tests.litert_helpers import convert_builtins_only

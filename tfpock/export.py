@@ -26,7 +26,6 @@ import re
 import tempfile
 from typing import Iterable
 
-import numpy as np
 import tensorflow as tf
 
 from graph_passes.ir import Graph

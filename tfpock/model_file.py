@@ -114,9 +114,9 @@ def read(content: bytes) -> ModelFile:
         for o in range(sg.OperatorsLength()):
             op = sg.Operators(o)
             name, custom = codes[op.OpcodeIndex()]
-            ops.append(Operator(name, custom,
-                                tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else (),
-                                tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
+            inputs = tuple(int(i) for i in op.InputsAsNumpy()) if op.InputsLength() else ()
+            outputs = tuple(int(i) for i in op.OutputsAsNumpy()) if op.OutputsLength() else ()
+            ops.append(Operator(name, custom, inputs, outputs))
         subgraphs.append(Subgraph(
             (sg.Name() or b"").decode(), ops, tensors,
             tuple(int(i) for i in sg.InputsAsNumpy()) if sg.InputsLength() else (),

@@ -26,8 +26,9 @@ EXPORT_PASSES = ("fuse",)
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    skip: Iterable[str] = ()) -> Sequential:
-    """freeze -> prune -> narrow -> fold_bn -> lower -> sink_scale -> fold_constants -> dce; ``debug`` checks the signature and each
-    pass's postcondition after every pass; ``skip`` names optional passes to leave out."""
+    """freeze -> prune -> narrow -> fold_bn -> lower -> sink_scale -> fold_constants -> dce;
+    ``debug`` checks the signature and each pass's postcondition after every pass; ``skip`` names
+    optional passes to leave out."""
     skip = set(skip)
     unknown = skip - set(OPTIONAL_PASSES) - set(EXPORT_PASSES)
     if unknown:

@@ -166,7 +166,6 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
         weights.append(Weight(v.path, layer.name if layer else "", np.array(v.numpy()),
                               spec is not None, spec.channels if spec else None,
                               spec.axis if spec else None, id(v) in stats))
-    by_path = {w.path: w for w in weights}
     n_train = len(trainable)
     seed_states = _seed_states(model)
 

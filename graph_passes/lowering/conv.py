@@ -407,14 +407,14 @@ class WeightConv2DRule(LoweringRule):
     otherwise. Over large activations the reshapes are copies (the backward still reads the
     input) that eat the gain: taking every 1x1 kernel made MobileNetV2 0.35 @128, full
     scheme, batch 8 slower, 75 -> 80 ms, although each convolution alone was as fast or
-    faster (``bench/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the
-    input) lost on whole models although single convolutions win: ResNet-18-style half
-    width @96, full scheme, batch 8, 1057 -> 2049 train ops, timeline peak 30.9 -> 43.6 MB,
-    measured arena 87 -> 92 MB, step time unchanged within noise (197 vs 185 ms, loaded
-    machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A cost
-    model per shape could take the kxk cases that pay. With 1x1 only (and fold_bn's size
-    check): MobileNetV2 0.35 @128 last:2 batch 1 step 0.886 -> 0.80 ms. Convolutions whose "kernel" is a gradient
-    (the conv form of a filter gradient) read signature inputs and are left alone.
+    faster (``bench/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels the
+    patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the input) lost on whole models although single
+    convolutions win: ResNet-18-style half width @96, full scheme, batch 8, 1057 -> 2049 train ops,
+    timeline peak 30.9 -> 43.6 MB, measured arena 87 -> 92 MB, step time unchanged within noise (197
+    vs 185 ms, loaded machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A
+    cost model per shape could take the kxk cases that pay. With 1x1 only (and fold_bn's size
+    check): MobileNetV2 0.35 @128 last:2 batch 1 step 0.886 -> 0.80 ms. Convolutions whose "kernel"
+    is a gradient (the conv form of a filter gradient) read signature inputs and are left alone.
 
     A 1x1 kernel is used as it is, [1, 1, Ci, Co], by a batch matmul whose batch dims
     broadcast: reshaping the kernel to [Ci, Co] copied the variable read (573 KB for that

@@ -44,10 +44,10 @@ shared machine):
 
 The conv form is chosen for the filter gradient whenever it can express the case; the slice
 form when stride > 1 and dilation > 1 meet (or dilations differ per axis). Every convolution
-of both forms goes through :func:`depthwise_valid`, which every TF CPU kernel runs. The stride-2 input gradient is
-the slow one: its depthwise convolution runs over the zero-inserted gradient (s^2 times the
-work; the DEPTHWISE_CONV_2D with a non-constant kernel alone takes 1.8 ms of the 2.18 ms). A
-polyphase form (one small convolution per output phase with the taps that hit it, then an
+of both forms goes through :func:`depthwise_valid`, which every TF CPU kernel runs. The stride-2
+input gradient is the slow one: its depthwise convolution runs over the zero-inserted gradient (s^2
+times the work; the DEPTHWISE_CONV_2D with a non-constant kernel alone takes 1.8 ms of the 2.18 ms).
+A polyphase form (one small convolution per output phase with the taps that hit it, then an
 interleave) would remove the zeros' work; not done yet.
 
 Both gradients are rearrangements of the same float32 products; only the summation order

@@ -162,7 +162,6 @@ def test_declines_nchw():
 
 
 def test_declines_float16():
-    x = np.zeros((1, 8, 8, 3), np.float16)
     kernel = np.zeros((3, 3, 3, 4), np.float16)
     op = lambda w, b: tf.raw_ops.Conv2DBackpropInput(
         input_sizes=[1, 8, 8, 3], filter=w, out_backprop=b, strides=[1, 1, 1, 1],

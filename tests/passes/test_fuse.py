@@ -1,8 +1,8 @@
 """Fuse: local rewrites of the .tflite file, counted per rule, results unchanged.
 
 The converter already fuses what it sees (a RELU after an ADD, a bias ADD after a
-convolution) and composes two TRANSPOSEs, so where a rule needs its pattern the tests convert a tiny TF
-function and then split the op in two with :func:`insert_after` (flatbuffer object API).
+convolution) and composes two TRANSPOSEs, so where a rule needs its pattern the tests convert a tiny
+TF function and then split the op in two with :func:`insert_after` (flatbuffer object API).
 """
 from __future__ import annotations
 
