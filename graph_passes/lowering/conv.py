@@ -226,14 +226,24 @@ class Conv2DBackpropFilterRule(LoweringRule):
     def rewrite(self, graph, node, x, dy):
         kernel = graph.spec(node.name).shape
         win = window(graph, node, tuple(kernel[:2]), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
-        return [FILTER_GRAD_FORMS[filter_grad_form(win)](x, dy, win)]
+        positions = int(np.prod(dy.shape[:3]))
+        return [FILTER_GRAD_FORMS[filter_grad_form(win, positions, dy.shape[3])](x, dy, win)]
 
 
-def filter_grad_form(win: Window) -> str:
-    """The measured choice (module doc): matmul for 1x1 kernels, the conv form for every
-    kernel it can express (per axis, stride 1 or dilation 1), else matmul. Channel-major is
-    faster at stride 1 but its patches cost memory on whole models (module doc)."""
+def filter_grad_form(win: Window, positions: int | None = None,
+                     out_channels: int | None = None) -> str:
+    """The measured choice (module doc): matmul for 1x1 kernels and where the output has no
+    more positions (N*Ho*Wo) than channels, the conv form for every other kernel it can
+    express (per axis, stride 1 or dilation 1), else matmul. Channel-major is faster at stride
+    1 but its patches cost memory on whole models (module doc).
+
+    Few positions (deep layers, small batches) make the conv form a convolution with as many
+    input channels as positions: ResNet-18-style layer4 at batch 1 (3x3 256->256 over 3x3),
+    0.61 ms as CONV_2D ``[256, 5, 5, 1]``, ~0.02 ms as a [2304, 9] @ [9, 256] matmul, whose
+    patches are then no larger than the kernel (``bench/op_profile.py``, 2026-12-03)."""
     if win.kernel == (1, 1):
+        return "matmul"
+    if positions is not None and out_channels is not None and positions <= out_channels:
         return "matmul"
     if all(s == 1 or d == 1 for s, d in zip(win.strides, win.dilations)):
         return "conv"
@@ -412,7 +422,17 @@ class WeightConv2DRule(LoweringRule):
     convolutions win: ResNet-18-style half width @96, full scheme, batch 8, 1057 -> 2049 train ops,
     timeline peak 30.9 -> 43.6 MB, measured arena 87 -> 92 MB, step time unchanged within noise (197
     vs 185 ms, loaded machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A
-    cost model per shape could take the kxk cases that pay. With 1x1 only (and fold_bn's size
+    cost model per shape could take the kxk cases that pay; the rule takes those whose patches
+    ([N*Ho*Wo, kh*kw*Ci]) are no larger than the kernel, i.e. no more output positions than
+    output channels (deep layers at small batches: ResNet-18-style layer4 at batch 1 ran its
+    3x3 256->256 forward as CONV_2D 0.49 ms plus a 0.31 ms kernel TRANSPOSE, 0.125 ms with a
+    constant kernel; ``bench/op_profile.py``, 2026-12-03). With this rule and the filter
+    gradient's matmul form at few positions, the ResNet-18-style steps went, BN frozen: last:2
+    4.52 -> 3.68 ms at batch 1, last:4 10.96 -> 8.47 ms at batch 1 and 37.9 -> 28.3 ms at
+    batch 8 (``bench/results/2026-12-03-x86_64-2core-depth.md`` before,
+    ``...-kxk-matmul-depth.md`` after); the cost is memory at batch 8, where the patches of
+    layer4 live across the step: timeline peak of last:4 14.2 -> 16.7 MB, of full 39.3 -> 42.6
+    MB (``tfpock-memory FILE``). With 1x1 only (and fold_bn's size
     check): MobileNetV2 0.35 @128 last:2 batch 1 step 0.886 -> 0.80 ms. Convolutions whose "kernel"
     is a gradient (the conv form of a filter gradient) read signature inputs and are left alone.
 
@@ -425,10 +445,15 @@ class WeightConv2DRule(LoweringRule):
     def applies(self, graph, node):
         kernel = node.input[1]
         shape = graph.spec(kernel).shape
-        if shape is None or tuple(shape[:2]) != (1, 1):
-            return False  # kxk: patches cost memory and time on whole models (docstring)
         x_shape = graph.spec(node.input[0]).shape
-        if x_shape is None or None in x_shape or np.prod(shape) < np.prod(x_shape):
+        out_shape = graph.spec(node.name).shape
+        if any(s is None or None in s for s in (shape, x_shape, out_shape)):
+            return False
+        if tuple(shape[:2]) == (1, 1):
+            large = np.prod(shape) < np.prod(x_shape)
+        else:   # kxk: only where the patches are no larger than the kernel (docstring)
+            large = np.prod(out_shape[:3]) * np.prod(shape[:3]) > np.prod(shape)
+        if large:
             return False  # large activations: the reshapes' copies eat the gain (docstring)
         return not is_constant(graph, kernel) and not reads_signature_inputs(graph, kernel)
 

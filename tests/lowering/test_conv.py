@@ -28,8 +28,10 @@ CONFIGS = {
     "conv1d_k5_same": (3, 1, 20, 4, 5, 1, 5, 1, 1, "SAME"),
     "conv1d_k3_s2_valid": (2, 1, 15, 3, 4, 1, 3, 2, 1, "VALID"),
     "conv1d_k3_d2_same": (2, 1, 16, 3, 2, 1, 3, 1, 2, "SAME"),
+    "3x3_deep_same": (1, 3, 3, 8, 16, 3, 3, 1, 1, "SAME"),  # 9 positions <= 16 channels
 }
-LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same"]
+LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same",
+          "3x3_deep_same"]
 
 
 def arrays(config, seed=0, explicit=None):
@@ -78,6 +80,8 @@ def test_filter_grad_in_tf(name):
     x, kernel, dy = arrays(config)
     graph = lowered(filter_op(config), Conv2DBackpropFilterRule(), x, dy)
     assert graph.op_histogram()["Conv2DBackpropFilter"] == 0
+    if name == "3x3_deep_same":   # few positions: the matmul form, not the conv form
+        assert graph.op_histogram()["Conv2D"] == 0 and graph.op_histogram()["MatMul"] == 1
     assert_close(run_tf(graph, x, dy), reference(config, x, kernel, dy)[0], 1e-5)
 
 
@@ -255,9 +259,11 @@ def test_weight_conv_becomes_patches_and_matmul(name):
 @pytest.mark.parametrize("x_shape, kernel_shape, applies", [
     ((1, 2, 2, 4), (1, 1, 4, 32), True),    # a head conv: kernel larger than its input
     ((2, 6, 6, 3), (1, 1, 3, 4), False),    # an early conv: the reshapes would copy more
-    ((1, 2, 2, 4), (3, 3, 4, 32), False),   # kxk: patches
+    ((1, 2, 2, 4), (3, 3, 4, 32), True),    # kxk, 4 positions <= 32 channels: small patches
+    ((2, 6, 6, 8), (3, 3, 8, 16), False),   # kxk, 72 positions > 16 channels: large patches
 ])
-def test_weight_conv_applies_to_large_1x1_kernels_only(x_shape, kernel_shape, applies):
+def test_weight_conv_applies_where_patches_are_no_larger_than_the_kernel(x_shape, kernel_shape,
+                                                                         applies):
     from graph_passes.lowering.conv import WeightConv2DRule
     x, kernel = np.zeros(x_shape, np.float32), np.zeros(kernel_shape, np.float32)
     graph = weight_conv_graph((1, 1, 1, 1, 1, 1, 1, 1, 1, "SAME"), x, kernel)
@@ -301,6 +307,9 @@ def test_every_filter_grad_form_it_can_express(name):
     s, d = config[7], config[8]
     assert filter_grad_form(win) == ("matmul" if config[5:7] == (1, 1) or (s > 1 and d > 1)
                                      else "conv")
+    positions, channels = int(np.prod(dy.shape[:3])), dy.shape[3]
+    assert filter_grad_form(win, positions, channels) == (
+        "matmul" if positions <= channels else filter_grad_form(win))
     for form, fn in FILTER_GRAD_FORMS.items():
         if form == "conv" and s > 1 and d > 1:
             continue  # the conv form cannot express stride and dilation together
