@@ -24,41 +24,18 @@ or invoke on made-up inputs (e.g. a non-constant shape input fed zeros) are list
 Run: ``python bench/op_profile.py MODEL.tflite [--signature train] [--reps 30] [--no_xnnpack]
 [--top 15] [--json out.json]``.
 
-Measured (x86-64 host, 1 thread, XNNPACK, defaults; per-op-type summary, top 10 types, then
-the untimed variable ops). The isolated sum is 10-13% under the whole step, which also pays the
-variable copies and cache misses between ops (while each isolated time carries one Python
-``invoke()`` call, which matters for the many tiny RESHAPE/MUL ops):
-``python bench/op_profile.py bench/results/tmp-work/mobilenet_v2_035_128/tfpock-full-b8.tflite``
+Measured (x86-64 host, 1 thread, XNNPACK, defaults), MobileNetV2 0.35 @128, full scheme,
+batch 8: ``bench/results/2026-12-03-x86_64-2core-op-profile-mobilenet_v2-full-b8.json``
+(``--json``). DEPTHWISE_CONV_2D 28%, CONV_2D 21%, BATCH_MATMUL 17%, PAD 11%, RESHAPE 7%; the
+sum of the isolated medians, 53.0 ms, is 19% under the whole step, 65.7 ms, which also pays
+the variable copies (3.0 MiB per step) and cache misses between ops, while each isolated time
+carries one Python ``invoke()`` call (it matters for the many tiny RESHAPE/MUL ops).
 
-    op type                       count   total ms   share
-    DEPTHWISE_CONV_2D                51     11.875   20.0%
-    LOGICAL_AND                      36     11.209   18.8%
-    CONV_2D                          32      9.353   15.7%
-    TRANSPOSE_CONV                   34      8.927   15.0%
-    BATCH_MATMUL                     40      5.422    9.1%
-    PAD                              60      4.723    7.9%
-    RESHAPE                         257      2.538    4.3%
-    MUL                             197      1.131    1.9%
-    TRANSPOSE                        68      1.065    1.8%
-    CAST                             37      0.719    1.2%
-    sum of per-op medians 59.50 ms; whole signature measured 68.48 ms
-    {'CALL_ONCE': 1, 'VAR_HANDLE': 54, 'READ_VARIABLE': 54, 'ASSIGN_VARIABLE': 54}, 3.01 MiB copied
-
-``python bench/op_profile.py bench/results/tmp-work/resnet18_half_96/tfpock-full-b8.tflite``
-
-    op type                       count   total ms   share
-    CONV_2D                          37     83.354   66.1%
-    BATCH_MATMUL                     18     14.367   11.4%
-    STRIDED_SLICE                   147      7.830    6.2%
-    TRANSPOSE_CONV                    6      4.795    3.8%
-    LOGICAL_AND                      14      3.003    2.4%
-    LOGICAL_NOT                       8      2.253    1.8%
-    PAD                              40      2.142    1.7%
-    LOGICAL_OR                        7      2.043    1.6%
-    TRANSPOSE                        87      1.802    1.4%
-    CONCATENATION                    16      1.154    0.9%
-    sum of per-op medians 126.06 ms; whole signature measured 140.31 ms
-    {'CALL_ONCE': 1, 'VAR_HANDLE': 22, 'READ_VARIABLE': 22, 'ASSIGN_VARIABLE': 22}, 21.34 MiB copied
+The ResNet-18-style model (half width @96), full scheme, batch 8:
+``bench/results/2026-12-03-x86_64-2core-op-profile-resnet18_half_96-full-b8.json``. CONV_2D
+57% (the trained convolutions run on runtime kernels), BATCH_MATMUL 17%, STRIDED_SLICE 8%,
+TRANSPOSE_CONV 4%, the max-pool gradient's LOGICAL_AND/NOT/OR 6%; 148 ms isolated against a
+162 ms step, 21.3 MiB of variable copies per step.
 """
 from __future__ import annotations
 

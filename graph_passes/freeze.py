@@ -3,9 +3,10 @@
 A frozen weight's Placeholder is replaced in place by a Const node of the same name holding
 its value, so readers need no rewiring. Constant weights are what lets the TFLite converter
 fold the frozen part (a frozen BatchNorm into its convolution, for instance) and lets the
-XNNPACK delegate take the frozen forward ops (NOTES.md: 0.6 ms with constant weights against
-5.2 ms with variable weights, MobileNetV2 batch 1); it also guarantees frozen weights are
-bit-identical after training, since nothing can write a constant.
+XNNPACK delegate take the frozen forward ops, which it does not take when their weights are
+variables (the benchmark's floor, ``bench/run.py``'s ``forward`` contender, is that
+constant-weight forward); it also guarantees frozen weights are bit-identical after training,
+since nothing can write a constant.
 """
 from __future__ import annotations
 

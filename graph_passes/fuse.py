@@ -24,8 +24,9 @@ it applies) and a rewrite; :data:`RULES` is the table, and each application is c
     starts its accumulator at the bias, so float rounding may differ in the last bit.
 ``select_mask``  ``MUL(g, CAST(m))``, ``m`` bool, the float mask read only by this MUL ->
     ``SELECT_V2(m, g, 0.0)``: how tfpock's lowered ReluGrad / Relu6Grad comes out of the
-    converter (GREATER / LESS / LOGICAL_AND -> CAST -> MUL). ``g * 0`` is ``-0`` (or NaN for
-    an infinite ``g``) where SELECT_V2 gives ``+0``, as TF's own ReluGrad (a select) does.
+    converter (GREATER, or MINIMUM + GREATER for ``min(f, 6 - f) > 0``, -> CAST -> MUL). ``g * 0``
+    is ``-0`` (or NaN for an infinite ``g``) where SELECT_V2 gives ``+0``, as TF's own ReluGrad (a
+    select) does.
     **Off by default**: SELECT_V2 broadcasting its scalar ``0.0`` is slower than CAST + MUL
     (below).
 ``transpose_pair``  ``TRANSPOSE(TRANSPOSE(x, p1), p2)``, the first output read only by the

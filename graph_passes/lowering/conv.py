@@ -26,7 +26,7 @@ Measured with ``python bench/lowering_conv_filter.py`` (ai-edge-litert 2.3, ``nu
 median of 50 invocations after 5 warm-up runs, each form converted alone with builtins only;
 TF's native op in a ``tf.function`` with one intra/inter-op thread, for orientation: it
 includes ~0.35 ms of per-call overhead, see the conv1d row; x86-64, 2 cores, noisy shared
-machine). "per-offset" is the NOTES.md form (one matmul per kernel offset, stacked);
+machine). "per-offset" is the first form tried (one matmul per kernel offset, stacked);
 "chan-major" is the matmul form with positions as the last axis (a FULLY_CONNECTED):
 
     case                              matmul  chan-major  per-offset  conv     TF native
