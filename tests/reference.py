@@ -50,7 +50,8 @@ def assert_kink_tolerant(value, expected, start, sensitivity: float, where: str)
     with them (with TF's default kernels, the full scheme on one batch is 3x over it while its
     update is 1.8% off in norm). A few flipped units move a weight's update by a few percent
     (measured worst 5%: Adam's first step, which turns each gradient element into +-lr); a
-    wrong gradient (a transposed kernel, a lost term) moves it by its own size."""
+    wrong gradient (a transposed kernel, a lost term) moves it by its own size. Reproduce the
+    figures: ``TF_ENABLE_ONEDNN_OPTS=0 python -m tests.kink_margins`` (and ``=1``)."""
     error = np.abs(np.asarray(value, np.float64) - expected)
     cap = 0.05 + 4 * sensitivity
     assert error.max() <= cap, f"{where}: off by {error.max():.3g} > {cap:.3g}"

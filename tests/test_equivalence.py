@@ -152,7 +152,8 @@ def test_tflite_and_tf_program_agree(compiled):
     In MobileNetV2's early layers under the full scheme it is not: with TF's default CPU
     kernels (no oneDNN) the host and the device differ there by up to 0.025 (Conv1 ~0.01),
     while the head's layers agree to 1e-7 and a 1e-6 nudge of the input moves TF's own update
-    by up to 0.095: chaos of the float32 function, not a difference between the engines."""
+    by up to 0.095: chaos of the float32 function, not a difference between the engines
+    (``python -m tests.kink_margins``)."""
     name, scheme, model, _, path = compiled
     x, y = batch_for(model, seed=1)
     fresh = tfpock.optimize(BUILDERS[name](), loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
