@@ -112,13 +112,14 @@ def trained_variables(model, scheme_text: str, expected: int) -> list:
 
 def freeze_untrained_batchnorms(model, trained: list) -> None:
     """A trainable BatchNorm of which the scheme trains nothing runs as Keras runs a frozen
-    layer (moving statistics), as tfpock runs it: the same step, not batch statistics."""
-    import keras
+    layer (moving statistics), as tfpock runs it: the same step, not batch statistics. The
+    layers are the ones ``tfpock.optimize`` freezes (``tfpock.layers.frozen_forward_layers``)."""
+    from tfpock.layers import frozen_forward_layers, leaf_layers
     ids = {id(v) for v in trained}
-    for layer in model.layers:
-        if (isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-                and not any(id(v.value) in ids for v in layer.weights)):
-            layer.trainable = False
+    trained_layers = {layer.name for layer in leaf_layers(model)
+                      if any(id(v.value) in ids for v in layer.weights)}
+    for layer in frozen_forward_layers(model, trained_layers):
+        layer.trainable = False
 
 
 def _timed(step, data, steps: int, offset: int = 0) -> list[float]:

@@ -451,8 +451,8 @@ class WeightConv2DRule(LoweringRule):
             return False
         if tuple(shape[:2]) == (1, 1):
             large = np.prod(shape) < np.prod(x_shape)
-        else:   # kxk: only where the patches are no larger than the kernel (docstring)
-            large = np.prod(out_shape[:3]) * np.prod(shape[:3]) > np.prod(shape)
+        else:   # kxk: patches no larger than the kernel, N*Ho*Wo <= Co (docstring), as in
+            large = np.prod(out_shape[:3]) > shape[3]   # filter_grad_form
         if large:
             return False  # large activations: the reshapes' copies eat the gain (docstring)
         return not is_constant(graph, kernel) and not reads_signature_inputs(graph, kernel)
