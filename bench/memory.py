@@ -22,14 +22,14 @@ builders): TF ``tf.function`` + ``GradientTape`` per scheme, Keras ``train_on_ba
 fine-tuning (both: RSS after importing TF, after loading the model, and VmHWM after 3
 steps), tfpock's ``infer`` signature and the all-constant forward (contender 6) as floors.
 
-"passes off" is ``skip_passes=SKIP_OFF`` (narrow, fold_bn, sink_scale, fold_constants and the
-export-time fuse); prune and dce are left on because the TFLite converter removes dead ops
-itself, so switching them off changes the exported file little. (WeightConv2DRule and the
-other lowering rules cannot be switched off: without them the model would need Flex ops or
-convert wrongly.) A reordered variant is the unreordered export passed through
-``graph_passes.reorder.reorder(content, ["train"])`` and ``tfpock.export.verify``: exactly what
-``tfpock.optimize(..., reorder=True).export()`` does after conversion (``Program.to_tflite``),
-without compiling twice.
+"passes off" switches SKIP_OFF off with ``passes=`` (narrow, fold_bn, sink_scale,
+fold_constants and the export-time fuse); prune and dce are left on because the TFLite
+converter removes dead ops itself, so switching them off changes the exported file little.
+(WeightConv2DRule and the other lowering rules cannot be switched off: without them the model
+would need Flex ops or convert wrongly.) A reordered variant is the unreordered export passed
+through ``tfpock.tflite.reorder.reorder(content, ["train"])`` and ``tfpock.export.verify``:
+exactly what ``tfpock.optimize(..., passes={"reorder": True}).export()`` does after conversion
+(``Program.to_tflite``), without compiling twice.
 """
 from __future__ import annotations
 
@@ -123,8 +123,9 @@ def main(argv: list[str]) -> None:
     import tfpock
     from bench import prepare, stock_recipe
     from bench.models import MODELS
-    from graph_passes.reorder import reorder
-    from tfpock import export, memory, model_file
+    from tfpock.tflite.reorder import reorder
+    from tfpock import export
+    from tfpock.tflite import memory, model_file
 
     started = time.time()
     names = ["mobilenet_v2_035_128"] + ([] if quick else ["resnet18_half_96"])
@@ -181,7 +182,7 @@ def main(argv: list[str]) -> None:
                 program = tfpock.optimize(
                     model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     optimizer=keras.optimizers.SGD(0.01), scheme=text, batch_size=batch,
-                    skip_passes=skip)
+                    passes={name: False for name in skip})
                 with stock_recipe.quiet_stderr():
                     content = program.to_tflite()
                 reordered, result = reorder(content, ["train"])
@@ -408,9 +409,9 @@ def markdown(r: dict) -> str:
           "library + the model file + arena. For TF processes this includes TensorFlow's import "
           "(~540 MB RSS per NOTES.md; column `import`), the Keras model and the traced "
           "function; `peak - setup` is what the training steps themselves added.",
-          f"- passes off = `skip_passes={SKIP_OFF}`; prune and dce stay on because "
+          f"- passes off = `passes` off: `{SKIP_OFF}`; prune and dce stay on because "
           "the converter prunes dead ops itself, so switching them off changes little.",
-          "- reordered = `graph_passes.reorder.reorder` on the same export (what "
+          "- reordered = `tfpock.tflite.reorder.reorder` on the same export (what "
           "`reorder=True` does).", ""]
     for name, e in r["models"].items():
         L += [f"## {name}: {e['description']}, batch {r['batch']}, "

@@ -53,8 +53,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
-from graph_passes.flatbuffer_util import builtin, constant_value, pack  # noqa: E402
-from tfpock import model_file  # noqa: E402
+from tfpock.tflite.flatbuffer import builtin, constant_value, pack  # noqa: E402
+from tfpock.tflite import model_file  # noqa: E402
 
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

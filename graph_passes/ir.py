@@ -69,6 +69,35 @@ class Graph:
         return Graph(self.to_graph_def(), dict(self.inputs), dict(self.outputs),
                      dict(self.params), set(self.backward))
 
+    def op_count(self) -> int:
+        return len(self.nodes)
+
+    def peak_live_bytes(self) -> int:
+        """The GraphDef liveness estimate (:func:`graph_passes.liveness.peak_live_bytes`)."""
+        from graph_passes.liveness import peak_live_bytes  # liveness reads this module
+        return peak_live_bytes(self).peak_bytes
+
+    def signature(self) -> tuple[dict[str, str], list[str]]:
+        return dict(self.inputs), list(self.outputs)
+
+    def check_signature(self, signature: tuple[dict[str, str], list[str]]) -> None:
+        """Invariant: the signature kept its inputs and outputs, and every output and every
+        input of a node is produced by a node."""
+        inputs, output_keys = signature
+        if self.inputs != inputs:
+            raise AssertionError(f"signature inputs changed: {inputs} -> {self.inputs}")
+        if sorted(self.outputs) != sorted(output_keys):
+            raise AssertionError(f"signature outputs changed: {sorted(output_keys)} -> "
+                                 f"{sorted(self.outputs)}")
+        for key, ref in self.outputs.items():
+            if parse_ref(ref)[0] not in self.nodes:
+                raise AssertionError(f"output {key!r} reads {ref}, which no node produces")
+        for node in self.nodes.values():
+            for ref in node.input:
+                if parse_ref(ref)[0] not in self.nodes:
+                    raise AssertionError(f"node {node.name} reads {ref}, which no node "
+                                         "produces")
+
     def to_graph_def(self) -> tf.compat.v1.GraphDef:
         graph_def = tf.compat.v1.GraphDef()
         graph_def.node.extend(copy.deepcopy(list(self.nodes.values())))

@@ -2,14 +2,15 @@
 
 Why: STYLE.md asks each optimisation for a before/after figure, and the passes that matter for
 memory (prune, narrow, fold_bn) work on the GraphDef, long before a .tflite file exists. This
-is the same model as :func:`tfpock.memory.timeline`, applied to the IR: a tensor lives from
+is the same model as :func:`tfpock.tflite.memory.timeline`, applied to the IR: a tensor lives from
 the node that produces it (from the start, for signature inputs) to the last node that reads
 it (to the end, for signature outputs); the peak is the largest sum of live bytes while one
 node runs. What is not an activation is decided by the graph's structure, never by names:
 
 * ``Const`` nodes (data in the file) and the weight, optimizer-slot and step-counter
   placeholders listed in ``graph.params`` (the program's state: variables in the file);
-* resources, variants and strings (:func:`tfpock.memory.activation_bytes` sizes them 0);
+* resources, variants and strings (:func:`graph_passes.live_bytes.activation_bytes` sizes
+  them 0);
 * ``Identity``-like nodes, which forward their input's buffer (the converter removes them):
   reading their output keeps the forwarded tensor alive instead.
 
@@ -17,7 +18,7 @@ Every node counts as run, as every operator of a file does, including the dead o
 leaves behind (the trace's gradients of frozen weights, producers a lowering stopped reading):
 the pass that deletes them (prune, dce) is the one whose figure drops. A node's first output
 lives at least while the node runs; its other outputs count only if something reads them.
-The interval arithmetic is :func:`tfpock.memory.live_profile`, the one the file's timeline uses.
+The interval arithmetic is :mod:`graph_passes.live_bytes`, the one the file's timeline uses.
 
 A dimension TensorFlow's shape inference leaves unknown counts as the batch size when it is
 the leading one and the signature inputs that state a batch agree on it; otherwise the tensor
@@ -26,7 +27,7 @@ is left out and counted in ``unknown_shapes`` (the peak is then a lower bound).
 This is an estimate, comparable between passes, not the device's figure: it follows the
 graph's own topological order, while the converter and the export ``reorder`` pass schedule
 the operators differently, and the file reads each variable into an arena tensor that is not
-counted here. The exported file's :func:`tfpock.memory.timeline` is the real figure
+counted here. The exported file's :func:`tfpock.tflite.memory.timeline` is the real figure
 (``Program.report()`` shows both).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 
 from graph_passes.ir import Graph, parse_ref
-from tfpock import memory
+from graph_passes.live_bytes import activation_bytes, live_profile
 
 # Ops that hand their input buffer on unchanged (output i is input i).
 _FORWARDING = frozenset({"Identity", "IdentityN", "StopGradient", "Snapshot", "PreventGradient"})
@@ -90,7 +91,7 @@ def peak_live_bytes(graph: Graph, top: int = 3) -> LivenessResult:
             unknown += 1
         elif size:
             intervals[t] = (first, max(first, last), size)
-    live = memory.live_profile(intervals.values(), len(steps))
+    live = live_profile(intervals.values(), len(steps))
     peak = int(live.argmax())
     alive = sorted(((t, size) for t, (first, last, size) in intervals.items()
                     if first <= peak <= last), key=lambda item: (-item[1], item[0]))
@@ -134,4 +135,4 @@ def _bytes(graph: Graph, ref: str, batch: int | None) -> int | None:
         shape[0] = batch
     if None in shape:
         return None
-    return memory.activation_bytes(shape, spec.dtype.name.upper())
+    return activation_bytes(shape, spec.dtype.name.upper())

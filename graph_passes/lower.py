@@ -1,6 +1,7 @@
 """Lower: rewrite every op that has a lowering rule into ops TFLite has as builtins.
 
-The rules live in :mod:`graph_passes.lowering` (one op type -> one rule). A node whose rule
+The rules live in :mod:`graph_passes.lowering` (one op type -> one rule), applied in one
+sweep in graph order by the rule driver (:mod:`graph_passes.rewrite`). A node whose rule
 declines it (its ``check`` returns a reason) is an error naming the node, the op and the
 reason; a node the rule says needs no lowering (``applies`` is False: the converter has a
 builtin for that configuration) and nodes of other op types are left alone. The replaced node's
@@ -17,6 +18,7 @@ from graph_passes.ir import Graph
 from graph_passes.lowering import RULES
 from graph_passes.lowering.base import LoweringRule
 from graph_passes.pass_base import Pass, PassResult
+from graph_passes.rewrite import Declined, RuleTable, apply_rule
 
 
 class LoweringError(ValueError):
@@ -33,12 +35,7 @@ def lower_node(graph: Graph, node: tf.compat.v1.NodeDef, rule: LoweringRule) -> 
     reason = rule.check(graph, node)
     if reason is not None:
         raise LoweringError(node, reason)
-    outputs = graph.splice(lambda *ins: rule.rewrite(graph, node, *ins),
-                           rule.inputs(graph, node), scope=f"{node.name}/lowered")
-    for index, new in enumerate(outputs):
-        graph.replace_uses(f"{node.name}:{index}", new)
-    graph.remove([node.name])
-    return outputs
+    return rule.rewrite(graph, node)
 
 
 class Lower(Pass):
@@ -46,17 +43,16 @@ class Lower(Pass):
 
     def __init__(self, rules: dict[str, LoweringRule] | None = None):
         self.rules = RULES if rules is None else rules
+        self.table = RuleTable("lower", self.rules, anchors=lambda g, ops: g.nodes_of(ops),
+                               key=lambda g, node: node.op)
 
     def run(self, graph: Graph) -> PassResult:
-        lowered: collections.Counter = collections.Counter()
-        left: collections.Counter = collections.Counter()
-        for node in graph.nodes_of(self.rules):
-            rule = self.rules[node.op]
-            if not rule.applies(graph, node):
-                left[node.op] += 1
-                continue
-            lower_node(graph, node, rule)
-            lowered[node.op] += 1
+        try:
+            outcome = apply_rule(graph, self.table, strict=True)
+        except Declined as declined:
+            raise LoweringError(declined.match.match, declined.reason) from None
+        lowered = collections.Counter(m.match.op for m, _ in outcome.fired)
+        left = collections.Counter(node.op for node in outcome.skipped)
         stats = {"lowered": dict(sorted(lowered.items()))}
         if left:
             stats["left_to_converter"] = dict(sorted(left.items()))

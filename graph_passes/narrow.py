@@ -26,13 +26,14 @@ first k channels of ``dw`` are the gradient op applied to the first k channels o
 
 The saving is PockEngine's: the backward op reads k channels of the saved activation and does
 k/K of the weight-gradient work. The rules are a table, op type of the slice's producer ->
-rule (pattern, a ``check`` that says why it declines, a ``rewrite``), like the lowering rules;
+rule (a :class:`graph_passes.rewrite.Rule` whose anchors are the channel slices: ``check``
+says why it declines, ``rewrite`` splices in what ``build`` makes), like the lowering rules;
 a narrowed Conv2DBackpropFilter or depthwise filter gradient is then lowered by those. A rule
 applies only when the slice is the full gradient's only reader: if anything else (another
 node or a signature output) reads it, the full gradient is computed anyway and the slice is
 left alone. Dead producers (ConcatOffset, shape constants) are left to the DCE pass.
 
-    narrow(graph) -> graph whose partial-channel weight gradients have k input channels
+    NarrowWeightGradients()(graph): partial-channel weight gradients compute k input channels
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ import tensorflow as tf
 
 from graph_passes.ir import Graph, parse_ref, tensor_name
 from graph_passes.pass_base import Pass, PassResult
+from graph_passes.rewrite import Rule, RuleTable, apply_rule
 
 KERNEL_IN_AXIS = -2   # input channels of a Dense / Conv / depthwise kernel (and its gradient)
 
@@ -143,25 +145,35 @@ def _require_nhwc_float32(graph: Graph, node: tf.compat.v1.NodeDef) -> str | Non
     return None
 
 
-class NarrowingRule:
+class NarrowingRule(Rule):
     """One gradient op type -> the same gradient for the first k input channels.
 
-    ``check`` says why a node cannot be narrowed (None if it can); ``inputs`` are the tensors
-    the replacement reads; ``rewrite(graph, node, k, *inputs)`` runs inside a scratch
-    ``tf.Graph`` on placeholders of those tensors and returns the narrowed gradient, whose
-    axis -2 has k entries; ``replaced`` lists the nodes the replacement makes unread.
+    Anchored at a :class:`ChannelSlice` whose source that op produces (the pass's
+    :class:`RuleTable` hands each slice to the rule of its producer's op). ``check`` says why
+    a node cannot be narrowed (None if it can); ``inputs`` are the tensors the replacement
+    reads; ``build(graph, node, k, *inputs)`` runs inside a scratch ``tf.Graph`` on
+    placeholders of those tensors and returns the narrowed gradient, whose axis -2 has k
+    entries; ``replaced`` lists the nodes the replacement makes unread.
     """
 
     op_type: str = ""
 
-    def check(self, graph: Graph, node: tf.compat.v1.NodeDef, k: int) -> str | None:
+    @property
+    def name(self) -> str:
+        return self.op_type
+
+    def check(self, graph: Graph, match: "ChannelSlice") -> str | None:
+        return (sole_reader(graph, match.source, match.node.name)
+                or self.check_node(graph, producer_of(graph, match), match.k))
+
+    def check_node(self, graph: Graph, node: tf.compat.v1.NodeDef, k: int) -> str | None:
         return None
 
     def inputs(self, graph: Graph, node: tf.compat.v1.NodeDef) -> list[str]:
         raise NotImplementedError
 
-    def rewrite(self, graph: Graph, node: tf.compat.v1.NodeDef, k: int,
-                *inputs: tf.Tensor) -> tf.Tensor:
+    def build(self, graph: Graph, node: tf.compat.v1.NodeDef, k: int,
+              *inputs: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
     def replaced(self, graph: Graph, node: tf.compat.v1.NodeDef) -> list[str]:
@@ -171,13 +183,31 @@ class NarrowingRule:
         """The pattern matched, for stats: the op type (and what it wraps)."""
         return node.op
 
+    def rewrite(self, graph: Graph, match: "ChannelSlice") -> str:
+        """Replaces the slice and the full gradient by the narrowed gradient; returns the
+        pattern it narrowed (:meth:`describe`)."""
+        producer = producer_of(graph, match)
+        pattern = self.describe(graph, producer)
+        before = set(graph.nodes)
+        [out] = graph.splice(lambda *ins: self.build(graph, producer, match.k, *ins),
+                             self.inputs(graph, producer), scope=f"{producer.name}/narrowed")
+        graph.backward |= set(graph.nodes) - before   # the new ops are gradient ops too
+        graph.replace_uses(match.node.name, out)
+        graph.remove([match.node.name, *self.replaced(graph, producer)])
+        return pattern
+
+
+def producer_of(graph: Graph, match: "ChannelSlice") -> tf.compat.v1.NodeDef:
+    """The node whose output the slice reads: the full gradient."""
+    return graph.nodes[parse_ref(match.source)[0]]
+
 
 class DenseKernelGradRule(NarrowingRule):
     """``MatMul(x, dy, transpose_a=True)`` -> ``MatMul(x[:, :k], dy, transpose_a=True)``."""
 
     op_type = "MatMul"
 
-    def check(self, graph, node, k):
+    def check_node(self, graph, node, k):
         if not graph.attr(node, "transpose_a", False) or graph.attr(node, "transpose_b", False):
             return ("not a kernel gradient x^T dy (needs transpose_a=True, transpose_b=False; "
                     f"has {graph.attr(node, 'transpose_a', False)}, "
@@ -187,7 +217,7 @@ class DenseKernelGradRule(NarrowingRule):
     def inputs(self, graph, node):
         return [node.input[0], node.input[1]]
 
-    def rewrite(self, graph, node, k, x, dy):
+    def build(self, graph, node, k, x, dy):
         return tf.matmul(first_channels(x, k), dy, transpose_a=True)
 
 
@@ -195,7 +225,7 @@ class _FilterGradRule(NarrowingRule):
     """A TF filter-gradient op ``(input, filter_sizes, out_backprop)``: NHWC float32 only;
     filter_sizes is not read, the static output shape gives it."""
 
-    def check(self, graph, node, k):
+    def check_node(self, graph, node, k):
         return _require_nhwc_float32(graph, node)
 
     def inputs(self, graph, node):
@@ -210,7 +240,7 @@ class ConvKernelGradRule(_FilterGradRule):
     _attrs = ("strides", "padding", "explicit_paddings", "dilations", "data_format",
               "use_cudnn_on_gpu")
 
-    def rewrite(self, graph, node, k, x, dy):
+    def build(self, graph, node, k, x, dy):
         kh, kw, _, co = graph.spec(node.name).shape
         return tf.raw_ops.Conv2DBackpropFilter(
             input=first_channels(x, k), filter_sizes=tf.constant([kh, kw, k, co], tf.int32),
@@ -224,7 +254,7 @@ class DepthwiseKernelGradRule(_FilterGradRule):
     op_type = "DepthwiseConv2dNativeBackpropFilter"
     _attrs = ("strides", "padding", "explicit_paddings", "dilations", "data_format")
 
-    def rewrite(self, graph, node, k, x, dy):
+    def build(self, graph, node, k, x, dy):
         kh, kw, _, multiplier = graph.spec(node.name).shape
         return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
             input=first_channels(x, k),
@@ -245,7 +275,7 @@ class RegroupReshapeRule(NarrowingRule):
         producer = graph.nodes[parse_ref(node.input[0])[0]]
         return producer, self.table.get(producer.op)
 
-    def check(self, graph, node, k):
+    def check_node(self, graph, node, k):
         before, after = graph.spec(node.input[0]).shape, graph.spec(node.name).shape
         if before is None or after is None or None in before or None in after:
             return f"reshape {before} -> {after} is not static"
@@ -255,16 +285,16 @@ class RegroupReshapeRule(NarrowingRule):
         if rule is None or rule is self:
             return f"reshape of {producer.op}, which has no narrowing rule"
         return (sole_reader(graph, node.input[0], node.name)
-                or rule.check(graph, producer, k))
+                or rule.check_node(graph, producer, k))
 
     def inputs(self, graph, node):
         producer, rule = self._inner(graph, node)
         return rule.inputs(graph, producer)
 
-    def rewrite(self, graph, node, k, *inputs):
+    def build(self, graph, node, k, *inputs):
         producer, rule = self._inner(graph, node)
         after = graph.spec(node.name).shape
-        return tf.reshape(rule.rewrite(graph, producer, k, *inputs), [*after[:-2], k, after[-1]])
+        return tf.reshape(rule.build(graph, producer, k, *inputs), [*after[:-2], k, after[-1]])
 
     def replaced(self, graph, node):
         producer, rule = self._inner(graph, node)
@@ -300,17 +330,6 @@ def sole_reader(graph: Graph, ref: str, reader: str) -> str | None:
 
 
 # ---- the pass --------------------------------------------------------------------------------
-def narrow(graph: Graph, match: ChannelSlice, rule: NarrowingRule) -> None:
-    """Replaces the slice and the full gradient by the rule's narrowed gradient."""
-    producer = graph.nodes[parse_ref(match.source)[0]]
-    before = set(graph.nodes)
-    [out] = graph.splice(lambda *ins: rule.rewrite(graph, producer, match.k, *ins),
-                         rule.inputs(graph, producer), scope=f"{producer.name}/narrowed")
-    graph.backward |= set(graph.nodes) - before   # the new ops are gradient ops too
-    graph.replace_uses(match.node.name, out)
-    graph.remove([match.node.name, *rule.replaced(graph, producer)])
-
-
 class NarrowWeightGradients(Pass):
     """Rewrites every first-channels slice of a kernel gradient (module doc). In place."""
 
@@ -318,34 +337,26 @@ class NarrowWeightGradients(Pass):
 
     def __init__(self, rules: dict[str, NarrowingRule] | None = None):
         self.rules = default_rules() if rules is None else rules
-
-    def decline_reason(self, graph: Graph, match: ChannelSlice) -> str | None:
-        producer = graph.nodes[parse_ref(match.source)[0]]
-        rule = self.rules.get(producer.op)
-        if rule is None:
-            return (f"no narrowing rule for {producer.op} (rules exist for "
-                    f"{', '.join(sorted(self.rules))})")
-        return (sole_reader(graph, match.source, match.node.name)
-                or rule.check(graph, producer, match.k))
+        self.table = RuleTable(
+            "narrow", self.rules, key=lambda graph, match: producer_of(graph, match).op,
+            anchors=lambda graph, _: list(filter(None, (match_channel_slice(graph, n)
+                                                        for n in graph.nodes_of(["Slice"])))),
+            missing=lambda op: (f"no narrowing rule for {op} (rules exist for "
+                                f"{', '.join(sorted(self.rules))})"))
 
     def run(self, graph: Graph) -> PassResult:
+        # the weight each slice trains (else its gradient node), for stats: read before any
+        # rewrite changes the graph
+        labels = {m.node.name: weight_key(graph, m) or producer_of(graph, m).name
+                  for m in self.table.anchors(graph)}
+        outcome = apply_rule(graph, self.table)
         narrowed: dict[str, int] = {}
-        declined: dict[str, str] = {}
-        channels: dict[str, list[int]] = {}
-        matches = [match_channel_slice(graph, n) for n in graph.nodes_of(["Slice"])]
-        for match in filter(None, matches):
-            producer = graph.nodes[parse_ref(match.source)[0]]
-            label = weight_key(graph, match) or producer.name
-            reason = self.decline_reason(graph, match)
-            if reason is not None:
-                declined[label] = reason
-                continue
-            rule = self.rules[producer.op]
-            pattern = rule.describe(graph, producer)
+        for _, pattern in outcome.fired:
             narrowed[pattern] = narrowed.get(pattern, 0) + 1
-            channels[label] = [match.k, match.total]
-            narrow(graph, match, rule)
-        stats = {"narrowed": dict(sorted(narrowed.items())), "channels": channels}
+        stats = {"narrowed": dict(sorted(narrowed.items())),
+                 "channels": {labels[m.match.node.name]: [m.match.k, m.match.total]
+                              for m, _ in outcome.fired}}
+        declined = {labels[m.match.node.name]: reason for m, reason in outcome.declined}
         if declined:
             stats["declined"] = declined
         return PassResult(bool(narrowed), stats)

@@ -1,26 +1,51 @@
-"""The pass contract and the pipeline that runs passes in one visible list.
+"""The pass contract and the pipeline that runs passes in one visible list, for either IR.
 
-Every pass takes the :class:`TrainingGraph` it is given, edits it **in place**, and returns a
-:class:`PassResult` saying whether it changed anything and what (``stats``, shown by
-``Program.report()``). The pipeline copies its input once, so the caller's graph is never
-touched, runs the passes in order, and, with ``check_invariants=True`` (the debug switch),
-checks after every pass that the signature kept its inputs and outputs, that each output
-still exists, and the pass's own ``postcondition`` (the lower pass: no op it should have
-lowered is left). Each record carries the graph's peak of live activation bytes before and
-after its pass (:func:`graph_passes.liveness.peak_live_bytes`, once per pass boundary): the
+tfpock compiles in two phases, each a :class:`Sequential` of passes over its own IR: the
+GraphDef of the training step (:class:`graph_passes.ir.Graph`, passes in ``graph_passes/``)
+and, after conversion, the .tflite file (:class:`tfpock.tflite.ir.TfliteFile`, passes in
+``tfpock/tflite/``). Both pipelines are listed in ``tfpock/pipeline.py``.
+
+Every pass takes the IR it is given, edits it **in place**, and returns a :class:`PassResult`
+saying whether it changed anything and what (``stats``, shown by ``Program.report()``). The
+pipeline copies its input once, so the caller's IR is never touched, runs the passes in
+order, and, with ``check_invariants=True`` (the debug switch), checks after every pass that the
+signature kept its inputs and outputs and that everything read is produced
+(:meth:`PassIR.check_signature`), and the pass's own ``postcondition`` (the lower pass: no op
+it should have lowered is left). Each record carries the IR's peak of live activation bytes
+before and after its pass (:meth:`PassIR.peak_live_bytes`, once per pass boundary): the
 before/after memory figure each pass owes the report. An exception inside a pass is re-raised
 as :class:`PassError` naming the pass and the passes that ran before it.
+
+No TensorFlow here: the file phase runs where only a TFLite runtime is installed.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Sequence
-
-from graph_passes.ir import Graph, parse_ref
-from graph_passes.liveness import peak_live_bytes
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 logger = logging.getLogger(__name__)
+
+
+class PassIR(Protocol):
+    """What a pipeline needs of the IR its passes edit."""
+
+    def copy(self) -> "PassIR": ...
+
+    def op_count(self) -> int: ...
+
+    def peak_live_bytes(self) -> int:
+        """Peak of live activation bytes in the IR's current operator order."""
+
+    def signature(self) -> Any:
+        """A snapshot of the signature, for :meth:`check_signature` after each pass."""
+
+    def check_signature(self, signature: Any) -> None:
+        """Raises AssertionError unless the signature equals ``signature`` and every tensor
+        read is produced (the invariant of the debug switch)."""
+
+
+IR = TypeVar("IR", bound=PassIR)
 
 
 @dataclasses.dataclass
@@ -38,7 +63,7 @@ class PassRecord:
     modified: bool
     stats: dict[str, Any]
     # Peak live activation bytes before and after (None where not measured): the GraphDef
-    # liveness estimate for graph passes, the file's timeline for the export reorder pass.
+    # liveness estimate for graph passes, the file's timeline for file passes.
     peak_live_before: int | None = None
     peak_live_after: int | None = None
 
@@ -51,68 +76,56 @@ class PassError(RuntimeError):
         self.cause = cause
 
 
-class Pass:
+class Pass(Generic[IR]):
     """Base class of a pass: ``name`` for reports, ``run`` does the work in place."""
 
     name: str = ""
 
-    def run(self, graph: Graph) -> PassResult:
+    def run(self, ir: IR) -> PassResult:
         raise NotImplementedError
 
-    def postcondition(self, graph: Graph) -> None:
-        """Raises AssertionError if the graph is not what this pass promises (debug switch)."""
+    def postcondition(self, ir: IR) -> None:
+        """Raises AssertionError if the IR is not what this pass promises (debug switch)."""
 
-    def __call__(self, graph: Graph) -> PassResult:
-        return self.run(graph)
-
-
-def check_signature(graph: Graph, inputs: dict[str, str], output_keys: Sequence[str]) -> None:
-    """Invariant: the signature kept its inputs and outputs, and every output is produced."""
-    if graph.inputs != inputs:
-        raise AssertionError(f"signature inputs changed: {inputs} -> {graph.inputs}")
-    if sorted(graph.outputs) != sorted(output_keys):
-        raise AssertionError(f"signature outputs changed: {sorted(output_keys)} -> "
-                             f"{sorted(graph.outputs)}")
-    for key, ref in graph.outputs.items():
-        if parse_ref(ref)[0] not in graph.nodes:
-            raise AssertionError(f"output {key!r} reads {ref}, which no node produces")
-    for node in graph.nodes.values():
-        for ref in node.input:
-            if parse_ref(ref)[0] not in graph.nodes:
-                raise AssertionError(f"node {node.name} reads {ref}, which no node produces")
+    def __call__(self, ir: IR) -> PassResult:
+        return self.run(ir)
 
 
-class Sequential:
-    """Runs passes in order on a copy of the graph and records what each did."""
+class Sequential(Generic[IR]):
+    """Runs passes in order on a copy of the IR and records what each did."""
 
-    def __init__(self, passes: Sequence[Pass], check_invariants: bool = False,
-                 extra_checks: Sequence[Callable[[Graph], None]] = ()):
+    def __init__(self, passes: Sequence[Pass[IR]], check_invariants: bool = False,
+                 extra_checks: Sequence[Callable[[IR], None]] = ()):
         self.passes = list(passes)
         self.check_invariants = check_invariants
         self.extra_checks = list(extra_checks)
 
-    def __call__(self, graph: Graph) -> tuple[Graph, list[PassRecord]]:
-        graph = graph.copy()
-        inputs, output_keys = dict(graph.inputs), list(graph.outputs)
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def __call__(self, ir: IR) -> tuple[IR, list[PassRecord]]:
+        ir = ir.copy()
+        signature = ir.signature()
         records: list[PassRecord] = []
-        peak = peak_live_bytes(graph).peak_bytes if self.passes else None
+        peak = ir.peak_live_bytes() if self.passes else None
         for p in self.passes:
-            before = len(graph.nodes)
+            before = ir.op_count()
             try:
-                result = p(graph)
+                result = p(ir)
                 if self.check_invariants:
-                    check_signature(graph, inputs, output_keys)
-                    p.postcondition(graph)
+                    ir.check_signature(signature)
+                    p.postcondition(ir)
                     for check in self.extra_checks:
-                        check(graph)
-                peak_after = peak_live_bytes(graph).peak_bytes
+                        check(ir)
+                peak_after = ir.peak_live_bytes()
             except PassError:
                 raise
             except Exception as exc:  # re-raised with the pipeline's context
                 raise PassError(p.name, [r.name for r in records], exc) from exc
-            records.append(PassRecord(p.name, before, len(graph.nodes), result.modified,
+            records.append(PassRecord(p.name, before, ir.op_count(), result.modified,
                                       result.stats, peak, peak_after))
             logger.debug("pass %s: %d -> %d ops, peak live %d -> %d bytes, %s", p.name, before,
-                         len(graph.nodes), peak, peak_after, result.stats)
+                         ir.op_count(), peak, peak_after, result.stats)
             peak = peak_after
-        return graph, records
+        return ir, records

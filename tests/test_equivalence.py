@@ -32,7 +32,7 @@ import pytest
 import tfpock
 from tests import models
 from tests.reference import assert_kink_tolerant, tape_sgd_step, weights_by_path
-from tfpock import model_file
+from tfpock.tflite import model_file
 from tfpock.runtime import Trainer
 
 LR = 0.05

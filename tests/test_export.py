@@ -7,7 +7,7 @@ import pytest
 
 import tfpock
 from tests import models
-from tfpock import model_file
+from tfpock.tflite import model_file
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +79,12 @@ def test_multi_axis_reverse_is_a_runtime_hazard():
     assert runtime_hazards(model_file.read(one_at_a_time)) == []
 
 
-def test_kill_switches_and_reorder_option():
+def test_one_switch_for_the_optional_passes_of_both_phases():
     def compile_(**kwargs):
         return tfpock.optimize(models.mlp(), loss="sparse_categorical_crossentropy",
                                optimizer=keras.optimizers.SGD(0.1), batch_size=4, **kwargs)
-    program = compile_(skip_passes=("narrow", "fold_bn", "sink_scale", "fold_constants", "dce"),
-                       reorder=True)
+    program = compile_(passes={"narrow": False, "fold_bn": False, "sink_scale": False,
+                               "fold_constants": False, "dce": False, "reorder": True})
     names = [r.name for r in program.pass_records["train"]]
     assert names == ["freeze", "prune", "lower"]
     program.to_tflite()
@@ -92,9 +92,11 @@ def test_kill_switches_and_reorder_option():
     assert fuse.name == "fuse" and reorder.name == "reorder" and "[export]" in program.report()
     assert set(fuse.stats["rules"]) == {"transpose_pair", "bias", "activation"}
     assert reorder.stats["peak_bytes_after"] <= reorder.stats["peak_bytes_before"]
-    unfused = compile_(skip_passes=("fuse",))
+    unfused = compile_(passes={"fuse": False})
     unfused.to_tflite()
     assert "export" not in unfused.pass_records
-    with pytest.raises(tfpock.TfpockError, match="optional passes are prune, narrow, fold_bn, "
-                                                 "sink_scale, fold_constants, dce, fuse"):
-        compile_(skip_passes=("freeze",))
+    with pytest.raises(tfpock.TfpockError, match="the optional passes are prune, narrow, "
+                       "fold_bn, sink_scale, fold_constants, dce, fuse, reorder"):
+        compile_(passes={"freeze": False})
+    with pytest.raises(tfpock.TfpockError, match=r"\['fuse'\] must be True or False"):
+        compile_(passes={"fuse": "no"})

@@ -11,7 +11,7 @@ from tfpock.layers import (FROZEN_FORWARD_LAYERS, frozen_forward_layers, frozen_
                            leaf_layers)
 from tfpock.losses import resolve_loss
 from tfpock.optimizers import compile_optimizer
-from tfpock.pipeline import build_pipeline
+from tfpock.pipeline import build_file_pipeline, build_pipeline, switches
 from tfpock.program import Program
 from tfpock.scheme import Scheme
 from tfpock.tracing import trace
@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
-             batch_size: int = 32, debug: bool = False, skip_passes=(),
-             reorder: bool = False, frozen_batchnorm: str | None = None) -> Program:
+             batch_size: int = 32, debug: bool = False, passes=None,
+             frozen_batchnorm: str | None = None) -> Program:
     """Compiles one training step of ``model`` into a builtin-only training program.
 
     Args:
@@ -34,13 +34,12 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         batch_size: the static batch size of the ``train`` and ``infer`` signatures.
         debug: check the signature invariants and each pass's postcondition after every
             pass.
-        skip_passes: optional passes to switch off, to measure what they buy: any of
-            ``tfpock.pipeline.OPTIONAL_PASSES`` ("prune", "narrow", "fold_bn", "sink_scale",
-            "fold_constants", "dce") and ``EXPORT_PASSES`` ("fuse", on the exported flatbuffer).
-        reorder: reschedule the exported ``train`` subgraph for a lower peak of live
-            activations (``graph_passes.reorder``; off by default: under the XNNPACK
-            delegate's clustering it does not lower the allocation, measured in its
-            docstring).
+        passes: optional passes switched on or off, ``{name: bool}``, to measure what they
+            buy: any of ``tfpock.pipeline.OPTIONAL_PASSES``, on the GraphDef ("prune",
+            "narrow", "fold_bn", "sink_scale", "fold_constants", "dce"; all on by default) or
+            on the exported file ("fuse", on; "reorder", off: it reschedules ``train`` for a
+            lower peak of live activations, but under the XNNPACK delegate's clustering that
+            does not lower the allocation, as measured in ``tfpock/tflite/reorder.py``).
         frozen_batchnorm: how a BatchNormalization runs that Keras would train but the
             scheme freezes: ``"inference"`` (the default, as Keras runs a layer with
             ``trainable=False``: moving statistics, folded into constants) or
@@ -63,6 +62,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
                                     "with keras.Input or call it once")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise TfpockError(f"batch_size must be a positive int, got {batch_size!r}")
+    on = switches(passes)   # a wrong pass name fails before the trace
     loss = _default(loss, model, "loss")
     optimizer = _default(optimizer, model, "optimizer")
     loss_obj = resolve_loss(loss)
@@ -75,7 +75,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
 
     with frozen_in_keras(frozen_forward):   # the trace records Keras' frozen forward
         step = trace(model, loss_obj, compiled_opt, batch_size, trained)
-    pipeline = build_pipeline(step.frozen, debug=debug, skip=skip_passes)
+    pipeline = build_pipeline(step.frozen, debug=debug, passes=on)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
     metadata = export.metadata_for(step, {
@@ -84,8 +84,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "scheme": scheme_obj.to_dict(),
         "model": model.name,
     })
-    module = export.TrainingModule(train_graph, infer_graph, step, metadata, reorder=reorder,
-                                   fuse="fuse" not in skip_passes)
+    module = export.TrainingModule(train_graph, infer_graph, step, metadata)
     leaves = leaf_layers(model)
     policies = {l.name: scheme_obj.layers.get(l.name, scheme_obj.default).to_json()
                 for l in leaves if l.weights}
@@ -94,7 +93,8 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
                        else "moving statistics"
                        for l in leaves if isinstance(l, FROZEN_FORWARD_LAYERS)}
     program = Program(step, module, {"train": train_records, "infer": infer_records}, metadata,
-                      {l.name for l in leaves}, policies, batchnorm_modes)
+                      {l.name for l in leaves}, policies, batchnorm_modes,
+                      file_pipeline=build_file_pipeline(debug=debug, passes=on))
     logger.info("compiled %s: %d weights trained, %d frozen", model.name,
                 len(program.trained_paths), len(program.frozen_paths))
     return program

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from graph_passes.ir import Graph
 from graph_passes.lowering import RULES
-from tfpock import model_file
+from tfpock.tflite import model_file
 from tfpock.errors import ExportError
 from tfpock.provenance import layer_of_node
 from tfpock.tracing import TracedStep
@@ -48,11 +48,8 @@ def variable_key(index: int) -> str:
 class TrainingModule(tf.Module):
     """Variables of the trained state and the signature functions over the graphs."""
 
-    def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict,
-                 reorder: bool = False, fuse: bool = True):
+    def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict):
         super().__init__(name="tfpock")
-        self.reorder = reorder
-        self.fuse = fuse
         self._train_graph = train.to_graph_def()
         self._infer_graph = infer.to_graph_def()
         self.train_graph, self.infer_graph = train, infer

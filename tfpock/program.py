@@ -8,10 +8,10 @@ import os
 import numpy as np
 
 
-from graph_passes.pass_base import PassRecord
-from graph_passes.fuse import fuse
-from graph_passes.reorder import reorder
-from tfpock import export, memory, model_file
+from graph_passes.pass_base import PassRecord, Sequential
+from tfpock import export
+from tfpock.tflite import memory, model_file
+from tfpock.tflite.ir import TfliteFile
 from tfpock.provenance import layer_of_node
 from tfpock.runtime.validate import check_batch
 from tfpock.tracing import TracedStep
@@ -28,7 +28,9 @@ class Program:
 
     def __init__(self, step: TracedStep, module: export.TrainingModule,
                  records: dict[str, list[PassRecord]], metadata: dict, layer_names: set[str],
-                 layer_policies: dict[str, object], batchnorm_modes: dict[str, str] | None = None):
+                 layer_policies: dict[str, object], batchnorm_modes: dict[str, str] | None = None,
+                 file_pipeline: Sequential | None = None):
+        self._file_pipeline = file_pipeline or Sequential([])  # passes on the converted file
         self._layer_policies = layer_policies  # leaf layer with weights -> policy (JSON form)
         # BatchNormalization -> "batch statistics" (training mode) or "moving statistics"
         self._batchnorm_modes = dict(batchnorm_modes or {})
@@ -46,9 +48,9 @@ class Program:
 
     @property
     def pass_records(self) -> dict[str, list[PassRecord]]:
-        """What each pass did, per graph ("train", "infer", and "export" once exported with
-        reorder): name, ops and peak live activation bytes before and after, whether it
-        changed anything, its stats."""
+        """What each pass did, per graph ("train", "infer", and "export" for the passes on the
+        converted file, once it is converted): name, ops and peak live activation bytes before
+        and after, whether it changed anything, its stats."""
         return {k: list(v) for k, v in self._records.items()}
 
     @property
@@ -103,21 +105,10 @@ class Program:
         if self._content is None:
             graphs = [self._module.train_graph, self._module.infer_graph]
             content = export.convert(self._module, graphs, self._layer_names)
-            records = []
-            if self._module.fuse:  # what the converter left unfused (docstring of fuse.py)
-                content, result = fuse(content, ["train"])
-                stats = result.stats["train"]
-                records.append(PassRecord("fuse", stats["ops_before"], stats["ops_after"],
-                                          result.modified, {"rules": stats["rules"]},
-                                          stats["peak_bytes_before"], stats["peak_bytes_after"]))
-            if self._module.reorder:
-                content, result = reorder(content, ["train"])
-                n_ops = len(model_file.read(content).subgraph("train").operators)
-                stats = result.stats["train"]
-                records.append(PassRecord("reorder", n_ops, n_ops, result.modified, stats,
-                                          stats["peak_bytes_before"], stats["peak_bytes_after"]))
+            converted, records = self._file_pipeline(TfliteFile(content, "train"))
             if records:
                 self._records["export"] = records
+            content = converted.content
             export.verify(content)
             self._content = content
         return self._content

@@ -87,14 +87,14 @@ class _Elementwise(LoweringRule):
 class ReluGradRule(_Elementwise):
     op_type = "ReluGrad"
 
-    def rewrite(self, graph, node, gradients, features):
+    def build(self, graph, node, gradients, features):
         return [gradients * tf.cast(features > 0, gradients.dtype)]
 
 
 class Relu6GradRule(_Elementwise):
     op_type = "Relu6Grad"
 
-    def rewrite(self, graph, node, gradients, features):
+    def build(self, graph, node, gradients, features):
         # 0 < f < 6  <=>  min(f, 6 - f) > 0: 6 - f is exact on [3, 12] and has the right sign
         # elsewhere. No LOGICAL_AND: TFLite's takes its generic broadcasting path (2.6 ms on
         # [8, 64, 64, 48], bench/op_profile.py); MobileNetV2 0.35 @128 full b8 step 70 -> 59
@@ -107,7 +107,7 @@ class Relu6GradRule(_Elementwise):
 class LeakyReluGradRule(_Elementwise):
     op_type = "LeakyReluGrad"
 
-    def rewrite(self, graph, node, gradients, features):
+    def build(self, graph, node, gradients, features):
         alpha = graph.attr(node, "alpha", 0.2)
         return [tf.where(features > 0, gradients, gradients * alpha)]
 
@@ -115,21 +115,21 @@ class LeakyReluGradRule(_Elementwise):
 class EluGradRule(_Elementwise):
     op_type = "EluGrad"
 
-    def rewrite(self, graph, node, gradients, outputs):
+    def build(self, graph, node, gradients, outputs):
         return [tf.where(outputs < 0, (outputs + 1) * gradients, gradients)]
 
 
 class ErfRule(_Elementwise):
     op_type = "Erf"
 
-    def rewrite(self, graph, node, x):
+    def build(self, graph, node, x):
         return [erf(x)]
 
 
 class ErfcRule(_Elementwise):
     op_type = "Erfc"
 
-    def rewrite(self, graph, node, x):
+    def build(self, graph, node, x):
         return [erfc(x)]
 
 
@@ -166,7 +166,7 @@ class _ReluAfterRuntimeMatMul(_Elementwise):
     def applies(self, graph, node):
         return after_runtime_matmul(graph, node.input[0])
 
-    def rewrite(self, graph, node, features):
+    def build(self, graph, node, features):
         kept = tf.minimum(features, 6.0) if node.op == "Relu6" else features
         return [tf.raw_ops.SelectV2(condition=features > 0, t=kept,
                                     e=tf.constant(0.0, features.dtype))]

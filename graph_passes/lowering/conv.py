@@ -223,7 +223,7 @@ class Conv2DBackpropFilterRule(LoweringRule):
         # filter_sizes is not read: the kernel shape is this node's static output shape.
         return [node.input[0], node.input[2]]
 
-    def rewrite(self, graph, node, x, dy):
+    def build(self, graph, node, x, dy):
         kernel = graph.spec(node.name).shape
         win = window(graph, node, tuple(kernel[:2]), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
         positions = int(np.prod(dy.shape[:3]))
@@ -291,7 +291,7 @@ class Conv2DBackpropInputRule(LoweringRule):
         # input_sizes is not read: the input shape is this node's static output shape.
         return [node.input[1], node.input[2]]
 
-    def rewrite(self, graph, node, w, dy):
+    def build(self, graph, node, w, dy):
         shape = list(graph.spec(node.name).shape)
         if takes_1x1_matmul(graph, node):
             return [input_grad_1x1(w, dy, shape)]
@@ -460,7 +460,7 @@ class WeightConv2DRule(LoweringRule):
     def check(self, graph, node):
         return check_conv(graph, node, [node.input[0], node.input[1], node.name])
 
-    def rewrite(self, graph, node, x, w):
+    def build(self, graph, node, x, w):
         n, ho, wo, co = graph.spec(node.name).shape
         kh, kw, ci, _ = w.shape
         win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), (ho, wo))

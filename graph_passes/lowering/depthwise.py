@@ -186,7 +186,7 @@ class DepthwiseBackpropFilterRule(LoweringRule):
         # filter_sizes is not read: the kernel shape is this node's static output shape.
         return [node.input[0], node.input[2]]
 
-    def rewrite(self, graph, node, x, dy):
+    def build(self, graph, node, x, dy):
         kh, kw, _, multiplier = graph.spec(node.name).shape
         win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), tuple(dy.shape[1:3]))
         if use_conv_form(win):
@@ -215,7 +215,7 @@ class DepthwiseBackpropInputRule(LoweringRule):
         # input_sizes is not read: the input shape is this node's static output shape.
         return [node.input[1], node.input[2]]
 
-    def rewrite(self, graph, node, w, dy):
+    def build(self, graph, node, w, dy):
         shape = graph.spec(node.name).shape
         win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
         return [input_grad(w, dy, win, shape)]

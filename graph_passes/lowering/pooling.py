@@ -138,7 +138,7 @@ class MaxPoolGradRule(LoweringRule):
     def check(self, graph, node):
         return _check_pool(graph, node, [graph.spec(r).shape for r in node.input[:3]])
 
-    def rewrite(self, graph, node, orig_input, orig_output, grad):
+    def build(self, graph, node, orig_input, orig_output, grad):
         window = _window(graph, node, orig_input.shape, orig_output.shape)
         padded = self._pad_input(orig_input, window)
         taken = tf.zeros(grad.shape, tf.bool)
@@ -184,7 +184,7 @@ class AvgPoolGradRule(LoweringRule):
         """Only the gradient: the input shape is static (read from the node's output spec)."""
         return [node.input[1]]
 
-    def rewrite(self, graph, node, grad):
+    def build(self, graph, node, grad):
         window = _window(graph, node, graph.spec(node.name).shape, grad.shape)
         # TF's kernel multiplies by the float32 reciprocal of the count; so does this.
         scale = (1.0 / window.counts()).astype(np.float32)

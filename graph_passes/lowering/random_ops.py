@@ -54,7 +54,7 @@ class _StatelessToStateful(LoweringRule):
         """None: the seed/key/counter inputs are what the stateful op does without."""
         return []
 
-    def rewrite(self, graph, node):
+    def build(self, graph, node):
         shape = tf.constant(graph.spec(node.name).shape, tf.int32)
         seed2 = zlib.crc32(node.name.encode()) & 0x7FFFFFFF or 1
         return [type(self).stateful(shape=shape, dtype=tf.float32, seed=self.seed, seed2=seed2)]

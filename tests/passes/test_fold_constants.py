@@ -20,7 +20,8 @@ from graph_passes.pass_base import Sequential
 from tests import models
 from tests.passes import helpers
 from tests.passes.helpers import traced
-from tfpock import export, model_file
+from tfpock import export
+from tfpock.tflite import model_file
 from tfpock.layers import leaf_layers
 from tfpock.pipeline import build_pipeline
 

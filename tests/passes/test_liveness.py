@@ -16,7 +16,7 @@ from graph_passes.liveness import peak_live_bytes
 from graph_passes.pass_base import Sequential
 from tests import models
 from tests.litert_helpers import convert_builtins_only
-from tfpock import memory
+from tfpock.tflite import memory
 
 
 def build(fn, inputs: dict[str, tuple], params: dict[str, tuple] = ()) -> Graph:
@@ -113,7 +113,7 @@ def test_unknown_batch_dimensions_take_the_inputs_batch():
 def program():
     return tfpock.optimize(models.mlp(), loss="sparse_categorical_crossentropy",
                            optimizer=keras.optimizers.SGD(0.1), scheme="bias", batch_size=4,
-                           reorder=True)
+                           passes={"reorder": True})
 
 
 def test_each_pass_record_carries_its_peaks(program):

@@ -20,7 +20,7 @@ from graph_passes.prune import Prune
 from tests import models
 from tests.passes import helpers
 from tests.passes.helpers import traced
-from tfpock import model_file
+from tfpock.tflite import model_file
 from tfpock.pipeline import build_pipeline
 from tfpock.runtime import Trainer
 from tfpock.scheme import Scheme

@@ -10,7 +10,7 @@ import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from tfpock import model_file
+from tfpock.tflite import model_file
 
 
 def builtin(model: schema.ModelT, op: schema.OperatorT) -> int:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tfpock
-from graph_passes.reorder import reorder
+from tfpock.tflite.reorder import reorder
 from tests import models
-from tfpock import memory, model_file
+from tfpock.tflite import memory, model_file
 from tfpock.runtime import Trainer
 
 

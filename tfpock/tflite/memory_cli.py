@@ -1,6 +1,6 @@
 """Memory report of any .tflite file: graph timeline peak per signature, measured arena.
 
-    python -m tfpock.memory_cli MODEL.tflite [--signature train ...] [--measure]
+    python -m tfpock.tflite.memory_cli MODEL.tflite [--signature train ...] [--measure]
         [--runtime auto|ai-edge-litert|tflite-runtime] [--threads 1] [--timeline] [--top N]
         [--json PATH]
     (installed as ``tfpock-memory``)
@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags
 
-from tfpock import memory, model_file
+from tfpock.tflite import memory, model_file
 from tfpock.runtime.atomic import write_atomically
 from tfpock.runtime.interpreter import RUNTIMES
 

@@ -16,10 +16,10 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 import tfpock
-from graph_passes.flatbuffer_util import add_constant, builtin, opcode_index, pack
-from graph_passes.fuse import FUSES_ACTIVATION, RULES, fuse
+from tfpock.tflite.flatbuffer import add_constant, builtin, opcode_index, pack
+from tfpock.tflite.fuse import FUSES_ACTIVATION, RULES, fuse
 from tests.passes import helpers
-from tfpock import memory, model_file
+from tfpock.tflite import memory, model_file
 from tfpock.runtime import Trainer
 
 OPS = schema.BuiltinOperator

@@ -1,7 +1,7 @@
-"""The memory command line (``python -m tfpock.memory_cli``) and ``memory.live_tensors``.
+"""The memory command line (``python -m tfpock.tflite.memory_cli``) and ``memory.live_tensors``.
 
 The CLI runs in subprocesses, as a user runs it, on one small tfpock training model; every
-figure it prints or writes must equal what the ``tfpock.memory`` API computes.
+figure it prints or writes must equal what the ``tfpock.tflite.memory`` API computes.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import tensorflow as tf
 import tfpock
 from tests import models
 from tests.litert_helpers import convert_builtins_only
-from tfpock import memory, model_file
+from tfpock.tflite import memory, model_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIGNATURES = ["infer", "load", "metadata", "train", "weights"]
 PEAK_LINE = re.compile(r"^signature (\S+): (\d+) operators\n  graph peak: [\d.]+ MB "
                        r"\((\d+) bytes\) at op (\d+) (\S+)$", re.M)
@@ -45,7 +45,7 @@ def parsed(model_path) -> model_file.ModelFile:
 def cli(*args, prelude: str = "") -> subprocess.CompletedProcess:
     """Runs the CLI in a fresh interpreter; ``prelude`` is Python run before it is imported."""
     code = (f"{prelude}\nimport runpy, sys\nsys.argv[0] = 'tfpock-memory'\n"
-            "runpy.run_module('tfpock.memory_cli', run_name='__main__')")
+            "runpy.run_module('tfpock.tflite.memory_cli', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 

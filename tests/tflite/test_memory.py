@@ -4,7 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tests.litert_helpers import convert_builtins_only
-from tfpock import memory, model_file
+from tfpock.tflite import memory, model_file
 
 
 def chain_model() -> bytes:

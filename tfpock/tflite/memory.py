@@ -13,7 +13,9 @@ Two views, usable on any TFLite file (not only tfpock's):
   process's resident memory grew: what the runtime's arena planner really allocated for it
   (plus a little interpreter bookkeeping).
 
-Needs numpy and the flatbuffer schema that ships with ai-edge-litert; no TensorFlow.
+The byte sizes and the interval arithmetic are :mod:`graph_passes.live_bytes`, shared with the
+GraphDef's liveness estimate. Needs numpy and the flatbuffer schema that ships with
+ai-edge-litert; no TensorFlow.
 """
 from __future__ import annotations
 
@@ -22,15 +24,8 @@ import json
 import os
 import subprocess
 import sys
-from typing import Iterable
-
-import numpy as np
-
-from tfpock import model_file
-
-_ITEM_BYTES = {"FLOAT32": 4, "INT32": 4, "INT64": 8, "FLOAT16": 2, "INT8": 1, "UINT8": 1,
-               "BOOL": 1, "INT16": 2, "FLOAT64": 8, "UINT32": 4, "UINT64": 8}
-_NOT_ACTIVATIONS = {"RESOURCE", "VARIANT", "STRING"}
+from graph_passes.live_bytes import activation_bytes, live_profile
+from tfpock.tflite import model_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +47,6 @@ class Timeline:
     @property
     def peak_op(self) -> OpMemory | None:
         return max(self.ops, key=lambda o: o.live_bytes, default=None)
-
-
-def activation_bytes(shape, dtype: str) -> int:
-    """Arena bytes of a tensor of ``shape`` and schema type name ``dtype`` (0 for resources,
-    variants and strings, which the arena does not hold as plain data)."""
-    if dtype in _NOT_ACTIVATIONS:
-        return 0
-    return int(np.prod(shape, dtype=np.int64)) * _ITEM_BYTES.get(dtype, 4)
 
 
 def tensor_bytes(tensor: model_file.Tensor) -> int:
@@ -88,17 +75,6 @@ def _lifetimes(sg: model_file.Subgraph) -> dict[int, tuple[int, int]]:
         end[t] = n_ops - 1
     return {t: (first, max(end.get(t, first), first)) for t, first in start.items()
             if not sg.tensors[t].constant}
-
-
-def live_profile(intervals: Iterable[tuple[int, int, int]], n_steps: int) -> np.ndarray:
-    """Live bytes at each of ``n_steps`` steps, from each tensor's (first step, last step,
-    bytes), both steps inclusive. The interval arithmetic of :func:`timeline`, shared with
-    the GraphDef liveness of the graph passes (``graph_passes.liveness``)."""
-    delta = np.zeros(n_steps + 1, np.int64)
-    for first, last, size in intervals:
-        delta[first] += size
-        delta[last + 1] -= size
-    return np.cumsum(delta)[:n_steps]
 
 
 def _subgraph(content: bytes | model_file.ModelFile, signature: str) -> model_file.Subgraph:
@@ -171,7 +147,7 @@ def measured_arena(path: str | os.PathLike, signature: str, runtime: str = "auto
                    threads: int = 1) -> int:
     """Bytes the process's resident set grew by on the first call of ``signature`` (tensor
     allocation plus the call), in a fresh Python process so nothing else is counted."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run([sys.executable, "-c", _PROBE, os.fspath(path), signature, runtime,
                            str(threads)], capture_output=True, text=True, env=env, check=False)

@@ -15,7 +15,7 @@ import numpy as np
 try:
     from ai_edge_litert import schema_py_generated as schema
 except ImportError as exc:  # pragma: no cover - depends on the installed runtime
-    raise ImportError("tfpock.model_file needs ai-edge-litert (pip install ai-edge-litert)"
+    raise ImportError("tfpock.tflite.model_file needs ai-edge-litert (pip install ai-edge-litert)"
                       ) from exc
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

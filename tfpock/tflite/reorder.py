@@ -39,9 +39,10 @@ import heapq
 
 from ai_edge_litert import schema_py_generated as schema
 
-from graph_passes.flatbuffer_util import builtin as _builtin, pack as _pack
-from graph_passes.pass_base import PassResult
-from tfpock import memory, model_file  # the memory analysis any pass can call
+from graph_passes.pass_base import Pass, PassResult, Sequential
+from tfpock.tflite import memory, model_file  # the memory analysis any pass can call
+from tfpock.tflite.flatbuffer import builtin as _builtin, pack
+from tfpock.tflite.ir import TfliteFile, run_per_signature
 
 _OPS = schema.BuiltinOperator
 # Schedules tried, the lowest peak kept: a greedy list scheduler can lose to the converter's
@@ -156,17 +157,18 @@ def schedule(model: schema.ModelT, sg: schema.SubGraphT, policy: str = "greedy")
     return order
 
 
-def reorder(content: bytes, signatures: list[str]) -> tuple[bytes, PassResult]:
-    """Reschedules the subgraphs of ``signatures``; returns the new file and stats (peak
-    live activation bytes before and after, per signature)."""
-    model = schema.ModelT.InitFromPackedBuf(content, 0)
-    index = {s.signatureKey.decode(): s.subgraphIndex for s in model.signatureDefs}
-    before = model_file.read(content)
-    stats, changed = {}, False
-    for name in signatures:
-        sg = model.subgraphs[index[name]]
-        peak = memory.timeline(before, name).peak_bytes
-        stats[name] = {"peak_bytes_before": peak, "peak_bytes_after": peak}
+class Reorder(Pass):
+    """Reschedules the file's subgraph (module docstring); stats: its peak live activation
+    bytes before and after and, when a new order is kept, the policy that made it."""
+
+    name = "reorder"
+
+    def run(self, ir: TfliteFile) -> PassResult:
+        self._before = _operators(ir)   # for the postcondition (debug switch)
+        model = ir.unpack()
+        sg = model.subgraphs[ir.subgraph_index(model)]
+        peak = memory.timeline(ir.parsed, ir.signature_key).peak_bytes
+        stats = {"peak_bytes_before": peak, "peak_bytes_after": peak}
         original = best_ops = sg.operators
         best_peak, best_policy = peak, None  # a new order is kept only if it lowers the peak
         for policy in POLICIES:
@@ -174,11 +176,32 @@ def reorder(content: bytes, signatures: list[str]) -> tuple[bytes, PassResult]:
             if order == list(range(len(order))):
                 continue
             sg.operators = [original[i] for i in order]
-            candidate = memory.timeline(model_file.read(_pack(model)), name).peak_bytes
+            candidate = memory.timeline(model_file.read(pack(model)),
+                                        ir.signature_key).peak_bytes
             if candidate < best_peak:
                 best_peak, best_policy, best_ops = candidate, policy, sg.operators
         sg.operators = best_ops
-        if best_policy is not None:
-            stats[name].update(peak_bytes_after=best_peak, policy=best_policy)
-            changed = True
-    return (_pack(model) if changed else content), PassResult(changed, stats)
+        if best_policy is None:
+            return PassResult(False, stats)
+        stats.update(peak_bytes_after=best_peak, policy=best_policy)
+        ir.update(model)
+        return PassResult(True, stats)
+
+    def postcondition(self, ir: TfliteFile) -> None:
+        """Only the order changed: the same operators (kind, inputs, outputs) as before the
+        run; the pipeline's signature check proves the new order is a valid schedule."""
+        if _operators(ir) != self._before:
+            raise AssertionError("reorder changed operators, not only their order")
+
+
+def _operators(ir: TfliteFile) -> list[tuple]:
+    return sorted((op.name, op.inputs, op.outputs)
+                  for op in ir.parsed.subgraph(ir.signature_key).operators)
+
+
+def reorder(content: bytes, signatures: list[str]) -> tuple[bytes, PassResult]:
+    """:class:`Reorder` on the subgraphs of ``signatures`` of any .tflite file; returns the
+    new file (``content`` itself when no order was kept) and, per signature, the stats."""
+    content, records = run_per_signature(Sequential([Reorder()]), content, signatures)
+    return content, PassResult(any(r.modified for [r] in records.values()),
+                               {name: r.stats for name, [r] in records.items()})
