@@ -18,7 +18,7 @@ What it does:
    (``--platform ..._aarch64 --target``). Times are kept in ``<cache>/setup.json``.
    TensorFlow is never installed there.
 2. On the host (TensorFlow), compiles and exports the models of the portability tests
-   (``tests/models.py``: the MLP and the every-layer CNN with dropout 0, scheme "full", and
+   (``tfpock/testing/models.py``: the MLP and the every-layer CNN with dropout 0, scheme "full", and
    MobileNetV2 ``last:2``; SGD 0.05, batch 4) and draws the batches.
 3. Runs the device protocol of ``tests/_portability_device.py`` (load, infer, ``--steps``
    train steps, weights, save, train on, restore, restore into a fresh Trainer) with the same
@@ -333,7 +333,7 @@ def export_models(names: list[str], folder: Path, steps: int) -> dict:
     import numpy as np
 
     import tfpock
-    from tests import models as test_models
+    from tfpock.testing import models as test_models
 
     builders = {
         "mlp": (test_models.mlp, "full"),

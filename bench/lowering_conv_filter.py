@@ -21,7 +21,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from graph_passes.lowering.conv import (  # noqa: E402
     Window, filter_grad_channel_major, filter_grad_conv, filter_grad_matmul, filter_patches,
     pad_spatial)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -21,7 +21,7 @@ from bench.lowering_conv_filter import median_ms  # noqa: E402
 from graph_passes.lowering.conv import Window  # noqa: E402
 from graph_passes.lowering.depthwise import (  # noqa: E402
     filter_grad_conv, filter_grad_slices, input_grad)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)

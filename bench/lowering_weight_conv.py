@@ -30,7 +30,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from bench.lowering_conv_filter import median_ms  # noqa: E402
 from graph_passes.lowering.conv import (  # noqa: E402
     Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only  # noqa: E402
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
 CASES = [

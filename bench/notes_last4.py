@@ -25,7 +25,7 @@ LAST4 = ("block_16_project_BN", "Conv_1", "Conv_1_bn", "predictions")
 
 
 def build():
-    from tests import models
+    from tfpock.testing import models
     model = models.mobilenet_v2(size=128)
     for layer in model.layers:
         layer.trainable = layer.name in LAST4

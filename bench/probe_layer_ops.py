@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 from bench.stock_recipe import quiet_stderr, refused_ops  # noqa: E402
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only  # noqa: E402
 
 N_CLASSES = 3
 BATCH = 2

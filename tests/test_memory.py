@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tests.litert_helpers import convert_builtins_only
 from tfpock import memory, model_file
+from tfpock.testing.litert import convert_builtins_only
 
 
 def chain_model() -> bytes:

@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 
 import tfpock
-from tests import models
-from tests.litert_helpers import convert_builtins_only
 from tfpock import memory, model_file
+from tfpock.testing import models
+from tfpock.testing.litert import convert_builtins_only
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNATURES = ["infer", "load", "metadata", "train", "weights"]

@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 
 import tfpock
-from tests import models
 from tests._portability_device import decode, load_inputs, run_protocol
+from tfpock.testing import models
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_SCRIPT = REPO / "tests" / "_portability_device.py"

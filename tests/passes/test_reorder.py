@@ -7,9 +7,9 @@ import pytest
 
 import tfpock
 from graph_passes.reorder import reorder
-from tests import models
 from tfpock import memory, model_file
 from tfpock.runtime import Trainer
+from tfpock.testing import models
 
 
 @pytest.fixture(scope="module")
