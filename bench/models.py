@@ -52,7 +52,7 @@ class BenchModel:
 def _freeze_bn(model: keras.Model, size: tuple[int, ...], seed: int,
                freeze: bool = True) -> keras.Model:
     """Calibrates the BatchNorm statistics; ``freeze`` sets the layers ``trainable=False``
-    (False: as Keras builds them, trainable, for bench/depth_sweep.py)."""
+    (False: as Keras builds them, trainable, for bench/studies/depth_sweep.py)."""
     testing_models.calibrate_batchnorm(model,
                                        float_inputs(size, 16, np.random.default_rng(seed)))
     for layer in model.layers:

@@ -4,8 +4,8 @@ Part 1, the forward Conv2D:
 Three forms per case, each traced alone at fixed shapes, converted with TFLITE_BUILTINS only,
 invoked after warm-up, median printed (one thread): CONV_2D with the kernel as an input (what
 the converter emits for a trained kernel), ``WeightConv2DRule``'s im2col patches + matmul,
-and CONV_2D with a constant kernel (XNNPACK's, the floor). Run:
-``python bench/lowering_weight_conv.py``; the figures go into the docstring of
+and CONV_2D with a constant kernel (XNNPACK's, the floor). Run from the repository root:
+``python -m bench.studies.lowering_weight_conv``; the figures go into the docstring of
 ``graph_passes/lowering/conv.py`` (WeightConv2DRule).
 
 Part 2, the stride-1 input gradient (Conv2DBackpropInput): TRANSPOSE_CONV (what the converter
@@ -18,19 +18,14 @@ kernel (a frozen layer's), and ``input_grad_1x1``'s batch matmul with the 4-D ke
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from bench.lowering_conv_filter import median_ms  # noqa: E402
-from graph_passes.lowering.conv import (  # noqa: E402
+from bench.studies.lowering_conv_filter import median_ms
+from graph_passes.lowering.conv import (
     Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
-from tfpock.testing.litert import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
 CASES = [

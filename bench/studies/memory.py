@@ -2,7 +2,8 @@
 or not, under the XNNPACK delegate with and without its clustering, against TF and the
 TFLite inference floor.
 
-Run from the repository root: ``python bench/memory.py [--quick]`` (quick: MobileNetV2 only).
+Run from the repository root: ``python -m bench.studies.memory [--quick]`` (quick: MobileNetV2
+only).
 Writes ``bench/results/<date>-<machine>-memory.json`` and ``.md``.
 
 Figures, per tfpock variant (model, scheme, passes on/off, reorder on/off):
@@ -43,7 +44,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MB = 1024 * 1024
 STEPS = 3
 NO_CLUSTERING = {"experimental_disable_delegate_clustering": True}

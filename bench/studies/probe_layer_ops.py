@@ -3,7 +3,8 @@
 For each layer kind, builds a tiny Keras 3 model around it, traces one SGD training step the
 way tfpock does (``stateless_call`` under ``GradientTape``, fully static shapes), converts it
 with TFLITE_BUILTINS only and prints a table of the op types the converter refuses.
-Writes nothing. Run: ``python bench/probe_layer_ops.py [name-substring ...]``.
+Writes nothing. Run from the repository root:
+``python -m bench.studies.probe_layer_ops [name-substring ...]``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -2,8 +2,8 @@
 block_16_project_BN, Conv_1, Conv_1_bn and predictions trainable (BatchNorm in training
 mode: batch statistics), everything else frozen; SGD.
 
-    taskset -c 0 python bench/notes_last4.py --batch 1
-    taskset -c 0 python bench/notes_last4.py --batch 8
+    taskset -c 0 python -m bench.studies.notes_last4 --batch 1
+    taskset -c 0 python -m bench.studies.notes_last4 --batch 8
 
 Prints the median step time of a ``tf.function`` + ``GradientTape`` step and of tfpock's
 exported model on ai-edge-litert (its ``train`` and ``infer`` signatures), in one process
@@ -13,13 +13,10 @@ BatchNorm; it answers whether the issue's targets hold for the NOTES' own scheme
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 LAST4 = ("block_16_project_BN", "Conv_1", "Conv_1_bn", "predictions")
 

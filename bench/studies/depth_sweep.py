@@ -9,7 +9,7 @@ layers), at each batch size, on one pinned core: tfpock's step on ai-edge-litert
 the whole model and the constant-weight forward floor. Every contender of a (model, BN,
 batch) group runs in its own process, rounds alternating (``bench/harness.py``).
 
-Run from the repository root: ``python bench/depth_sweep.py [--quick]``. Writes
+Run from the repository root: ``python -m bench.studies.depth_sweep [--quick]``. Writes
 ``bench/results/<date>-<machine>-depth.{json,md}`` and ``...-depth.png``.
 """
 from __future__ import annotations
@@ -19,12 +19,10 @@ import datetime
 import json
 import os
 import platform
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -147,8 +145,8 @@ def markdown(doc: dict) -> str:
              "One pinned core, ai-edge-litert; median step of all timed steps; ratios as "
              "tfpock over the floor, Keras full and tf.function over tfpock. Targets (batch 1, "
              f"depth <= {TARGET_DEPTH}): <= {FLOOR_RATIO}x the floor, >= {KERAS_SPEEDUP}x "
-             f"Keras full, >= {TF_SPEEDUP}x tf.function. Reproduce: `python "
-             "bench/depth_sweep.py`.", ""]
+             f"Keras full, >= {TF_SPEEDUP}x tf.function. Reproduce: `python -m "
+             "bench.studies.depth_sweep`.", ""]
     for group in doc["groups"]:
         lines += [f"## {group['model']}, BN {group['bn']}, batch {group['batch']}", "",
                   "| scheme | trained params | tfpock ms | floor ms | x floor | Keras full ms | "
