@@ -18,22 +18,19 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from bench import harness  # noqa: E402
+from bench import cli, harness  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The command line; defined when run as a script only, so that tests can import this
-    module beside bench/run.py (absl refuses a flag defined twice)."""
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
     flags.DEFINE_bool("quick", False, "MobileNetV2 only, depths 1-4, batch 1, short rounds.")
     flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"],
                       "Models to sweep.")
@@ -41,11 +38,9 @@ def define_flags() -> None:
     flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
     flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
     flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
-    flags.DEFINE_string("out_dir", os.path.join(REPO, "bench", "results"), "Where results go.")
-    flags.DEFINE_string("work_dir", os.path.join(REPO, "bench", "results", "tmp-depth"),
-                        "Exported models.")
-    flags.DEFINE_string("machine", f"{platform.machine()}-{os.cpu_count()}core",
-                        "Machine name in the result file names.")
+    cli.define_output_flags()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-depth"), "Exported models.")
 
 
 # Targets of issue 11 (batch 1, up to the last 4 layers with weights)

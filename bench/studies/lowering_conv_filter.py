@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from absl import app
 from ai_edge_litert.interpreter import Interpreter
 
 from graph_passes.lowering.conv import (
@@ -63,7 +64,8 @@ def median_ms(fn, reps=50, warm=5):
     return 1e3 * statistics.median(times)
 
 
-def main():
+def main(argv):
+    del argv
     rng = np.random.default_rng(0)
     print(f"{'case':40s}" + "".join(f"{k:>12s}" for k in FORMS) + f"{'TF native':>12s}")
     for name, n, h, w, ci, co, kh, kw, s, padding in CASES:
@@ -93,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from absl import app
 from ai_edge_litert.interpreter import Interpreter
 
 from bench.studies.lowering_conv_filter import median_ms
@@ -40,7 +41,8 @@ def litert_ms(fn, arrays, reference):
     return median_ms(lambda: runner(**feed))
 
 
-def main():
+def main(argv):
+    del argv
     rng = np.random.default_rng(0)
     print(f"{'case':32s}{'filt conv':>12s}{'filt slices':>12s}{'TF filt':>12s}"
           f"{'input':>12s}{'TF input':>12s}")
@@ -70,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from absl import app
 from ai_edge_litert.interpreter import Interpreter
 
 from bench.studies.lowering_conv_filter import median_ms
@@ -122,7 +123,7 @@ def input_gradients_1x1():
         print(f"{name:<28}" + "".join(f"{v * 1e3:>13.0f} us" for v in row))
 
 
-def main():
+def forward():
     print(f"{'case':<28} {'CONV_2D (runtime kernel)':>26} {'patches+matmul':>16} {'constant':>10}")
     for name, n, h, ci, co, k in CASES:
         rng = np.random.default_rng(0)
@@ -139,7 +140,12 @@ def main():
         print(f"{name:<28} {us[0]:>23.0f} us {us[1]:>13.0f} us {us[2]:>7.0f} us")
 
 
-if __name__ == "__main__":
-    main()
+def main(argv):
+    del argv
+    forward()
     input_gradients()
     input_gradients_1x1()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -17,7 +17,9 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 
+FLAGS = flags.FLAGS
 LAST4 = ("block_16_project_BN", "Conv_1", "Conv_1_bn", "predictions")
 
 
@@ -40,14 +42,18 @@ def median_ms(fn, steps=20, warmup=5):
     return 1000 * float(np.median(times))
 
 
+def define_flags() -> None:
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
+    flags.DEFINE_integer("batch", 1, "batch size")
+
+
 def main(argv):
     del argv
-    from absl import flags
     import keras
     import tensorflow as tf
     import tfpock
     from tfpock.runtime import Trainer
-    batch = flags.FLAGS.batch
+    batch = FLAGS.batch
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, 128, 128, 3)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
@@ -78,6 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    flags.DEFINE_integer("batch", 1, "batch size")
+    define_flags()
     app.run(main)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
 from keras import layers  # noqa: E402
 
 from bench.stock_recipe import quiet_stderr, refused_ops  # noqa: E402
@@ -135,7 +135,8 @@ def probe(build) -> tuple[list[str], list[str]]:
         return refused or [f"<error: {type(err).__name__}: {str(err)[:200]}>"], interesting
 
 
-def main(filters: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    filters = argv[1:]
     rows = []
     for name, build in PROBES.items():
         if filters and not any(f.lower() in name.lower() for f in filters):
@@ -149,4 +150,4 @@ def main(filters: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    app.run(main)
