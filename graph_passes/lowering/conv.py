@@ -319,7 +319,8 @@ class Conv2DBackpropInputRule(LoweringRule):
 def flip_spatial(w: tf.Tensor) -> tf.Tensor:
     """``w`` with its first two (spatial) axes reversed, one axis per reverse:
     tflite-runtime 2.14's REVERSE_V2 silently reverses only the first axis of a multi-axis
-    reverse (tests/test_runtime_portability.py found it; export refuses such reverses)."""
+    reverse (tests/portability/test_runtime_portability.py found it; export refuses such
+    reverses)."""
     return tf.reverse(tf.reverse(w, [0]), [1])
 
 
