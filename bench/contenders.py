@@ -24,7 +24,8 @@ TF_KINDS = ("keras_full", "keras_frozen", "tf_function")
 
 
 def tflite_runtime_python(repo: str) -> str | None:
-    """The tflite-runtime 2.14 venv made by tests/test_runtime_portability.py, if present."""
+    """The tflite-runtime 2.14 venv made by tests/portability/test_runtime_portability.py, if
+    present."""
     venv = os.environ.get("TFPOCK_TFLITE_RUNTIME_VENV", os.path.join(repo, ".venv-tflite-runtime"))
     python = os.path.join(venv, "bin", "python")
     return python if os.path.exists(python) else None
@@ -71,7 +72,7 @@ def group(entry: dict, batch: int, threads: int, include_tf: bool = True,
             skipped.append({"id": "tfpock_tflite_runtime", "scheme": scheme,
                             "status": "not installed",
                             "error": "no .venv-tflite-runtime (made by "
-                                     "tests/test_runtime_portability.py)"})
+                                     "tests/portability/test_runtime_portability.py)"})
     add("tfpock_infer", "last", kind="tfpock_infer",
         model_file=entry["tfpock"]["last"][b]["file"], runtime="ai-edge-litert")
     add("forward", "-", kind="forward", model_file=entry["forward"][b]["file"],

@@ -1,5 +1,5 @@
-"""The device side of the suite: times the exported TFLite models with numpy + a TFLite
-runtime only (no TensorFlow, no absl, no matplotlib), e.g. on a Raspberry Pi.
+"""The device side of the suite: times the exported TFLite models with numpy, a TFLite
+runtime and absl-py only (no TensorFlow, no matplotlib), e.g. on a Raspberry Pi.
 
 On the host: ``python bench/run.py --prepare_only --work_dir out/bench-device`` exports the
 models and ``manifest.json``; copy that folder and this repository (or ``bench/`` and
@@ -15,7 +15,6 @@ on the device for those, see ``bench/README.md``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -26,20 +25,28 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench import contenders, harness  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bench import cli, contenders, harness  # noqa: E402
+
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--machine", default=f"{platform.machine()}-{os.cpu_count()}core")
-    parser.add_argument("--out_dir", default=os.path.join(REPO, "bench", "results"))
-    args = parser.parse_args()
-    manifest = contenders.read_manifest(args.manifest)
-    threads = [int(t) for t in args.threads.split(",")]
-    timing = harness.Timing(args.rounds, warmup=5, round_s=1.5, min_steps=5, max_steps=20)
+def define_flags() -> None:
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
+    flags.DEFINE_string("manifest", None, "manifest.json written by bench/run.py --prepare_only.")
+    flags.mark_flag_as_required("manifest")
+    flags.DEFINE_list("threads", ["1", "2"], "Thread counts.")
+    flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
+    cli.define_output_flags()
+    flags.adopt_module_key_flags(cli)
+
+
+def main(argv) -> None:
+    del argv
+    manifest = contenders.read_manifest(FLAGS.manifest)
+    threads = [int(t) for t in FLAGS.threads]
+    timing = harness.Timing(FLAGS.rounds, warmup=5, round_s=1.5, min_steps=5, max_steps=20)
     venv = contenders.tflite_runtime_python(REPO)
     results = []
     for name, entry in manifest["models"].items():
@@ -59,14 +66,14 @@ def main() -> None:
     now = datetime.datetime.now()
     doc = {"schema": "tfpock-bench/1", "date": now.isoformat(timespec="seconds"),
            "mode": "device", "machine": {
-               "name": args.machine, "cpu": platform.processor() or platform.machine(),
+               "name": FLAGS.machine, "cpu": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "platform": platform.platform(),
                "python": platform.python_version(), "tensorflow": "not used",
                "keras": "not used", "ai_edge_litert": _litert_version(), "taskset": True},
            "timing": dataclasses.asdict(timing), "batches": manifest["batches"],
            "threads": threads, "models": manifest["models"], "results": results}
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"{now:%Y-%m-%d}-{args.machine}-device.json")
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    path = os.path.join(FLAGS.out_dir, f"{now:%Y-%m-%d}-{FLAGS.machine}-device.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"wrote {path}")
@@ -81,4 +88,5 @@ def _litert_version() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,9 +1,9 @@
 """The benchmark's models: small vision and sensor networks of the sizes devices fine-tune.
 
 Every model has its BatchNormalization layers frozen (``trainable=False``, moving statistics
-calibrated on random inputs as in ``tests/models.py``; with untrained identity statistics the
-activations vanish with depth and the backward pass works on ~0), because fine-tuning on a
-device with batches of 1-8 keeps BatchNorm in inference mode.
+calibrated on random inputs as in ``tfpock/testing/models.py``; with untrained identity
+statistics the activations vanish with depth and the backward pass works on ~0), because
+fine-tuning on a device with batches of 1-8 keeps BatchNorm in inference mode.
 
 Each :class:`BenchModel` names its sparse scheme, ``last``: the last ``last_n`` layers with
 trainable weights (so, BN being frozen, for MobileNetV2 ``Conv_1`` and ``predictions``: the
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from tests.models import calibrate_batchnorm
+from tfpock.testing import models as testing_models
 
 
 def float_inputs(shape: tuple[int, ...], batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,8 +52,9 @@ class BenchModel:
 def _freeze_bn(model: keras.Model, size: tuple[int, ...], seed: int,
                freeze: bool = True) -> keras.Model:
     """Calibrates the BatchNorm statistics; ``freeze`` sets the layers ``trainable=False``
-    (False: as Keras builds them, trainable, for bench/depth_sweep.py)."""
-    calibrate_batchnorm(model, float_inputs(size, 16, np.random.default_rng(seed)))
+    (False: as Keras builds them, trainable, for bench/studies/depth_sweep.py)."""
+    testing_models.calibrate_batchnorm(model,
+                                       float_inputs(size, 16, np.random.default_rng(seed)))
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = not freeze
@@ -61,10 +62,8 @@ def _freeze_bn(model: keras.Model, size: tuple[int, ...], seed: int,
 
 
 def mobilenet_v2(seed: int = 0, freeze_bn: bool = True) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    model = keras.applications.MobileNetV2(alpha=0.35, input_shape=(128, 128, 3), weights=None,
-                                           classes=10, classifier_activation=None)
-    return _freeze_bn(model, (128, 128, 3), seed, freeze_bn)
+    """MobileNetV2 alpha 0.35 at 128x128, 10 classes: the tests' builder at the suite's size."""
+    return testing_models.mobilenet_v2(seed, size=128, classes=10, freeze_bn=freeze_bn)
 
 
 def _conv_bn(x, filters, kernel, strides, name, relu=True):

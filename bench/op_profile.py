@@ -50,12 +50,14 @@ import timeit
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags  # noqa: E402
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from tfpock.tflite.flatbuffer import builtin, constant_value, pack  # noqa: E402
 from tfpock.tflite import model_file  # noqa: E402
 
+FLAGS = flags.FLAGS
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
 OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -212,11 +214,18 @@ def report(result: dict, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
+    flags.DEFINE_string("signature", "train", "signature to profile")
+    flags.DEFINE_integer("reps", 30, "timed invokes per op (median), after 3 warm-up ones")
+    flags.DEFINE_bool("no_xnnpack", False, "builtin kernels only, no XNNPACK delegate")
+    flags.DEFINE_integer("top", 15, "how many of the slowest single ops to list")
+    flags.DEFINE_string("json", None, "write the whole result as JSON here")
+
+
 def main(argv):
-    from absl import flags
-    FLAGS = flags.FLAGS
     if len(argv) != 2:
-        raise SystemExit("usage: python bench/op_profile.py MODEL.tflite [flags]")
+        raise app.UsageError("usage: python bench/op_profile.py MODEL.tflite [flags]")
     result = profile(argv[1], FLAGS.signature, FLAGS.reps, FLAGS.no_xnnpack)
     print(report(result, FLAGS.top))
     if FLAGS.json:
@@ -225,10 +234,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    flags.DEFINE_string("signature", "train", "signature to profile")
-    flags.DEFINE_integer("reps", 30, "timed invokes per op (median), after 3 warm-up ones")
-    flags.DEFINE_bool("no_xnnpack", False, "builtin kernels only, no XNNPACK delegate")
-    flags.DEFINE_integer("top", 15, "how many of the slowest single ops to list")
-    flags.DEFINE_string("json", None, "write the whole result as JSON here")
+    define_flags()
     app.run(main)

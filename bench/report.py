@@ -10,6 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import app  # noqa: E402
+
 from bench.contenders import LABELS  # noqa: E402
 
 TARGET_MODEL = "mobilenet_v2_035_128"
@@ -186,9 +188,14 @@ def write(doc, stem: str) -> None:
         f.write("\n".join(lines))
 
 
-if __name__ == "__main__":
-    path = sys.argv[1]
-    with open(path) as f:
+def main(argv) -> None:
+    if len(argv) != 2 or not argv[1].endswith(".json"):
+        raise app.UsageError("usage: python bench/report.py bench/results/<file>.json")
+    with open(argv[1]) as f:
         document = json.load(f)
-    write(document, path[:-len(".json")])
+    write(document, argv[1][:-len(".json")])
     print(targets_text(document))
+
+
+if __name__ == "__main__":
+    app.run(main)

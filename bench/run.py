@@ -23,24 +23,27 @@ sys.path.insert(0, REPO)
 from absl import app, flags, logging  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench import contenders, harness, report  # noqa: E402
+from bench import cli, contenders, harness, report  # noqa: E402
 from bench.models import MODELS  # noqa: E402
 
 SCHEMA = "tfpock-bench/1"
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "Fewer models, one thread count, shorter rounds (< 5 min).")
-flags.DEFINE_list("models", None, f"Models to run (default: all, or the quick ones); "
-                  f"choices: {', '.join(MODELS)}")
-flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
-flags.DEFINE_list("threads", None, "Thread counts (default: 1,2; --quick: 1).")
-flags.DEFINE_integer("rounds", 5, "Rounds per contender (alternating).")
-flags.DEFINE_string("out_dir", os.path.join(REPO, "bench", "results"), "Where results go.")
-flags.DEFINE_string("work_dir", os.path.join(REPO, "bench", "results", "tmp-work"),
-                    "Exported models and manifest.json (for bench/device.py).")
-flags.DEFINE_string("machine", f"{platform.machine()}-{os.cpu_count()}core",
-                    "Machine name in the result file names.")
-flags.DEFINE_bool("prepare_only", False, "Export the models and manifest.json, time nothing "
-                  "(the host half of the Raspberry Pi procedure).")
+
+
+def define_flags() -> None:
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
+    flags.DEFINE_bool("quick", False, "Fewer models, one thread count, shorter rounds (< 5 min).")
+    flags.DEFINE_list("models", None, f"Models to run (default: all, or the quick ones); "
+                      f"choices: {', '.join(MODELS)}")
+    flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+    flags.DEFINE_list("threads", None, "Thread counts (default: 1,2; --quick: 1).")
+    flags.DEFINE_integer("rounds", 5, "Rounds per contender (alternating).")
+    cli.define_output_flags()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-work"),
+                        "Exported models and manifest.json (for bench/device.py).")
+    flags.DEFINE_bool("prepare_only", False, "Export the models and manifest.json, time nothing "
+                      "(the host half of the Raspberry Pi procedure).")
 
 
 def machine_info(name: str) -> dict:
@@ -122,4 +125,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

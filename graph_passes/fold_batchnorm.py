@@ -21,7 +21,7 @@ the control): full scheme batch 8, 75 vs 77.5 ms per step (-3%), allocation unch
 (92.0 vs 92.4 MB); last:2 batch 1, no speed change (0.83 ms) and 8.4 vs 7.9 MB. The scaled
 kernel ``W * s`` lives from the forward to the input gradient beside ``W``, so where kernels
 are large against activations the arena grows: ResNet-18-style full scheme, +7% with the
-passes on (bench/memory.py). Recomputing ``W * s`` in the backward would avoid that.
+passes on (bench/studies/memory.py). Recomputing ``W * s`` in the backward would avoid that.
 """
 from __future__ import annotations
 

@@ -49,11 +49,11 @@ Stats: ``folded`` and ``folded_by_op``; ``bytes_created`` (new Consts something 
 and by another op stays, so folding can raise ``const_bytes`` (a reversed copy beside a
 kernel); the figure shows it.
 
-Measured (train graph, batch 8; MobileNetV2 0.35 @96 and every_layer_cnn of tests/models.py,
-BatchNorm frozen; "sparse" trains block_15_project and predictions, so the backward crosses
-the frozen block_16; reproduce with ``python -m tests.passes.test_fold_constants``, 2 min
-here), live computed ops before -> after, and the exported train subgraph's op count
-without -> with the pass:
+Measured (train graph, batch 8; MobileNetV2 0.35 @96 and every_layer_cnn of
+tfpock/testing/models.py, BatchNorm frozen; "sparse" trains block_15_project and predictions,
+so the backward crosses the frozen block_16; reproduce with ``python -m
+tests.passes.test_fold_constants``, 2 min here), live computed ops before -> after, and the
+exported train subgraph's op count without -> with the pass:
 
     model, scheme       freeze -> fold_constants   after lower, before dce   .tflite ops
     MobileNetV2 full     315 folded,  901 -> 588    407 folded, 1916 -> 1510   1289 -> 1289

@@ -106,9 +106,9 @@ def test_op_profile_times_or_skips_every_op(tmp_path):
 
 
 def test_depth_sweep_ratios_and_report():
-    """bench/depth_sweep.py's arithmetic and report on hand-made rows (the sweep itself
+    """bench/studies/depth_sweep.py's arithmetic and report on hand-made rows (the sweep itself
     takes minutes): ratios per scheme, targets at batch 1 only, a failed contender named."""
-    from bench import depth_sweep
+    from bench.studies import depth_sweep
 
     def ok(cid, scheme, ms, rss=50.0):
         return {"id": cid, "scheme": scheme, "status": "ok", "error": "",

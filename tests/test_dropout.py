@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import tfpock
-from tests import models
 from tfpock.runtime import Trainer
+from tfpock.testing import models
 
 BATCH = 4
 

@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 
 import tfpock
-from tests import models
 from tests.reference import assert_kink_tolerant, tape_sgd_step, weights_by_path
 from tfpock.tflite import model_file
 from tfpock.runtime import Trainer
+from tfpock.testing import models
 
 LR = 0.05
 BATCH = 4

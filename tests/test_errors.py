@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 import tfpock
-from tests import models
 from tfpock.runtime import CheckpointError, InputError, ModelFileError, Trainer
+from tfpock.testing import models
 
 SGD = keras.optimizers.SGD(0.1)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

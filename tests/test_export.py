@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfpock
-from tests import models
+from tfpock.testing import models
 from tfpock.tflite import model_file
 
 
@@ -68,8 +68,8 @@ def test_multi_axis_reverse_is_a_runtime_hazard():
     """tflite-runtime 2.14 silently reverses only the first axis of such an op; export's
     verify refuses models that contain one."""
     import tensorflow as tf
-    from tests.litert_helpers import convert_builtins_only
     from tfpock.export import runtime_hazards
+    from tfpock.testing.litert import convert_builtins_only
     both = convert_builtins_only(lambda x: tf.reverse(x, axis=[0, 1]),
                                  [tf.TensorSpec((2, 3, 4), tf.float32)])
     (problem,) = runtime_hazards(model_file.read(both))

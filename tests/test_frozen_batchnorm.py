@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 import tfpock
-from tests import models
 from tests.reference import tape_sgd_step, weights_by_path
 from tfpock.runtime import Trainer
+from tfpock.testing import models
 
 LR = 0.05
 BATCH = 4

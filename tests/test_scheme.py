@@ -6,9 +6,9 @@ import json
 import keras
 import pytest
 
-from tests import models
 from tfpock import Scheme, SchemeError
 from tfpock.scheme import Policy, TrainedWeight
+from tfpock.testing import models
 
 ISSUE_EXAMPLE = {"default": "frozen",
                  "layers": {"logits": "full", "conv_dil": "bias",

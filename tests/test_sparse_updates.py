@@ -51,9 +51,9 @@ import tensorflow as tf
 from keras import layers
 
 import tfpock
-from tests import models
 from tests.reference import assert_kink_tolerant, freeze_as_scheme
 from tfpock.runtime import Trainer
+from tfpock.testing import models
 
 BATCH = 4
 STEPS = 5

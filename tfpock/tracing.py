@@ -178,7 +178,7 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
     x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
     y_spec = label_spec(loss, batch_size, out_shape)
     # shape [1], not a scalar: the aarch64 ai-edge-litert wheels crash resizing a signature
-    # input to an empty shape (memset of -4 bytes; found by bench/aarch64_check.py)
+    # input to an empty shape (memset of -4 bytes; found by tests/portability/aarch64_check.py)
     lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")
     output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
 

@@ -3,7 +3,7 @@
 TFLite has the forward activations (RELU, RELU6, LEAKY_RELU, ELU, GELU...) but not TF's
 gradient kernels, and no ERF; the TFLite converter refuses ``ReluGrad``, ``Relu6Grad``,
 ``LeakyReluGrad``, ``EluGrad`` and ``Erfc`` (exact GELU's forward) from a traced training step
-(``bench/probe_layer_ops.py``). ``SigmoidGrad``, ``TanhGrad`` and ``SeluGrad`` do convert
+(``bench/studies/probe_layer_ops.py``). ``SigmoidGrad``, ``TanhGrad`` and ``SeluGrad`` do convert
 and need no rule. Each rule below copies the formula of TF's CPU kernel, including where it
 uses a product and where a select, so the lowered graph gives the same numbers (also for
 zeros, infinities and NaN in the incoming gradient):

@@ -22,10 +22,10 @@ For one kernel offset (i, j) the sum is a matrix product: the strided slice
   transpose(dy, [1, 2, 0, 3]), strides=(dh, dw), dilations=(sh, sw))`` is [Ci, kh, kw, Co];
   the forward stride becomes the dilation and the forward dilation the stride.
 
-Measured with ``python bench/lowering_conv_filter.py`` (ai-edge-litert 2.3, ``num_threads=1``,
-median of 50 invocations after 5 warm-up runs, each form converted alone with builtins only;
-TF's native op in a ``tf.function`` with one intra/inter-op thread, for orientation: it
-includes ~0.35 ms of per-call overhead, see the conv1d row; x86-64, 2 cores, noisy shared
+Measured with ``python -m bench.studies.lowering_conv_filter`` (ai-edge-litert 2.3,
+``num_threads=1``, median of 50 invocations after 5 warm-up runs, each form converted alone with
+builtins only; TF's native op in a ``tf.function`` with one intra/inter-op thread, for orientation:
+it includes ~0.35 ms of per-call overhead, see the conv1d row; x86-64, 2 cores, noisy shared
 machine). "per-offset" is the first form tried (one matmul per kernel offset, stacked);
 "chan-major" is the matmul form with positions as the last axis (a FULLY_CONNECTED):
 
@@ -64,9 +64,9 @@ TRANSPOSE_CONV with a runtime kernel is slow and keeps a col2im scratch buffer:
     32->32, 24x24                 2.82 ms         2.72 ms          1.33 ms
     256->256, 3x3                 3.67 ms         2.76 ms          2.34 ms
 
-(``python bench/lowering_weight_conv.py``, one thread, median of 300). On the ResNet-18-style
-model (half width @96, full scheme, batch 8) the step went from 162 to 144 ms and the measured
-arena from 87.7 to 77.1 MB, although the graph timeline rose from 30.9 to 39.3 MB (the
+(``python -m bench.studies.lowering_weight_conv``, one thread, median of 300). On the
+ResNet-18-style model (half width @96, full scheme, batch 8) the step went from 162 to 144 ms and
+the measured arena from 87.7 to 77.1 MB, although the graph timeline rose from 30.9 to 39.3 MB (the
 patches are kh*kw times ``dy``; TRANSPOSE_CONV's scratch is not in the timeline). 1x1 kernels
 (one matmul already) and strided cases stay TRANSPOSE_CONV. For the other cases the rule
 reduces them to what the converter takes: EXPLICIT padding is the VALID transposed
@@ -319,7 +319,8 @@ class Conv2DBackpropInputRule(LoweringRule):
 def flip_spatial(w: tf.Tensor) -> tf.Tensor:
     """``w`` with its first two (spatial) axes reversed, one axis per reverse:
     tflite-runtime 2.14's REVERSE_V2 silently reverses only the first axis of a multi-axis
-    reverse (tests/test_runtime_portability.py found it; export refuses such reverses)."""
+    reverse (tests/portability/test_runtime_portability.py found it; export refuses such
+    reverses)."""
     return tf.reverse(tf.reverse(w, [0]), [1])
 
 
@@ -360,7 +361,7 @@ def takes_1x1_matmul(graph: Graph, node) -> bool:
     TFLite runs TRANSPOSE_CONV with a runtime kernel on its slow builtin kernel, a batch
     matmul of the kernel as it is takes half the time (MobileNetV2's Conv_1, 112->1280 at
     4x4: 273 -> 137 us at batch 1, 1578 -> 478 us at batch 8; ``python
-    bench/lowering_weight_conv.py``, part 3, 2026-12-03; whole steps with it:
+    -m bench.studies.lowering_weight_conv``, part 3, 2026-12-03; whole steps with it:
     ``bench/results/2026-12-03-x86_64-2core-depth.md``). A constant kernel (a frozen
     layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
     kernel = graph.spec(node.input[1]).shape
@@ -402,7 +403,7 @@ class WeightConv2DRule(LoweringRule):
     TFLite runs a CONV_2D whose filter is not a constant on its builtin kernel (XNNPACK only
     takes static filters) with a filter transpose each call, about 3x slower than the same
     convolution with constant weights; a BATCH_MATMUL of two runtime tensors is delegated.
-    Measured with ``python bench/lowering_weight_conv.py`` (ai-edge-litert 2.3, one thread,
+    Measured with ``python -m bench.studies.lowering_weight_conv`` (ai-edge-litert 2.3, one thread,
     signature runner, median of 300 calls, shared 2-core x86-64 machine):
 
         case                          CONV_2D (runtime kernel)  patches+matmul  const kernel
@@ -417,8 +418,8 @@ class WeightConv2DRule(LoweringRule):
     otherwise. Over large activations the reshapes are copies (the backward still reads the
     input) that eat the gain: taking every 1x1 kernel made MobileNetV2 0.35 @128, full
     scheme, batch 8 slower, 75 -> 80 ms, although each convolution alone was as fast or
-    faster (``bench/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels the
-    patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the input) lost on whole models although single
+    faster (``bench/studies/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels
+    the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the input) lost on whole models although single
     convolutions win: ResNet-18-style half width @96, full scheme, batch 8, 1057 -> 2049 train ops,
     timeline peak 30.9 -> 43.6 MB, measured arena 87 -> 92 MB, step time unchanged within noise (197
     vs 185 ms, loaded machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A

@@ -30,7 +30,7 @@ the flipped kernel reshaped [kh, kw, C*M, 1], then a sum over m. The upsampling 
 to [N*Ho, 1, Wo, C*M], a pad to [N*Ho, sh, Wo, C*M] and a reshape back (then the same for W),
 so every tensor stays within TFLite's 4-D PAD/RESHAPE limits.
 
-Measured with ``python bench/lowering_depthwise.py`` (ai-edge-litert 2.3, one thread, median
+Measured with ``python -m bench.studies.lowering_depthwise`` (ai-edge-litert 2.3, one thread, median
 of 50 invocations after 5 warm-up runs; TF's native ops in a ``tf.function`` with one
 thread, including ~0.2-0.35 ms of per-call overhead; SAME padding; x86-64, 2 cores, noisy
 shared machine):

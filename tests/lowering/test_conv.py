@@ -9,9 +9,9 @@ from graph_passes.lower import LoweringError
 from graph_passes.lowering.conv import (
     FILTER_GRAD_FORMS, Conv2DBackpropFilterRule, Conv2DBackpropInputRule, filter_grad_form,
     window)
-from tests.litert_helpers import run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
 from tests.lowering.numpy_conv import conv_grads, geometry, output_hw
+from tfpock.testing.litert import run_on_litert
 
 # (N, H, W, Ci, Co, kh, kw, stride, dilation, padding); H=1 with kh=1 is Keras' Conv1D.
 CONFIGS = {

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from graph_passes.lower import LoweringError
 from graph_passes.lowering.depthwise import DepthwiseBackpropFilterRule, DepthwiseBackpropInputRule
-from tests.litert_helpers import convert_builtins_only, run_on_litert
 from tests.lowering.graph_helpers import as_function, graph_of, lower_all, run_tf
 from tests.lowering.numpy_conv import conv_grads, geometry, output_hw
+from tfpock.testing.litert import convert_builtins_only, run_on_litert
 from tfpock.tflite import model_file
 
 # (N, H, W, C, M, kh, kw, stride, dilation, padding)

@@ -9,9 +9,9 @@ from ai_edge_litert.interpreter import Interpreter
 from graph_passes.lower import LoweringError, lower_node
 from graph_passes.lowering.random_ops import (StatelessNormalV2Rule, StatelessUniformRule,
                                               StatelessUniformV2Rule)
-from tests.litert_helpers import convert_builtins_only
 from tests.lowering.rule_harness import (build, function_of, lowered, run_lowered_litert,
                                          run_tf)
+from tfpock.testing.litert import convert_builtins_only
 
 SEED = np.array([3, 11], np.int32)
 SHAPE = (4, 64)

@@ -1,7 +1,8 @@
 """fold_constants: ops computed from constants only become Consts, with TF's numbers.
 
 Run as a module (``python -m tests.passes.test_fold_constants``) it measures the pass on
-MobileNetV2 0.35 @96 and the CNN of tests/models.py (the figures of the pass's docstring).
+MobileNetV2 0.35 @96 and the CNN of tfpock/testing/models.py (the figures of the pass's
+docstring).
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from graph_passes.fold_constants import FoldConstants
 from graph_passes.freeze import Freeze
 from graph_passes.ir import Graph
 from graph_passes.pass_base import Sequential
-from tests import models
 from tests.passes import helpers
 from tests.passes.helpers import traced
 from tfpock import export
 from tfpock.tflite import model_file
 from tfpock.layers import leaf_layers
 from tfpock.pipeline import build_pipeline
+from tfpock.testing import models
 
 
 def graph_of(build, x_shape=(2, 3)) -> Graph:

@@ -14,8 +14,8 @@ from graph_passes.dce import DeadCodeElimination
 from graph_passes.ir import Graph
 from graph_passes.liveness import peak_live_bytes
 from graph_passes.pass_base import Sequential
-from tests import models
-from tests.litert_helpers import convert_builtins_only
+from tfpock.testing import models
+from tfpock.testing.litert import convert_builtins_only
 from tfpock.tflite import memory
 
 

@@ -15,9 +15,9 @@ from graph_passes.lowering import RULES
 from graph_passes.lowering.base import LoweringRule
 from graph_passes.pass_base import PassError, Sequential
 from graph_passes.prune import Prune
-from tests import models
 from tests.passes import helpers
 from tests.passes.helpers import frozen_values, traced
+from tfpock.testing import models
 
 # what Lower rewrites in each traced step (full scheme), one entry per layer that needs it
 EXPECTED = {

@@ -17,13 +17,13 @@ from graph_passes.freeze import Freeze
 from graph_passes.ir import Graph
 from graph_passes.narrow import NarrowWeightGradients, match_channel_slice
 from graph_passes.prune import Prune
-from tests import models
 from tests.passes import helpers
 from tests.passes.helpers import traced
 from tfpock.tflite import model_file
 from tfpock.pipeline import build_pipeline
 from tfpock.runtime import Trainer
 from tfpock.scheme import Scheme
+from tfpock.testing import models
 
 HALF = {"weight_fraction": 0.5}
 

@@ -8,7 +8,7 @@ import pytest
 
 import tfpock
 from graph_passes.pass_base import Pass, PassError, PassResult, Sequential
-from tests import models
+from tfpock.testing import models
 from tfpock.pipeline import build_file_pipeline
 from tfpock.tflite import memory, model_file
 from tfpock.tflite.fuse import Fuse

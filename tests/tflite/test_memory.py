@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tests.litert_helpers import convert_builtins_only
+from tfpock.testing.litert import convert_builtins_only
 from tfpock.tflite import memory, model_file
 
 

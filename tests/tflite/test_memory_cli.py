@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 
 import tfpock
-from tests import models
-from tests.litert_helpers import convert_builtins_only
+from tfpock.testing import models
+from tfpock.testing.litert import convert_builtins_only
 from tfpock.tflite import memory, model_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,10 +134,10 @@ def test_bad_arguments_exit_2_with_one_line(case, message, model_path, tmp_path)
 
 
 def test_runs_where_tensorflow_cannot_be_imported(model_path, tmp_path):
-    # tests/_portability_device.py's blocker: TF, Keras and tf_keras raise ImportError
+    # tests/portability/device_protocol.py's blocker: TF, Keras and tf_keras raise ImportError
     blocker = """
 import atexit, sys
-from tests import _portability_device as device
+from tests.portability import device_protocol as device
 device._block_tensorflow()
 loaded = lambda: [m for m in sys.modules if m.split(".")[0] in device.BLOCKED]
 atexit.register(lambda: sys.stderr.write(f"blocked: {device.BLOCKED_ATTEMPTS}, loaded: {loaded()}"))

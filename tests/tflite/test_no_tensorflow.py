@@ -1,8 +1,9 @@
 """The tflite room runs where TensorFlow cannot be imported: a device, or a tool on one.
 
 Every module of ``tfpock.tflite`` is imported in a fresh interpreter with TensorFlow, Keras and
-tf_keras blocked (``tests/_portability_device.py``'s blocker), and the file pipeline (fuse and
-reorder) runs there on an exported model: its file and records must equal the host's.
+tf_keras blocked (``tests/portability/device_protocol.py``'s blocker), and the file pipeline
+(fuse and reorder) runs there on an exported model: its file and records must equal the
+host's.
 """
 import hashlib
 import json
@@ -14,7 +15,7 @@ import keras
 import pytest
 
 import tfpock
-from tests import models
+from tfpock.testing import models
 from tfpock.pipeline import build_file_pipeline
 from tfpock.tflite.ir import TfliteFile
 
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 DEVICE = """
 import hashlib, importlib, json, pkgutil, sys
-from tests import _portability_device as device
+from tests.portability import device_protocol as device
 device._block_tensorflow()
 import tfpock.tflite
 from graph_passes.pass_base import Sequential

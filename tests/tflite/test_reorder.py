@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tfpock
-from tfpock.tflite.reorder import reorder
-from tests import models
+from tfpock.testing import models
 from tfpock.tflite import memory, model_file
+from tfpock.tflite.reorder import reorder
 from tfpock.runtime import Trainer
 
 

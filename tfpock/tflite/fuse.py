@@ -43,7 +43,7 @@ the file as it is; ``rules=`` names any subset of :data:`RULES` (default
 
 Measured on ai-edge-litert 2.3, one thread, on the benchmark's exported models::
 
-    python -m graph_passes.fuse --rules all --steps 3 --time 30 \
+    python -m bench.studies.fuse_rules --rules all --steps 3 --time 30 \
         bench/results/tmp-work/mobilenet_v2_035_128/tfpock-{full,last}-b8.tflite \
         bench/results/tmp-work/resnet18_half_96/tfpock-*.tflite
 

@@ -3,24 +3,24 @@
 For each layer kind, builds a tiny Keras 3 model around it, traces one SGD training step the
 way tfpock does (``stateless_call`` under ``GradientTape``, fully static shapes), converts it
 with TFLITE_BUILTINS only and prints a table of the op types the converter refuses.
-Writes nothing. Run: ``python bench/probe_layer_ops.py [name-substring ...]``.
+Writes nothing. Run from the repository root:
+``python -m bench.studies.probe_layer_ops [name-substring ...]``.
 """
 from __future__ import annotations
 
 import os
 import re
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app  # noqa: E402
 from keras import layers  # noqa: E402
 
 from bench.stock_recipe import quiet_stderr, refused_ops  # noqa: E402
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only  # noqa: E402
 
 N_CLASSES = 3
 BATCH = 2
@@ -135,7 +135,8 @@ def probe(build) -> tuple[list[str], list[str]]:
         return refused or [f"<error: {type(err).__name__}: {str(err)[:200]}>"], interesting
 
 
-def main(filters: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    filters = argv[1:]
     rows = []
     for name, build in PROBES.items():
         if filters and not any(f.lower() in name.lower() for f in filters):
@@ -149,4 +150,4 @@ def main(filters: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    app.run(main)

@@ -1,4 +1,5 @@
-"""Test helpers: convert a TF function with builtins only and run it on ai-edge-litert."""
+"""Test and benchmark helpers: convert a TF function with builtins only and run it on
+ai-edge-litert."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Small Keras models the tests (and benchmarks) compile: built with fixed seeds."""
+"""Small Keras models the tests and benchmarks compile: built with fixed seeds."""
 from __future__ import annotations
 
 import functools

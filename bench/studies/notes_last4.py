@@ -2,8 +2,8 @@
 block_16_project_BN, Conv_1, Conv_1_bn and predictions trainable (BatchNorm in training
 mode: batch statistics), everything else frozen; SGD.
 
-    taskset -c 0 python bench/notes_last4.py --batch 1
-    taskset -c 0 python bench/notes_last4.py --batch 8
+    taskset -c 0 python -m bench.studies.notes_last4 --batch 1
+    taskset -c 0 python -m bench.studies.notes_last4 --batch 8
 
 Prints the median step time of a ``tf.function`` + ``GradientTape`` step and of tfpock's
 exported model on ai-edge-litert (its ``train`` and ``infer`` signatures), in one process
@@ -13,19 +13,18 @@ BatchNorm; it answers whether the issue's targets hold for the NOTES' own scheme
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+FLAGS = flags.FLAGS
 LAST4 = ("block_16_project_BN", "Conv_1", "Conv_1_bn", "predictions")
 
 
 def build():
-    from tests import models
+    from tfpock.testing import models
     model = models.mobilenet_v2(size=128)
     for layer in model.layers:
         layer.trainable = layer.name in LAST4
@@ -43,14 +42,18 @@ def median_ms(fn, steps=20, warmup=5):
     return 1000 * float(np.median(times))
 
 
+def define_flags() -> None:
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
+    flags.DEFINE_integer("batch", 1, "batch size")
+
+
 def main(argv):
     del argv
-    from absl import flags
     import keras
     import tensorflow as tf
     import tfpock
     from tfpock.runtime import Trainer
-    batch = flags.FLAGS.batch
+    batch = FLAGS.batch
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, 128, 128, 3)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
@@ -81,6 +84,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-    flags.DEFINE_integer("batch", 1, "batch size")
+    define_flags()
     app.run(main)

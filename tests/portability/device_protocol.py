@@ -4,10 +4,12 @@
 Used two ways, with the same protocol (:func:`run_protocol`) so results can be compared
 exactly:
 
-* imported by ``tests/test_runtime_portability.py`` and run in the test process;
-* run as a script in a subprocess (the "device"):
+* imported by ``test_runtime_portability.py`` and ``aarch64_check.py`` and run in their
+  process, the host;
+* run as a script in a subprocess (the "device"; under qemu, ``aarch64_check.py`` copies this
+  file alone into the arm64 root filesystem):
 
-      python tests/_portability_device.py [--block-tensorflow] REQUEST.json
+      python tests/portability/device_protocol.py [--block-tensorflow] REQUEST.json
 
   REQUEST.json holds {"runtime", "num_threads", "steps", "workdir",
   "models": {name: {"path": model file, "inputs": an .npz of x0, y0, x1, y1, ...}}}.

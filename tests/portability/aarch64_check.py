@@ -1,9 +1,9 @@
 """Portability proof: tfpock's exported training models on an aarch64 ai-edge-litert, emulated.
 
-Run (as root, on an x86-64 Debian host):
+Run (as root, on an x86-64 Debian host, from the repository root; not part of pytest):
 
-    python bench/aarch64_check.py [--cache /var/cache/tfpock-aarch64] [--cpu cortex-a72]
-                                  [--models mlp,cnn,mobilenet_v2] [--steps 1]
+    python -m tests.portability.aarch64_check [--cache /var/cache/tfpock-aarch64]
+        [--cpu cortex-a72] [--models mlp,cnn,mobilenet_v2] [--steps 1]
 
 What it does:
 
@@ -17,10 +17,11 @@ What it does:
    wheels, are installed into two folders of the root filesystem by the host's pip
    (``--platform ..._aarch64 --target``). Times are kept in ``<cache>/setup.json``.
    TensorFlow is never installed there.
-2. On the host (TensorFlow), compiles and exports the models of the portability tests
-   (``tests/models.py``: the MLP and the every-layer CNN with dropout 0, scheme "full", and
-   MobileNetV2 ``last:2``; SGD 0.05, batch 4) and draws the batches.
-3. Runs the device protocol of ``tests/_portability_device.py`` (load, infer, ``--steps``
+2. On the host (TensorFlow), compiles and exports the models of the portability tests with
+   their code (``common.py``: from ``tfpock/testing/models.py`` the MLP and the every-layer
+   CNN with dropout 0, scheme "full", and MobileNetV2 ``last:2``; SGD 0.05, batch 4) and draws
+   the batches.
+3. Runs the device protocol of ``device_protocol.py`` (load, infer, ``--steps``
    train steps, weights, save, train on, restore, restore into a fresh Trainer) with the same
    files: in this process on the host's x86-64 ai-edge-litert, and in the arm64 root
    filesystem under qemu-user (``chroot <rootfs> qemu-aarch64-static -cpu <cpu> python3``, in
@@ -49,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -62,9 +62,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
+from tests.portability import common
+from tests.portability.common import (ARRAYS, BATCH, LOSS_RTOL, LR, OUTPUT_ATOL, OUTPUT_RTOL,
+                                      WEIGHT_ATOL, locked)
+from tests.portability.device_protocol import decode, load_inputs, run_protocol
+
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
 DEFAULT_CACHE = os.environ.get("TFPOCK_AARCH64_CACHE", "/var/cache/tfpock-aarch64")
 SUITE = "bookworm"        # its python3 is 3.11, the wheels below are cp311
@@ -77,13 +82,7 @@ TFLITE_RUNTIME_SPEC = ["tflite-runtime==2.14.0", "numpy<2"]   # what an older Pi
 DEVICE_SRC = "/opt/tfpock-src"
 DEVICE_WORK = "/tmp/tfpock-aarch64-run"
 QEMU = "/usr/bin/qemu-aarch64-static"
-BATCH = 4
-LR = 0.05
-LOSS_RTOL = 1e-5
-WEIGHT_ATOL = 1e-5
-OUTPUT_RTOL, OUTPUT_ATOL = 1e-4, 1e-5
 DEVICE_TIMEOUT = 3600
-ARRAYS = ("infer_before", "infer_after", "infer_restored", "infer_fresh_restored")
 
 
 def log(msg: str) -> None:
@@ -144,17 +143,6 @@ def wheel_platforms() -> list[str]:
     for minor in range(17, GLIBC_MAX + 1):
         tags += ["--platform", f"manylinux_2_{minor}_aarch64"]
     return tags
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # The device qemu-user pretends to be, for the libraries that read /proc/cpuinfo and
@@ -329,33 +317,13 @@ def _du_mb(path: Path) -> float:
 # ------------------------------------------------------------------ host: models and batches
 
 def export_models(names: list[str], folder: Path, steps: int) -> dict:
-    import keras
-    import numpy as np
-
-    import tfpock
-    from tests import models as test_models
-
-    builders = {
-        "mlp": (test_models.mlp, "full"),
-        "cnn": (lambda: test_models.every_layer_cnn(dropout=0.0), "full"),
-        "mobilenet_v2": (test_models.mobilenet_v2, "last:2"),
-    }
+    """Exports ``names`` as the portability tests do (``common.export``), with ``steps + 1``
+    batches each, into ``folder``."""
     out = {}
     for name in names:
-        builder, scheme = builders[name]
         t = time.perf_counter()
-        model = builder()
         path = folder / f"{name}.tflite"
-        tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                        optimizer=keras.optimizers.SGD(LR), scheme=scheme,
-                        batch_size=BATCH).export(path)
-        rng = np.random.default_rng(7)
-        arrays = {}
-        for i in range(steps + 1):
-            arrays[f"x{i}"] = rng.uniform(-1, 1, (BATCH, *model.inputs[0].shape[1:])).astype(
-                np.float32)
-            arrays[f"y{i}"] = rng.integers(0, model.outputs[0].shape[-1], BATCH).astype(np.int32)
-        np.savez(folder / f"{name}-inputs.npz", **arrays)
+        scheme = common.export(name, path, folder / f"{name}-inputs.npz", steps + 1)
         out[name] = {"scheme": scheme, "file_bytes": path.stat().st_size,
                      "export_s": round(time.perf_counter() - t, 1)}
         log(f"exported {name} ({scheme}, batch {BATCH}): {path.stat().st_size} bytes")
@@ -365,10 +333,6 @@ def export_models(names: list[str], folder: Path, steps: int) -> dict:
 # ------------------------------------------------------------------ comparison
 
 def compare(device: dict, host: dict) -> dict:
-    import numpy as np
-
-    from tests._portability_device import decode
-
     def rel(a, b):
         return abs(a - b) / max(abs(b), 1e-30)
 
@@ -440,7 +404,7 @@ def host_machine() -> dict:
 # SHIM, which only skips that resize for 0-d inputs (the tensor already has shape ()), and
 # tflite-runtime 2.14 unmodified.
 SHIM = '''"""Device launcher: ai-edge-litert with the 0-d ResizeInputTensor call skipped, then the
-unmodified protocol script. Written by bench/aarch64_check.py."""
+unmodified protocol script. Written by tests/portability/aarch64_check.py."""
 import sys
 
 import ai_edge_litert.interpreter as _li
@@ -469,25 +433,25 @@ def _patched_init(self, *args, **kwargs):
 
 _li.SignatureRunner.__init__ = _patched_init
 sys.path.insert(0, "/opt/tfpock-src")
-import _portability_device  # noqa: E402
+import device_protocol  # noqa: E402
 
-sys.exit(_portability_device.main(sys.argv[1:]))
+sys.exit(device_protocol.main(sys.argv[1:]))
 '''
 VARIANTS = {  # name -> (site, launcher in DEVICE_SRC, runtime for Trainer, what it is)
-    "ai-edge-litert": ("ai-edge-litert", "_portability_device.py", "ai-edge-litert",
+    "ai-edge-litert": ("ai-edge-litert", "device_protocol.py", "ai-edge-litert",
                        "ai-edge-litert aarch64 wheel as shipped, tfpock Trainer unmodified"),
     "ai-edge-litert+scalar-resize-shim": (
         "ai-edge-litert", "_aarch64_shim.py", "ai-edge-litert",
         "ai-edge-litert aarch64 wheel, SignatureRunner's ResizeInputTensor skipped for 0-d "
         "inputs (works around the wheel's crash; kernels and Trainer unmodified)"),
-    "tflite-runtime": ("tflite-runtime", "_portability_device.py", "tflite-runtime",
+    "tflite-runtime": ("tflite-runtime", "device_protocol.py", "tflite-runtime",
                        "tflite-runtime 2.14.0 aarch64 wheel with numpy<2, unmodified"),
 }
 
 
 def write_note(result: dict, md: Path) -> None:
     lines = ["# Portability: aarch64 TFLite runtimes under qemu-user emulation", "",
-             f"Run {result['date']} by `python bench/aarch64_check.py` "
+             f"Run {result['date']} by `python -m tests.portability.aarch64_check` "
              f"(full data: `{Path(str(md)).with_suffix('.json').name}`).", ""]
     if "setup_error" in result:
         lines += ["**Not done: the arm64 environment could not be set up.**", "",
@@ -509,10 +473,10 @@ def write_note(result: dict, md: Path) -> None:
                     for c in s["check"].values())
         + f" (PyPI aarch64 wheels). Repo files copied there: "
           f"{', '.join(result['copied_to_device'])}.",
-        f"- Protocol (`tests/_portability_device.py`): load, infer, {result['steps']} train "
-        "step(s), weights, save, one more step, restore, restore into a fresh Trainer; "
-        f"batch {BATCH}, SGD {LR}, one thread, the same .tflite files and batches on both "
-        "sides; the x86-64 side runs it in process on ai-edge-litert.",
+        "- Protocol (`tests/portability/device_protocol.py`): load, infer, "
+        f"{result['steps']} train step(s), weights, save, one more step, restore, restore into "
+        f"a fresh Trainer; batch {BATCH}, SGD {LR}, one thread, the same .tflite files and "
+        "batches on both sides; the x86-64 side runs it in process on ai-edge-litert.",
         f"- Tolerances: loss {LOSS_RTOL:g} relative, weights {WEIGHT_ATOL:g} absolute, "
         f"inference outputs {OUTPUT_RTOL:g} relative + {OUTPUT_ATOL:g} absolute.", ""]
     for vname, v in result["variants"].items():
@@ -607,7 +571,7 @@ def run_variant(rootfs: Path, cpu: str, vname: str, names: list[str], steps: int
             if probe["survived"] is False:
                 error += ("; a probe confirms the cause: the process dies in the wrapper's "
                           "ResizeInputTensor of the 0-d learning_rate input, after infer "
-                          "worked (see SHIM in bench/aarch64_check.py)")
+                          "worked (see SHIM in tests/portability/aarch64_check.py)")
         return {"what": what, "ok": False, "device_run_s": elapsed, "error": error,
                 "probe": probe,
                 "stderr_tail": "\n".join(proc.stderr.strip().splitlines()[-14:])}
@@ -687,8 +651,6 @@ def run_check(args, rootfs: Path, names: list[str], variants: list[str], setup_r
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from tests._portability_device import load_inputs, run_protocol
-
     # the device's files: only the runtime and the protocol script, fresh from the repo
     src = rootfs / DEVICE_SRC.lstrip("/")
     if src.exists():
@@ -697,11 +659,12 @@ def run_check(args, rootfs: Path, names: list[str], variants: list[str], setup_r
     shutil.copy2(REPO / "tfpock" / "__init__.py", src / "tfpock" / "__init__.py")
     shutil.copytree(REPO / "tfpock" / "runtime", src / "tfpock" / "runtime",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy2(REPO / "tests" / "_portability_device.py", src / "_portability_device.py")
+    shutil.copy2(REPO / "tests" / "portability" / "device_protocol.py",
+                 src / "device_protocol.py")
     (src / "_aarch64_shim.py").write_text(SHIM)
     copied = ["tfpock/__init__.py"] + sorted(
         f"tfpock/runtime/{p.name}" for p in (src / "tfpock" / "runtime").glob("*.py")) + \
-        ["tests/_portability_device.py"]
+        ["tests/portability/device_protocol.py"]
 
     work = rootfs / DEVICE_WORK.lstrip("/")
     if work.exists():

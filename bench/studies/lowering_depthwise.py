@@ -3,25 +3,20 @@
 Filter gradient: the conv form vs the slice form; input gradient: the one form. Each is
 traced alone at fixed shapes, converted with TFLITE_BUILTINS only and invoked 50 times after
 5 warm-up runs; the median is printed next to TF's native op (TF set to one thread).
-Run: ``python bench/lowering_depthwise.py``. The figures go into the docstring of
-``graph_passes/lowering/depthwise.py``.
+Run from the repository root: ``python -m bench.studies.lowering_depthwise``. The figures go
+into the docstring of ``graph_passes/lowering/depthwise.py``.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import tensorflow as tf
+from absl import app
+from ai_edge_litert.interpreter import Interpreter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from bench.lowering_conv_filter import median_ms  # noqa: E402
-from graph_passes.lowering.conv import Window  # noqa: E402
-from graph_passes.lowering.depthwise import (  # noqa: E402
-    filter_grad_conv, filter_grad_slices, input_grad)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from bench.studies.lowering_conv_filter import median_ms
+from graph_passes.lowering.conv import Window
+from graph_passes.lowering.depthwise import filter_grad_conv, filter_grad_slices, input_grad
+from tfpock.testing.litert import convert_builtins_only
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -46,7 +41,8 @@ def litert_ms(fn, arrays, reference):
     return median_ms(lambda: runner(**feed))
 
 
-def main():
+def main(argv):
+    del argv
     rng = np.random.default_rng(0)
     print(f"{'case':32s}{'filt conv':>12s}{'filt slices':>12s}{'TF filt':>12s}"
           f"{'input':>12s}{'TF input':>12s}")
@@ -76,4 +72,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

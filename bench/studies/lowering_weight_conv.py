@@ -4,8 +4,8 @@ Part 1, the forward Conv2D:
 Three forms per case, each traced alone at fixed shapes, converted with TFLITE_BUILTINS only,
 invoked after warm-up, median printed (one thread): CONV_2D with the kernel as an input (what
 the converter emits for a trained kernel), ``WeightConv2DRule``'s im2col patches + matmul,
-and CONV_2D with a constant kernel (XNNPACK's, the floor). Run:
-``python bench/lowering_weight_conv.py``; the figures go into the docstring of
+and CONV_2D with a constant kernel (XNNPACK's, the floor). Run from the repository root:
+``python -m bench.studies.lowering_weight_conv``; the figures go into the docstring of
 ``graph_passes/lowering/conv.py`` (WeightConv2DRule).
 
 Part 2, the stride-1 input gradient (Conv2DBackpropInput): TRANSPOSE_CONV (what the converter
@@ -18,19 +18,15 @@ kernel (a frozen layer's), and ``input_grad_1x1``'s batch matmul with the 4-D ke
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import tensorflow as tf
+from absl import app
+from ai_edge_litert.interpreter import Interpreter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from bench.lowering_conv_filter import median_ms  # noqa: E402
-from graph_passes.lowering.conv import (  # noqa: E402
+from bench.studies.lowering_conv_filter import median_ms
+from graph_passes.lowering.conv import (
     Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only
 
 # name, N, H, Ci, Co, k (square inputs and kernels, stride 1, SAME)
 CASES = [
@@ -127,7 +123,7 @@ def input_gradients_1x1():
         print(f"{name:<28}" + "".join(f"{v * 1e3:>13.0f} us" for v in row))
 
 
-def main():
+def forward():
     print(f"{'case':<28} {'CONV_2D (runtime kernel)':>26} {'patches+matmul':>16} {'constant':>10}")
     for name, n, h, ci, co, k in CASES:
         rng = np.random.default_rng(0)
@@ -144,7 +140,12 @@ def main():
         print(f"{name:<28} {us[0]:>23.0f} us {us[1]:>13.0f} us {us[2]:>7.0f} us")
 
 
-if __name__ == "__main__":
-    main()
+def main(argv):
+    del argv
+    forward()
     input_gradients()
     input_gradients_1x1()
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -9,7 +9,7 @@ layers), at each batch size, on one pinned core: tfpock's step on ai-edge-litert
 the whole model and the constant-weight forward floor. Every contender of a (model, BN,
 batch) group runs in its own process, rounds alternating (``bench/harness.py``).
 
-Run from the repository root: ``python bench/depth_sweep.py [--quick]``. Writes
+Run from the repository root: ``python -m bench.studies.depth_sweep [--quick]``. Writes
 ``bench/results/<date>-<machine>-depth.{json,md}`` and ``...-depth.png``.
 """
 from __future__ import annotations
@@ -18,24 +18,19 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from absl import app, flags, logging  # noqa: E402
 
-from bench import harness  # noqa: E402
+from bench import cli, harness  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The command line; defined when run as a script only, so that tests can import this
-    module beside bench/run.py (absl refuses a flag defined twice)."""
+    """The command line (run as a script only: ``bench/cli.py`` says why)."""
     flags.DEFINE_bool("quick", False, "MobileNetV2 only, depths 1-4, batch 1, short rounds.")
     flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"],
                       "Models to sweep.")
@@ -43,11 +38,9 @@ def define_flags() -> None:
     flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
     flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
     flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
-    flags.DEFINE_string("out_dir", os.path.join(REPO, "bench", "results"), "Where results go.")
-    flags.DEFINE_string("work_dir", os.path.join(REPO, "bench", "results", "tmp-depth"),
-                        "Exported models.")
-    flags.DEFINE_string("machine", f"{platform.machine()}-{os.cpu_count()}core",
-                        "Machine name in the result file names.")
+    cli.define_output_flags()
+    flags.adopt_module_key_flags(cli)
+    flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-depth"), "Exported models.")
 
 
 # Targets of issue 11 (batch 1, up to the last 4 layers with weights)
@@ -147,8 +140,8 @@ def markdown(doc: dict) -> str:
              "One pinned core, ai-edge-litert; median step of all timed steps; ratios as "
              "tfpock over the floor, Keras full and tf.function over tfpock. Targets (batch 1, "
              f"depth <= {TARGET_DEPTH}): <= {FLOOR_RATIO}x the floor, >= {KERAS_SPEEDUP}x "
-             f"Keras full, >= {TF_SPEEDUP}x tf.function. Reproduce: `python "
-             "bench/depth_sweep.py`.", ""]
+             f"Keras full, >= {TF_SPEEDUP}x tf.function. Reproduce: `python -m "
+             "bench.studies.depth_sweep`.", ""]
     for group in doc["groups"]:
         lines += [f"## {group['model']}, BN {group['bn']}, batch {group['batch']}", "",
                   "| scheme | trained params | tfpock ms | floor ms | x floor | Keras full ms | "

@@ -2,26 +2,23 @@
 
 Each form is traced alone at fixed shapes, converted with TFLITE_BUILTINS only and invoked
 50 times after 5 warm-up runs; the median is printed next to TF's native op (TF set to one
-thread). Run: ``python bench/lowering_conv_filter.py``. The figures go into the docstring of
-``graph_passes/lowering/conv.py``.
+thread). Run from the repository root: ``python -m bench.studies.lowering_conv_filter``. The
+figures go into the docstring of ``graph_passes/lowering/conv.py``.
 """
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
+from absl import app
+from ai_edge_litert.interpreter import Interpreter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-from graph_passes.lowering.conv import (  # noqa: E402
+from graph_passes.lowering.conv import (
     Window, filter_grad_channel_major, filter_grad_conv, filter_grad_matmul, filter_patches,
     pad_spatial)
-from tests.litert_helpers import convert_builtins_only  # noqa: E402
+from tfpock.testing.litert import convert_builtins_only
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -67,7 +64,8 @@ def median_ms(fn, reps=50, warm=5):
     return 1e3 * statistics.median(times)
 
 
-def main():
+def main(argv):
+    del argv
     rng = np.random.default_rng(0)
     print(f"{'case':40s}" + "".join(f"{k:>12s}" for k in FORMS) + f"{'TF native':>12s}")
     for name, n, h, w, ci, co, kh, kw, s, padding in CASES:
@@ -97,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
