@@ -1,9 +1,11 @@
 """What the file pass fuse's rules do on exported models: where they fire, the peaks, the
 numbers and the step time with and without them.
 
-    python -m bench.studies.fuse_rules --rules all --steps 3 --time 30 MODEL.tflite ...
+    python -m bench.studies.fuse_rules --rules all --steps 3 --time 30 [MODEL.tflite ...]
 
-Per file, each rule's fired and declined counts and the ``train``/``infer`` timeline peaks
+Without files it exports the suite's MobileNetV2 0.35 @128 and ResNet-18-style (BN frozen,
+SGD) with schemes full and last:2 at batch 8 (``--models``, ``--schemes``, ``--batch``). Per
+file, each rule's fired and declined counts and the ``train``/``infer`` timeline peaks
 before and after (:func:`tfpock.tflite.fuse.fuse`); then, on the device side
 (``tfpock.runtime.Trainer``, one thread), ``--steps`` train steps of the original and the
 fused file from the same start and batches, compared (bit-identical or the largest
@@ -31,7 +33,30 @@ def define_flags() -> None:
     flags.DEFINE_list("rules", list(DEFAULT_RULES), "Rule names, or 'all'.")
     flags.DEFINE_integer("steps", 3, "Train steps compared between original and fused.")
     flags.DEFINE_integer("time", 0, "Interleaved steps to time (0: none).")
+    flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"],
+                      "bench.models names to export when no files are given.")
+    flags.DEFINE_list("schemes", ["full", "last:2"], "Schemes to export.")
+    flags.DEFINE_integer("batch", 8, "Batch size of the exported files.")
     cli.define_output_flags()
+
+
+def export_suite_models(folder: str) -> list[str]:
+    """tfpock files of the suite's models for ``--models`` x ``--schemes`` (default passes,
+    so fuse's default rules already ran)."""
+    import keras
+
+    import tfpock
+    from bench.models import MODELS
+    paths = []
+    for name in FLAGS.models:
+        for scheme in FLAGS.schemes:
+            program = tfpock.optimize(
+                MODELS[name].build(), scheme=scheme, batch_size=FLAGS.batch,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                optimizer=keras.optimizers.SGD(0.01))
+            paths.append(program.export(os.path.join(
+                folder, f"{name}-{scheme.replace(':', '')}-b{FLAGS.batch}.tflite")))
+    return paths
 
 
 def compare(original: str, fused: str, steps: int, timed: int) -> dict:
@@ -68,7 +93,7 @@ def measure(path: str, rules: list[str], folder: str) -> dict:
     from tfpock.tflite.fuse import fuse
     with open(path, "rb") as f:
         content, result = fuse(f.read(), ["train", "infer"], rules)
-    fused = os.path.join(folder, os.path.basename(path))
+    fused = os.path.join(folder, "fused-" + os.path.basename(path))
     with open(fused, "wb") as f:
         f.write(content)
     return {"file": path, "signatures": result.stats,
@@ -78,10 +103,11 @@ def measure(path: str, rules: list[str], folder: str) -> dict:
 def markdown(doc: dict) -> str:
     lines = [f"# fuse rules, {doc['date']} ({doc['machine']})", "",
              f"Rules {', '.join(doc['rules'])}; `python -m bench.studies.fuse_rules "
-             f"--rules {','.join(doc['rules'])} --steps {doc['steps']} --time {doc['time']} "
-             "FILES`.", ""]
+             f"--rules {','.join(doc['rules'])} --steps {doc['steps']} --time {doc['time']}` "
+             "(files exported from bench.models; ai-edge-litert, one thread, pinned with "
+             "`taskset -c 0` on a shared machine).", ""]
     for row in doc["files"]:
-        lines.append(f"## {row['file']}")
+        lines.append(f"## {os.path.basename(row['file'])}")
         for name, s in row["signatures"].items():
             fired = "; ".join(f"{r} fired {v['fired']} declined {v['declined']}"
                               for r, v in s["rules"].items())
@@ -101,11 +127,9 @@ def markdown(doc: dict) -> str:
 
 def main(argv):
     from tfpock.tflite.fuse import RULES
-    paths = argv[1:]
-    if not paths:
-        raise app.UsageError("name one or more .tflite files of tfpock")
     rules = list(RULES) if FLAGS.rules == ["all"] else FLAGS.rules
     folder = tempfile.mkdtemp(prefix="tfpock-fuse-")
+    paths = argv[1:] or export_suite_models(folder)
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "rules": rules, "steps": FLAGS.steps, "time": FLAGS.time,
            "files": [measure(p, rules, folder) for p in paths]}

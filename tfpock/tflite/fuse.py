@@ -26,52 +26,33 @@ it applies) and a rewrite; :data:`RULES` is the table, and each application is c
     ``SELECT_V2(m, g, 0.0)``: how tfpock's lowered ReluGrad / Relu6Grad comes out of the
     converter (GREATER, or MINIMUM + GREATER for ``min(f, 6 - f) > 0``, -> CAST -> MUL). ``g * 0``
     is ``-0`` (or NaN for an infinite ``g``) where SELECT_V2 gives ``+0``, as TF's own ReluGrad (a
-    select) does.
-    **Off by default**: SELECT_V2 broadcasting its scalar ``0.0`` is slower than CAST + MUL
-    (below).
+    select) does. **Off by default** (below).
 ``transpose_pair``  ``TRANSPOSE(TRANSPOSE(x, p1), p2)``, the first output read only by the
     second -> ``TRANSPOSE(x, p1[p2])``, or the readers of the second rewired to ``x`` when
     ``p1[p2]`` is the identity (never when the second's output is a subgraph output).
 
-Rules run in table order, each sweeping the subgraph once in operator order; a rewrite keeps
-the op that stays at its position, so the order stays a valid schedule. Tensors of removed
-ops stay in the tensor list, unreferenced: the interpreter allocates only what operators and
-signatures use (a 400 MB unreferenced tensor added to a file did not change its measured
-arena, 17.3 MB); cleanup is a separate concern. Kill switch: ``fuse(..., rules=())`` returns
-the file as it is; ``rules=`` names any subset of :data:`RULES` (default
-:data:`DEFAULT_RULES`).
+Rules run in table order, each sweeping the subgraph once in operator order (the rule driver
+of :mod:`graph_passes.rewrite`); a rewrite keeps the op that stays at its position, so the
+order stays a valid schedule. Tensors of removed ops stay in the tensor list, unreferenced:
+the interpreter allocates only what operators and signatures use; cleanup is a separate
+concern. Kill switch: ``Fuse(rules=())`` (or ``fuse(..., rules=())``) leaves the file as it is;
+``rules=`` names any subset of :data:`RULES` (default :data:`DEFAULT_RULES`).
 
-Measured on ai-edge-litert 2.3, one thread, on the benchmark's exported models::
+Decisions, measured by ``python -m bench.studies.fuse_rules --rules all --steps 3 --time 30``
+(``bench/results/2026-12-03-x86_64-2core-fuse-rules.md``: the suite's MobileNetV2 and
+ResNet-18-style, full and last:2, batch 8):
 
-    python -m bench.studies.fuse_rules --rules all --steps 3 --time 30 \
-        bench/results/tmp-work/mobilenet_v2_035_128/tfpock-{full,last}-b8.tflite \
-        bench/results/tmp-work/resnet18_half_96/tfpock-*.tflite
-
-* The default rules fire nowhere there, in ``train`` or ``infer``: the converter has already
-  fused every activation and bias it could (no RELU op is left; ``relu(conv(x) + b)``,
-  ``relu(maxpool(x))``, ``relu(x + y)`` each convert to one op) and composes transposes
-  itself. ``bias`` declines the residual ADDs (MobileNetV2 10, ResNet 8: "added tensor is not
-  a constant"). The rules serve files that other tools wrote or rewrote; the tests make
-  their patterns by splitting a converted op in two.
-* ``select_mask`` replaces every lowered ReluGrad / Relu6Grad in ``train``: MobileNetV2 0.35
-  @128 full 35 (1278 -> 1243 ops), last:2 1; ResNet-18-style @96 full 17 (521 -> 504), last
-  1; ``infer`` none. Loss and ``Trainer.state()`` after 3 steps are bit-identical. The float
-  mask was made in the forward pass and lived to the backward MUL (the bool mask is a quarter
-  of it): timeline peak MobileNetV2 full b8 66.6 -> 53.9 MB, ResNet full b8 42.8 -> 37.7 MB
-  (b1 29.0 -> 28.4), last:N unchanged; the arena the runtime allocates
-  (:func:`tfpock.tflite.memory.measured_arena`, XNNPACK on) 92.8 -> 72.4 MB and 106.3 -> 96.6 MB.
-  (Moving only the CAST next to its MUL gives the same timeline but a 92.1 MB arena: XNNPACK's
-  partitions plan their own memory.)
-* Its cost: SELECT_V2(m, g, 0.0) against CAST + MUL alone, bool mask and float tensor of
-  8x64x64x16: 0.224 vs 0.119 ms; 8x32x32x96: 0.337 vs 0.192 ms (median of 200, with or
-  without XNNPACK alike): TFLite's broadcasting select is about 1.8x slower. Whole train
-  step, median of 30 or 60 interleaved steps, on a machine shared with other jobs (noisy):
-  MobileNetV2 full b8 85 -> 86, 82 -> 95, 93 -> 98, 122 -> 141 ms; ResNet full b8 226 -> 235,
-  259 -> 276, 348 -> 345 ms. So ``select_mask`` trades a few percent of step time for a
-  fifth of the arena, and is opt-in.
-* ``bias`` against the separate ADD (tests' tiny models): at most 3.8e-6 apart on outputs of
-  magnitude ~10 (one or two float32 ulps), with XNNPACK; 0 for CONV_2D and FULLY_CONNECTED
-  without it. ``activation`` and ``transpose_pair`` are bit-identical.
+* The default rules fire nowhere there: the converter already fuses every activation and
+  bias it can and composes transposes itself (``bias`` declines the residual ADDs). They serve
+  files other tools wrote or rewrote; the tests make their patterns by splitting a converted
+  op in two.
+* ``select_mask`` replaces every lowered ReluGrad / Relu6Grad in ``train`` with a bit-identical
+  state, and lowers full fine-tuning's timeline peak by a sixth (the float mask lived from the
+  forward to the backward MUL; the bool mask is a quarter of it). It is opt-in because
+  TFLite's broadcasting SELECT_V2 is slower than CAST + MUL: the step is 1-7% slower there.
+* ``bias`` is exact math, but the kernel starts its accumulator at the bias, so a result may
+  differ from the separate ADD in the last bit or two; ``activation`` and ``transpose_pair``
+  are bit-identical.
 """
 from __future__ import annotations
 
