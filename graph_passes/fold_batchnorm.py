@@ -16,12 +16,11 @@ the converter fuses into CONV_2D / FULLY_CONNECTED with the activation after it.
 declines (and the pass leaves the graph as it was for that BatchNorm) when the convolution's
 output has other readers or the scale is not a per-output-channel constant.
 
-Measured (MobileNetV2 0.35 @128, ai-edge-litert, one core, ``passes={"fold_bn": False}`` as
-the control): full scheme batch 8, 75 vs 77.5 ms per step (-3%), allocation unchanged
-(92.0 vs 92.4 MB); last:2 batch 1, no speed change (0.83 ms) and 8.4 vs 7.9 MB. The scaled
-kernel ``W * s`` lives from the forward to the input gradient beside ``W``, so where kernels
-are large against activations the arena grows: ResNet-18-style full scheme, +7% with the
-passes on (bench/studies/memory.py). Recomputing ``W * s`` in the backward would avoid that.
+Decision: fold where the kernel is no larger than the activation it scales
+(:func:`_worth_folding`): folding trades two activation-sized multiplies for two kernel-sized
+ones, and the scaled kernel ``W * s`` lives from the forward to the input gradient beside
+``W``. ``passes={"fold_bn": False}`` is the control; ``python -m bench.studies.memory``
+measures the passes on and off together (``bench/results/2026-11-25-x86_64-2core-memory.md``).
 """
 from __future__ import annotations
 

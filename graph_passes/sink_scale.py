@@ -8,9 +8,8 @@ momentum), and a weight gradient is a matmul of two smaller tensors: the Dense g
 
 the multiply can act on whichever operand is smaller than the product. For MobileNetV2's last
 1x1 convolution at batch 1 that is ``dy`` [16, 1280] (20,480 elements) instead of the kernel
-gradient [112, 1280] (143,360): one kernel-sized pass over memory fewer per step (measured
-there, ai-edge-litert, one core, medians of 300 steps in three alternating rounds:
-0.77 -> 0.75 ms per step; ``passes={"sink_scale": False}`` is the control). Rounding
+gradient [112, 1280] (143,360): one kernel-sized pass over memory fewer per step
+(``passes={"sink_scale": False}`` is the control). Rounding
 differs from ``lr * g`` by an ulp or so of each element (the multiply happens before the sum).
 
 A Mul without a one-element operand is not the pattern (left out of the stats); the rule

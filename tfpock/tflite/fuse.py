@@ -49,7 +49,7 @@ ResNet-18-style, full and last:2, batch 8):
 * ``select_mask`` replaces every lowered ReluGrad / Relu6Grad in ``train`` with a bit-identical
   state, and lowers full fine-tuning's timeline peak by a sixth (the float mask lived from the
   forward to the backward MUL; the bool mask is a quarter of it). It is opt-in because
-  TFLite's broadcasting SELECT_V2 is slower than CAST + MUL: the step is 1-7% slower there.
+  TFLite's broadcasting SELECT_V2 is slower than CAST + MUL: the step is 0-7% slower there.
 * ``bias`` is exact math, but the kernel starts its accumulator at the bias, so a result may
   differ from the separate ADD in the last bit or two; ``activation`` and ``transpose_pair``
   are bit-identical.

@@ -21,16 +21,12 @@ A new order is kept only where it lowers the subgraph's peak. Only the order cha
 operator computes exactly what it did, so results are bit-identical (tests check this on the
 interpreter). Works on the flatbuffer object API of the schema that ships with ai-edge-litert.
 
-Measured (MobileNetV2 0.35 @128, batch 8, full scheme, SGD, one core, ai-edge-litert 2.3;
-RSS growth of the first ``train`` call in a fresh process, step time median of 15): the
-timeline peak falls from 65.2 to 58.0 MB; with the builtin kernels only, the allocation
-falls from 79.3 to 64.4 MB (-19%). With the default XNNPACK delegate it stays at 92.3 vs
-92.8 MB, and the step time is unchanged (80 ms either way, three alternating runs): the
-delegate's clustering regroups operators into partitions and plans their memory itself.
-With ``experimental_disable_delegate_clustering=True`` the reordered model needs 85.7 MB
-against 98.9 MB unreordered. (An earlier figure of 113 -> 160 ms was taken while other
-benchmarks loaded the machine and did not reproduce.) Hence opt-in until it plans with the
-delegate's partitions.
+Kept opt-in (``passes={"reorder": True}``): it lowers the timeline peak, but under the default
+XNNPACK delegate the allocation does not follow, because the delegate's clustering regroups
+operators into partitions and plans their memory itself. ``python -m bench.studies.memory``
+measures it (``bench/results/2026-11-25-x86_64-2core-memory.md``: MobileNetV2 full batch 8,
+timeline -33%, arena with XNNPACK -0%, without clustering -26%; ResNet-18-style -1%). It
+becomes a default once it plans with the delegate's partitions.
 """
 from __future__ import annotations
 
