@@ -12,69 +12,57 @@ forward convolution's padding (pt, pb) x (pl, pr). The forward convolution is
 
 For one kernel offset (i, j) the sum is a matrix product: the strided slice
 ``xp[:, i*dh :: sh, j*dw :: sw, :]`` reshaped [N*Ho*Wo, Ci], transposed, times ``dy`` reshaped
-[N*Ho*Wo, Co]. Two ways to turn that into builtins were measured:
+[N*Ho*Wo, Co]. Forms in builtins:
 
 * **matmul form** (im2col): the kh*kw slices are concatenated along channels into patches
   [N*Ho*Wo, kh*kw*Ci] and one matmul ``patches^T @ dy`` gives [kh*kw*Ci, Co], reshaped to
   the kernel. A 1x1 kernel is the case kh*kw = 1: one (strided) slice and one matmul.
+  *Channel-major* (:func:`filter_grad_channel_major`) is the same with positions as the last
+  axis (a FULLY_CONNECTED).
 * **conv form**: read the sum over (n, p, q) as a VALID convolution whose *batch* is Ci, whose
   *channels* are N and whose *kernel* is dy: ``conv2d(transpose(xp, [3, 1, 2, 0]),
   transpose(dy, [1, 2, 0, 3]), strides=(dh, dw), dilations=(sh, sw))`` is [Ci, kh, kw, Co];
   the forward stride becomes the dilation and the forward dilation the stride.
 
-Measured with ``python -m bench.studies.lowering_conv_filter`` (ai-edge-litert 2.3,
-``num_threads=1``, median of 50 invocations after 5 warm-up runs, each form converted alone with
-builtins only; TF's native op in a ``tf.function`` with one intra/inter-op thread, for orientation:
-it includes ~0.35 ms of per-call overhead, see the conv1d row; x86-64, 2 cores, noisy shared
-machine). "per-offset" is the first form tried (one matmul per kernel offset, stacked);
-"chan-major" is the matmul form with positions as the last axis (a FULLY_CONNECTED):
+Chosen by :func:`filter_grad_form`, first match wins (per-form times:
+``bench/results/2026-12-03-x86_64-2core-lowering-conv-filter.md``):
 
-    case                              matmul  chan-major  per-offset  conv     TF native
-    3x3 s2 SAME 3->16, 96x96, N=8     5.87    4.71        6.09        1.77 ms  0.50 ms
-    3x3 s2 SAME 16->32, 32x32, N=8    1.97    1.84        2.22        0.81 ms  0.53 ms
-    3x3 s1 SAME 16->16, 24x24, N=8    0.89    0.71        0.88        0.78 ms  0.51 ms
-    1x1 s1 16->96, 16x16, N=8         0.16    0.16        0.16        0.38 ms  0.42 ms
-    1x1 s1 96->16, 16x16, N=8         0.20    0.20        0.22        0.39 ms  0.37 ms
-    conv1d 1x5 s1 SAME 6->16, 100     0.05    0.04        0.05        0.05 ms  0.40 ms
-
-The slice forms are dominated by TFLite's PAD and STRIDED_SLICE on narrow channel counts
-(one stride-2 slice of [8, 97, 97, 3] costs ~0.4 ms), which the conv form avoids. Chosen
-(:func:`use_conv_form`): the matmul form for 1x1 kernels (one slice, one matmul, 2x faster
-than the conv form) and whenever the conv form cannot express the case (stride > 1 and
-dilation > 1 on the same axis); the conv form for every other kernel. Channel-major
-(:func:`filter_grad_channel_major`) is faster at stride 1, more so at ResNet-18's widths
-(3x3 s1 64->64 12x12 N=8: 1.14 vs 2.54 ms conv form; 128->128 6x6: 1.07 vs 2.47; 256->256
-3x3: 1.17 vs 2.75), but on the whole ResNet-18-style model (half width @96, full, batch 8)
-taking it at stride 1 gave 147 -> 139 ms for a timeline peak of 39 -> 67 MB and a measured
-arena of 81 -> 97 MB: the converter schedules the patches, which depend on forward
-activations only, early, so they live across the forward/backward boundary. Not used until a
-schedule keeps them short-lived (reorder, or a memory-aware choice per layer).
+* 1x1 kernel: matmul form; one slice and one matmul, 2-2.5x faster than the conv form.
+* N*Ho*Wo <= Co (deep layers, small batches): matmul form; its patches are then no larger
+  than the kernel, and the conv form a tiny convolution (whole steps:
+  ``bench/results/2026-12-03-x86_64-2core-depth.md`` before, ``...-kxk-matmul-depth.md``
+  after).
+* stride > 1 and dilation > 1 on one axis: matmul form; the conv form cannot express it.
+* otherwise: conv form; strided it is 2.3-3x faster (the slice forms are dominated by PAD and
+  STRIDED_SLICE on narrow channels), at stride 1 it builds no kh*kw-fold patches (on the one
+  stride-1 case measured the slice forms are ahead: to revisit).
+* channel-major: never; the converter schedules its patches (forward activations only)
+  early, so on whole models they live across the forward/backward boundary and raise the
+  peak; not until a schedule keeps them short-lived (reorder, or a per-layer choice).
 
 ``Conv2DBackpropInput`` becomes TRANSPOSE_CONV in the converter, except with dilations > 1 or
-EXPLICIT padding (found by converting the raw op with builtins only: both are refused). A
-stride-1 1x1 one with a trained (runtime) kernel becomes one batch matmul
-(:func:`takes_1x1_matmul`: TRANSPOSE_CONV with a runtime kernel is twice as slow).
-At stride 1 the rule instead writes the input gradient as the "full" correlation of ``dy``
-with the flipped kernel, as patches + one matmul (:func:`input_grad_matmul`), because
-TRANSPOSE_CONV with a runtime kernel is slow and keeps a col2im scratch buffer:
+EXPLICIT padding (converting the raw op with builtins only refuses both). Chosen (op times:
+``bench/results/2026-12-03-x86_64-2core-lowering-weight-conv.md``, parts 2 and 3):
 
-    3x3 stride 1 SAME, N=8        TRANSPOSE_CONV  CONV_2D flipped  patches+matmul
-    64->64, 12x12                 2.55 ms         2.53 ms          1.05 ms
-    128->128, 6x6                 2.63 ms         2.42 ms          1.04 ms
-    32->32, 24x24                 2.82 ms         2.72 ms          1.33 ms
-    256->256, 3x3                 3.67 ms         2.76 ms          2.34 ms
+* stride-1 1x1, trained (runtime) kernel: one batch matmul (:func:`takes_1x1_matmul`);
+  TRANSPOSE_CONV with a runtime kernel runs on TFLite's slow builtin kernel.
+* stride-1 kxk: the "full" correlation of ``dy`` with the flipped kernel as patches + one
+  matmul (:func:`input_grad_matmul`),
 
-(``python -m bench.studies.lowering_weight_conv``, one thread, median of 300). On the
-ResNet-18-style model (half width @96, full scheme, batch 8) the step went from 162 to 144 ms and
-the measured arena from 87.7 to 77.1 MB, although the graph timeline rose from 30.9 to 39.3 MB (the
-patches are kh*kw times ``dy``; TRANSPOSE_CONV's scratch is not in the timeline). 1x1 kernels
-(one matmul already) and strided cases stay TRANSPOSE_CONV. For the other cases the rule
-reduces them to what the converter takes: EXPLICIT padding is the VALID transposed
-convolution onto the padded input size followed by a crop (the forward convolution over ``xp``
-with VALID padding is the EXPLICIT one), and a dilated kernel is the undilated convolution
-with a kernel of size (k-1)*d+1 that has d-1 zero rows/columns inserted between its taps
-(SAME padding is unchanged because the effective kernel size is the same). Plain nodes
-(``applies`` is False) are left to the converter.
+      dx[n, p, q, c] = sum_{i, j, o} dyp[n, p + i, q + j, o] * w[kh-1-i, kw-1-j, c, o],
+
+  ``dyp`` = ``dy`` padded by k-1 minus the forward padding per side; TRANSPOSE_CONV with a
+  runtime kernel is 1.8-2.8x slower and keeps a col2im scratch buffer. On whole models the
+  step and the measured arena fell although the graph timeline rose (the patches are kh*kw
+  times ``dy``; the scratch is not in the timeline): ResNet-18-style full scheme with it in
+  ``bench/results/2026-11-25-x86_64-2core-memory.md``.
+* strided, or a constant 1x1 kernel (a frozen layer's, which XNNPACK takes): TRANSPOSE_CONV.
+* EXPLICIT padding: the VALID transposed convolution onto the padded input size, then a crop
+  (the forward convolution over ``xp`` with VALID padding is the EXPLICIT one).
+* dilation d: the undilated convolution with a kernel of size (k-1)*d+1 that has d-1 zero
+  rows/columns between its taps (SAME padding is unchanged: same effective kernel size).
+
+Plain nodes (``applies`` is False) are left to the converter.
 """
 from __future__ import annotations
 
@@ -237,10 +225,12 @@ def filter_grad_form(win: Window, positions: int | None = None,
     express (per axis, stride 1 or dilation 1), else matmul. Channel-major is faster at stride
     1 but its patches cost memory on whole models (module doc).
 
-    Few positions (deep layers, small batches) make the conv form a convolution with as many
-    input channels as positions: ResNet-18-style layer4 at batch 1 (3x3 256->256 over 3x3),
-    0.61 ms as CONV_2D ``[256, 5, 5, 1]``, ~0.02 ms as a [2304, 9] @ [9, 256] matmul, whose
-    patches are then no larger than the kernel (``bench/op_profile.py``, 2026-12-03)."""
+    Few positions (deep layers, small batches) make the conv form a convolution over a tiny
+    image: ResNet-18-style layer4 at batch 1 (3x3 256->256 over 3x3) is a CONV_2D of
+    [256, 5, 5, 1] by a [3, 3, 1, 256] kernel, against a [2304, 9] @ [9, 256] matmul whose
+    patches are no larger than the kernel (whole steps:
+    ``bench/results/2026-12-03-x86_64-2core-depth.md`` before, ``...-kxk-matmul-depth.md``
+    after)."""
     if win.kernel == (1, 1):
         return "matmul"
     if positions is not None and out_channels is not None and positions <= out_channels:
@@ -359,11 +349,10 @@ def input_grad_matmul(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Te
 def takes_1x1_matmul(graph: Graph, node) -> bool:
     """A stride-1 1x1 input gradient whose kernel is a runtime tensor (a trained weight):
     TFLite runs TRANSPOSE_CONV with a runtime kernel on its slow builtin kernel, a batch
-    matmul of the kernel as it is takes half the time (MobileNetV2's Conv_1, 112->1280 at
-    4x4: 273 -> 137 us at batch 1, 1578 -> 478 us at batch 8; ``python
-    -m bench.studies.lowering_weight_conv``, part 3, 2026-12-03; whole steps with it:
-    ``bench/results/2026-12-03-x86_64-2core-depth.md``). A constant kernel (a frozen
-    layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
+    matmul of the kernel as it is takes half the time or less (MobileNetV2's Conv_1 and
+    block_16_project: ``bench/results/2026-12-03-x86_64-2core-lowering-weight-conv.md``, part
+    3; whole steps with it: ``bench/results/2026-12-03-x86_64-2core-depth.md``). A constant
+    kernel (a frozen layer's) stays TRANSPOSE_CONV, which XNNPACK takes."""
     kernel = graph.spec(node.input[1]).shape
     if kernel is None or tuple(kernel[:2]) != (1, 1) or is_constant(graph, node.input[1]):
         return False
@@ -401,45 +390,31 @@ class WeightConv2DRule(LoweringRule):
     """Conv2D whose kernel is a trained weight -> im2col patches and one matmul.
 
     TFLite runs a CONV_2D whose filter is not a constant on its builtin kernel (XNNPACK only
-    takes static filters) with a filter transpose each call, about 3x slower than the same
-    convolution with constant weights; a BATCH_MATMUL of two runtime tensors is delegated.
-    Measured with ``python -m bench.studies.lowering_weight_conv`` (ai-edge-litert 2.3, one thread,
-    signature runner, median of 300 calls, shared 2-core x86-64 machine):
+    takes static filters) with a filter transpose each call, 3.4-4x slower than the same
+    convolution with constant weights; a BATCH_MATMUL of two runtime tensors is delegated, and
+    patches + matmul take 1.5-2.6x less time than that CONV_2D
+    (``bench/results/2026-12-03-x86_64-2core-lowering-weight-conv.md``, part 1). Taken only where
+    the patches pay on whole models:
 
-        case                          CONV_2D (runtime kernel)  patches+matmul  const kernel
-        1x1 112->1280, 4x4, N=1       188 us                    128 us          59 us
-        3x3 64->64, 8x8, N=1          149 us                     98 us          53 us
-        3x3 64->64, 12x12, N=8        2536 us                  1201 us         830 us
-        3x3 48->48, 16x16, N=8        2604 us                  1677 us        1107 us
-
-    Only 1x1 kernels at least as large as their input activation are taken (trained layers
-    near the head: MobileNetV2's last conv has a 143,360-element kernel and a 1,792-element
-    input at batch 1). They need no patches at stride 1 (a reshape) and one strided slice
-    otherwise. Over large activations the reshapes are copies (the backward still reads the
-    input) that eat the gain: taking every 1x1 kernel made MobileNetV2 0.35 @128, full
-    scheme, batch 8 slower, 75 -> 80 ms, although each convolution alone was as fast or
-    faster (``bench/studies/lowering_weight_conv.py``); with the size check 74 ms. For kxk kernels
-    the patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the input) lost on whole models although single
-    convolutions win: ResNet-18-style half width @96, full scheme, batch 8, 1057 -> 2049 train ops,
-    timeline peak 30.9 -> 43.6 MB, measured arena 87 -> 92 MB, step time unchanged within noise (197
-    vs 185 ms, loaded machine); the STRIDED_SLICEs over narrow early layers eat the matmul's gain. A
-    cost model per shape could take the kxk cases that pay; the rule takes those whose patches
-    ([N*Ho*Wo, kh*kw*Ci]) are no larger than the kernel, i.e. no more output positions than
-    output channels (deep layers at small batches: ResNet-18-style layer4 at batch 1 ran its
-    3x3 256->256 forward as CONV_2D 0.49 ms plus a 0.31 ms kernel TRANSPOSE, 0.125 ms with a
-    constant kernel; ``bench/op_profile.py``, 2026-12-03). With this rule and the filter
-    gradient's matmul form at few positions, the ResNet-18-style steps went, BN frozen: last:2
-    4.52 -> 3.68 ms at batch 1, last:4 10.96 -> 8.47 ms at batch 1 and 37.9 -> 28.3 ms at
-    batch 8 (``bench/results/2026-12-03-x86_64-2core-depth.md`` before,
-    ``...-kxk-matmul-depth.md`` after); the cost is memory at batch 8, where the patches of
-    layer4 live across the step: timeline peak of last:4 14.2 -> 16.7 MB, of full 39.3 -> 42.6
-    MB (``tfpock-memory FILE``). With 1x1 only (and fold_bn's size
-    check): MobileNetV2 0.35 @128 last:2 batch 1 step 0.886 -> 0.80 ms. Convolutions whose "kernel"
-    is a gradient (the conv form of a filter gradient) read signature inputs and are left alone.
+    * 1x1 kernels at least as large as their input activation (trained layers near the head:
+      MobileNetV2's last conv has a 112*1280 = 143,360-element kernel and a 4*4*112 =
+      1,792-element input at batch 1). They need no patches at stride 1 (a reshape) and one
+      strided slice otherwise; over large activations the reshapes are copies (the backward
+      still reads the input) that ate the gain on whole models.
+    * kxk kernels whose patches ([N*Ho*Wo, kh*kw*Ci], kh*kw times the input) are no larger than
+      the kernel, i.e. N*Ho*Wo <= Co as in :func:`filter_grad_form` (deep layers at small
+      batches): taking every kxk kernel lost on whole models, the STRIDED_SLICEs over narrow
+      early layers eating the matmul's gain. With this rule and the filter gradient's matmul
+      form at few positions the ResNet-18-style steps went, BN frozen: last:2 4.52 -> 3.68 ms
+      and last:4 10.96 -> 8.47 ms at batch 1, last:4 37.9 -> 28.3 ms at batch 8
+      (``bench/results/2026-12-03-x86_64-2core-depth.md`` before, ``...-kxk-matmul-depth.md``
+      after); the cost is memory at batch 8, where the patches of layer4 live across the step.
+    * never a "kernel" that is a gradient (the conv form of a filter gradient): it reads
+      signature inputs.
 
     A 1x1 kernel is used as it is, [1, 1, Ci, Co], by a batch matmul whose batch dims
-    broadcast: reshaping the kernel to [Ci, Co] copied the variable read (573 KB for that
-    conv) every step; without the copy the step went from 0.755 to 0.72 ms."""
+    broadcast: reshaping it to [Ci, Co] copied the variable read every step (112*1280*4 B =
+    573 KB for MobileNetV2's last conv)."""
 
     op_type = "Conv2D"
 

@@ -30,25 +30,19 @@ the flipped kernel reshaped [kh, kw, C*M, 1], then a sum over m. The upsampling 
 to [N*Ho, 1, Wo, C*M], a pad to [N*Ho, sh, Wo, C*M] and a reshape back (then the same for W),
 so every tensor stays within TFLite's 4-D PAD/RESHAPE limits.
 
-Measured with ``python -m bench.studies.lowering_depthwise`` (ai-edge-litert 2.3, one thread, median
-of 50 invocations after 5 warm-up runs; TF's native ops in a ``tf.function`` with one
-thread, including ~0.2-0.35 ms of per-call overhead; SAME padding; x86-64, 2 cores, noisy
-shared machine):
+Chosen (times: ``bench/results/2026-12-03-x86_64-2core-lowering-depthwise.md``, written by
+``bench/studies/lowering_depthwise.py``):
 
-    case                          filter: conv  slices    TF      input   TF
-    3x3 s2 C=48, 48x48, N=8               1.22  11.16 ms  0.34 ms  2.18 ms  0.47 ms
-    3x3 s1 C=48, 24x24, N=8               0.51   0.77 ms  0.45 ms  0.44 ms  0.32 ms
-    3x3 s1 C=96, 12x12, N=8               0.24   0.27 ms  0.28 ms  0.20 ms  0.27 ms
-    3x3 s1 C=16 M=2, 24x24, N=8           0.30   2.50 ms  0.48 ms  0.51 ms  0.72 ms
-    3x3 s1 C=48, 24x24, N=1               0.10   0.08 ms  0.26 ms  0.06 ms  0.23 ms
-
-The conv form is chosen for the filter gradient whenever it can express the case; the slice
-form when stride > 1 and dilation > 1 meet (or dilations differ per axis). Every convolution
-of both forms goes through :func:`depthwise_valid`, which every TF CPU kernel runs. The stride-2
-input gradient is the slow one: its depthwise convolution runs over the zero-inserted gradient (s^2
-times the work; the DEPTHWISE_CONV_2D with a non-constant kernel alone takes 1.8 ms of the 2.18 ms).
-A polyphase form (one small convolution per output phase with the taps that hit it, then an
-interleave) would remove the zeros' work; not done yet.
+* filter gradient: the conv form whenever it can express the case (:func:`use_conv_form`);
+  the slice form pays a strided slice per tap (1.2-1.3x slower at stride 1 and M=1, 7-10x
+  at stride 2 or M=2). The slice form when stride > 1 and dilation > 1 meet, or dilations
+  differ per axis.
+* every depthwise convolution goes through :func:`depthwise_valid`: TF's default CPU kernel
+  refuses dilations and unequal strides, and this form runs on every TF CPU kernel.
+* input gradient: the one form above. Strided, it is the slow one: its depthwise
+  convolution runs over the zero-inserted gradient (s^2 times the work). A polyphase form
+  (one small convolution per output phase with the taps that hit it, then an interleave)
+  would remove the zeros' work; not done yet.
 
 Both gradients are rearrangements of the same float32 products; only the summation order
 differs from TF's kernels. TF 2.21's own gradient kernels cannot serve as references for
