@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tfpock
+from tests.numerics import assert_close
 from tfpock.runtime import Trainer
 
 
@@ -39,8 +40,9 @@ def test_activation_after_a_trained_matmul_survives_conversion(kind, activation,
     y = np.array([0, 1, 2, 1], np.int32)
     expected = model(x).numpy()
     assert (model.layers[0](x).numpy() <= 0).any()  # the activation matters for this batch
-    np.testing.assert_allclose(trainer.infer(x), expected, atol=1e-5)
+    # rtol=1e-7 here and below: np.testing.assert_allclose's default, which these checks had
+    assert_close(trainer.infer(x), expected, rtol=1e-7, atol=1e-5, where="infer")
     host = program.train_step(x, y)["loss"]
-    assert trainer.train(x, y)["loss"] == pytest.approx(host, rel=1e-6)
+    assert_close(trainer.train(x, y)["loss"], host, rtol=1e-6, where="loss")
     for key, value in program.weights().items():
-        np.testing.assert_allclose(trainer.weights()[key], value, atol=1e-6, err_msg=key)
+        assert_close(trainer.weights()[key], value, rtol=1e-7, atol=1e-6, where=key)

@@ -13,6 +13,7 @@ import pytest
 
 import tfpock
 from tfpock.runtime import Trainer
+from tests.numerics import assert_close
 from tfpock.testing import models
 
 BATCH = 4
@@ -38,10 +39,10 @@ def test_first_step_on_device_equals_host_program(tmp_path):
     x, y = batch()
     host = program.train_step(x, y)
     device = Trainer(path)
-    assert device.train(x, y)["loss"] == pytest.approx(host["loss"], rel=1e-5)
+    assert_close(device.train(x, y)["loss"], host["loss"], rtol=1e-5, where="loss")
     on_device = device.weights()
     for p, value in program.weights().items():
-        np.testing.assert_allclose(on_device[p], value, rtol=0, atol=1e-4, err_msg=p)
+        assert_close(on_device[p], value, atol=1e-4, where=p)
 
 
 @pytest.mark.parametrize("dropout, masks_differ", [(0.5, True), (0.0, False)])
@@ -52,4 +53,4 @@ def test_each_step_draws_a_new_mask(tmp_path, dropout, masks_differ):
     losses = [trainer.train(x, y)["loss"] for _ in range(4)]
     assert (len(set(losses)) == 4) == masks_differ, losses
     # inference is deterministic and dropout-free either way
-    np.testing.assert_array_equal(trainer.infer(x), trainer.infer(x))
+    assert_close(trainer.infer(x), trainer.infer(x), where="infer")

@@ -25,12 +25,15 @@ kernels, so a check that a fixed set of elements agrees would be tuned to one ma
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
 import pytest
 
 import tfpock
 from tests.reference import assert_kink_tolerant, tape_sgd_step, weights_by_path
+from tests.numerics import assert_close
 from tfpock.tflite import model_file
 from tfpock.runtime import Trainer
 from tfpock.testing import models
@@ -43,7 +46,15 @@ BUILDERS = {
     "mobilenet_v2": models.mobilenet_v2,
 }
 SCHEMES = ["full", "last:2", "bias"]
-KINK_TOLERANT = {("mobilenet_v2", s) for s in SCHEMES}  # see the module docstring
+
+
+class Case(NamedTuple):
+    model: str     # a key of BUILDERS
+    scheme: str
+
+
+CASES = [Case(m, s) for m in BUILDERS for s in SCHEMES]
+KINK_TOLERANT = {Case("mobilenet_v2", s) for s in SCHEMES}  # see the module docstring
 
 
 def loss_fn():
@@ -57,8 +68,7 @@ def batch_for(model, seed=0):
     return x, y
 
 
-@pytest.fixture(scope="module", params=[(m, s) for m in BUILDERS for s in SCHEMES],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=CASES, ids=lambda case: f"{case.model}-{case.scheme}")
 def compiled(request, tmp_path_factory):
     name, scheme = request.param
     model = BUILDERS[name]()
@@ -86,7 +96,7 @@ def assert_step_matches(loss, weights, ref_loss, ref_weights, sensitivity, where
                         kink_tolerant=False, check_updates=True):
     """``start``: every weight before the step. ``check_updates`` also checks each update
     relative to its size (where kinks are not tolerated)."""
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"{where}: loss")
+    assert_close(loss, ref_loss, rtol=1e-5, where=f"{where}: loss")
     for path, value in weights.items():
         if kink_tolerant:
             assert_kink_tolerant(value, ref_weights[path], start[path], sensitivity[path],
@@ -97,12 +107,10 @@ def assert_step_matches(loss, weights, ref_loss, ref_weights, sensitivity, where
             # ~1e-5 in one step, which a 1e-4 absolute check alone could not tell from zero
             update, ref_update = value - start[path], ref_weights[path] - start[path]
             scale = float(np.abs(ref_update).max())
-            np.testing.assert_allclose(update, ref_update, rtol=0,
-                                       atol=1e-3 * scale + 1e-7 + 4 * sensitivity[path],
-                                       err_msg=f"{where}: update of {path}")
-        np.testing.assert_allclose(value, ref_weights[path], rtol=0,
-                                   atol=1e-4 + 4 * sensitivity[path],
-                                   err_msg=f"{where}: weight {path}")
+            assert_close(update, ref_update, atol=1e-3 * scale + 1e-7 + 4 * sensitivity[path],
+                         where=f"{where}: update of {path}")
+        assert_close(value, ref_weights[path], atol=1e-4 + 4 * sensitivity[path],
+                     where=f"{where}: weight {path}")
 
 
 def test_trainer_step_matches_gradient_tape(compiled):
@@ -111,8 +119,8 @@ def test_trainer_step_matches_gradient_tape(compiled):
     ref, before, ref_loss, after, sensitivity = reference_after_step(
         name, program.trained_paths, x, y)
     trainer = Trainer(path)
-    np.testing.assert_allclose(trainer.infer(x), BUILDERS[name]()(x, training=False).numpy(),
-                               rtol=1e-4, atol=1e-4, err_msg="infer before the step")
+    assert_close(trainer.infer(x), BUILDERS[name]()(x, training=False).numpy(), rtol=1e-4,
+                 atol=1e-4, where="infer before the step")
     out = trainer.train(x, y)
     weights = trainer.weights()
     assert sorted(weights) == sorted(program.trained_paths)
@@ -123,8 +131,8 @@ def test_trainer_step_matches_gradient_tape(compiled):
     moved = [p for p in weights if not np.array_equal(weights[p], before[p])]
     assert len(moved) >= max(1, len(weights) // 2), f"only {moved} changed"
     if not kinks:  # frozen weights intact: the file's forward after the step is the reference's
-        np.testing.assert_allclose(trainer.infer(x), ref(x, training=False).numpy(),
-                                   rtol=1e-4, atol=1e-4, err_msg="infer after the step")
+        assert_close(trainer.infer(x), ref(x, training=False).numpy(), rtol=1e-4, atol=1e-4,
+                     where="infer after the step")
 
 
 def test_program_step_matches_gradient_tape(compiled):

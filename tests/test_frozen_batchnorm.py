@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import tfpock
 from tests.reference import tape_sgd_step, weights_by_path
+from tests.numerics import assert_close
 from tfpock.runtime import Trainer
 from tfpock.testing import models
 
@@ -95,10 +96,10 @@ def test_step_matches_keras_in_that_mode(compiled, engine):
     else:
         trainer = Trainer(path)
         loss, weights = trainer.train(x, y)["loss"], trainer.weights()
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert_close(loss, ref_loss, rtol=1e-5, where="loss")
     assert set(weights) <= set(ref)
     for p, value in weights.items():
-        np.testing.assert_allclose(value, ref[p], rtol=0, atol=1e-4, err_msg=p)
+        assert_close(value, ref[p], atol=1e-4, where=p)
 
 
 def test_the_two_modes_differ():

@@ -43,6 +43,7 @@ differences, both measured:
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
@@ -52,6 +53,7 @@ from keras import layers
 
 import tfpock
 from tests.reference import assert_kink_tolerant, freeze_as_scheme
+from tests.numerics import assert_close
 from tfpock.runtime import Trainer
 from tfpock.testing import models
 
@@ -107,15 +109,27 @@ BN_SCHEME = {"default": "frozen", "layers": {
     "logits": "full",
 }}
 
+
+class ModelCase(NamedTuple):
+    build: Callable[[], keras.Model]
+    scheme: dict
+
+
+class Compiled(NamedTuple):
+    model: str        # a key of MODELS
+    optimizer: str    # a key of OPTIMIZERS
+
+
 MODELS = {
-    "cnn": (lambda: models.every_layer_cnn(dropout=0.0), CNN_SCHEME),
-    "mobilenet_v2": (models.mobilenet_v2, MOBILENET_SCHEME),
-    "mobilenet_v2_strided": (models.mobilenet_v2, MOBILENET_STRIDED_SCHEME),
-    "bn_cnn": (models.bn_cnn, BN_SCHEME),   # bn_c: trainable in Keras, frozen by the scheme
+    "cnn": ModelCase(lambda: models.every_layer_cnn(dropout=0.0), CNN_SCHEME),
+    "mobilenet_v2": ModelCase(models.mobilenet_v2, MOBILENET_SCHEME),
+    "mobilenet_v2_strided": ModelCase(models.mobilenet_v2, MOBILENET_STRIDED_SCHEME),
+    # bn_c: trainable in Keras, frozen by the scheme
+    "bn_cnn": ModelCase(models.bn_cnn, BN_SCHEME),
 }
 KINK_TOLERANT = {"mobilenet_v2", "mobilenet_v2_strided"}  # see the module docstring
-COMPILED = [(m, o) for m in ("cnn", "mobilenet_v2") for o in OPTIMIZERS] + \
-    [("bn_cnn", "momentum"), ("bn_cnn", "adamw")]
+COMPILED = [Compiled(m, o) for m in ("cnn", "mobilenet_v2") for o in OPTIMIZERS] + \
+    [Compiled("bn_cnn", "momentum"), Compiled("bn_cnn", "adamw")]
 
 
 def loss_fn():
@@ -241,8 +255,7 @@ def assert_state_matches(state, ref_state, where, sensitivity=None, channels=Non
     bit-identical elsewhere), the updates measured from ``start``."""
     for key, value in state.items():
         if sensitivity is None:
-            np.testing.assert_allclose(value, ref_state[key], rtol=0, atol=1e-4,
-                                       err_msg=f"{where}: {key}")
+            assert_close(value, ref_state[key], atol=1e-4, where=f"{where}: {key}")
         else:
             k = (channels or {}).get(key)
             assert_kink_tolerant(trained_part(value, k), trained_part(ref_state[key], k),
@@ -283,7 +296,7 @@ def compile_model(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="module", params=COMPILED, ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=COMPILED, ids=lambda c: f"{c.model}-{c.optimizer}")
 def compiled(request, compile_model):
     model_name, optimizer_name = request.param
     return (model_name, optimizer_name, *compile_model(model_name, optimizer_name))
@@ -308,7 +321,7 @@ def test_five_steps_match_gradient_tape(compiled):
             ref.load(start)
         ref_loss = ref.step(x, y)
         loss = trainer.train(x, y)["loss"]
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"{where}: loss step {i}")
+        assert_close(loss, ref_loss, rtol=1e-5, where=f"{where}: loss step {i}")
         if kinks:
             ref_after = {**ref.weights(), **ref.slots()}
             sensitivity = nudge_sensitivity(spares, start, x, y, ref_after)
@@ -331,12 +344,10 @@ def test_five_steps_match_gradient_tape(compiled):
         assert_state_matches(weights, ref.weights(), where)
         # the optimizer's state is Keras's
         for key, value in ref_slots.items():
-            np.testing.assert_allclose(state[key], value, rtol=1e-4, atol=1e-6,
-                                       err_msg=f"{where}: {key}")
+            assert_close(state[key], value, rtol=1e-4, atol=1e-6, where=f"{where}: {key}")
         # frozen weights intact: the forwards agree
-        np.testing.assert_allclose(trainer.infer(data[0][0]),
-                                   ref.model(data[0][0], training=False).numpy(),
-                                   rtol=1e-4, atol=1e-4, err_msg=f"{where}: infer")
+        assert_close(trainer.infer(data[0][0]), ref.model(data[0][0], training=False).numpy(),
+                     rtol=1e-4, atol=1e-4, where=f"{where}: infer")
 
     # the steps did something: most trained weights and every BN statistic moved
     moved = [p for p in weights if not np.array_equal(weights[p], before[p])]
@@ -359,7 +370,7 @@ def test_host_program_step_matches_gradient_tape(model_name):
     ref_loss = ref.step(x, y)
     loss = program.train_step(x, y)["loss"]
     where = f"{model_name} host program"
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"{where}: loss")
+    assert_close(loss, ref_loss, rtol=1e-5, where=f"{where}: loss")
     ref_after = {**ref.weights(), **ref.slots()}
     spares = [Reference(model_name, "sgd") for _ in range(2)]
     sensitivity = nudge_sensitivity(spares, start, x, y, ref_after)
@@ -375,7 +386,7 @@ def test_host_program_step_matches_gradient_tape(model_name):
 
 def test_untouched_channels_are_bit_identical(compiled):
     model_name, optimizer_name, model, path = compiled
-    trained = expected_trained(model, MODELS[model_name][1])
+    trained = expected_trained(model, MODELS[model_name].scheme)
     partial = {p: k for p, k in trained.items() if k is not None}
     assert partial, "the scheme has partial-channel weights"
     before = {v.path: np.array(v.numpy()) for v in model.variables}
@@ -430,7 +441,7 @@ def test_save_restore_equals_uninterrupted(compiled, tmp_path):
     assert amnesiac_losses[1] != straight_losses[4]
 
 
-SCHEDULED = [p for p in COMPILED if p[0] != "mobilenet_v2"]
+SCHEDULED = [c for c in COMPILED if c.model != "mobilenet_v2"]
 
 
 @pytest.mark.parametrize("model_name,optimizer_name", SCHEDULED,
@@ -446,7 +457,7 @@ def test_learning_rate_schedule(model_name, optimizer_name, compile_model):
     trainer = Trainer(path)
     losses = [trainer.train(x, y, learning_rate=lr)["loss"] for (x, y), lr in
               zip(data, schedule)]
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert_close(losses, ref_losses, rtol=1e-5, where="losses")
     weights = trainer.weights()
     assert_state_matches(weights, ref.weights(), f"{model_name}/{optimizer_name} schedule")
     # the schedule mattered: a constant learning rate ends elsewhere

@@ -149,40 +149,64 @@ def _statistics(model: keras.Model) -> set[int]:
     return ids
 
 
-def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
-          batch_size: int, trained: list[TrainedWeight]) -> TracedStep:
-    """Traces the training and inference steps of ``model`` at a fixed ``batch_size``."""
-    check_model(model)
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    """Where every weight, slot and counter of a step sits among the graph's params.
+
+    Kept apart from the traced function because the train graph, the inference graph, the
+    exporter's variables and the checkpoint all read one flat order of the same keys; the
+    layout is worked out once, from the model and the scheme, before anything is traced.
+    """
+    weights: list[Weight]              # model.trainable_variables, then the non-trainable
+    n_trainable: int                   # the first n are Keras-trainable (stateless_call)
+    params: dict[str, np.ndarray]      # param key -> compile-time value, in placeholder order
+    variables: list[Variable]          # what the exported model holds as variables
+    frozen: dict[str, np.ndarray]      # param key -> value, for the freeze pass
+
+    @property
+    def keys(self) -> list[str]:
+        """Every param key, in the order the train graph's placeholders take them."""
+        return list(self.params)
+
+    @property
+    def model_keys(self) -> list[str]:
+        """The keys of model weights (no optimizer state): what inference reads."""
+        return [k for k in self.params if not k.startswith("optimizer/")]
+
+    def specs(self, keys: list[str]) -> list[tf.TensorSpec]:
+        return [tf.TensorSpec(self.params[k].shape, tf.as_dtype(self.params[k].dtype))
+                for k in keys]
+
+    def weight_tensors(self, p: dict[str, tf.Tensor]) -> tuple[list, list]:
+        """Model weights in stateless_call order (trainable, non-trainable), partial ones
+        joined from their parts."""
+        out = []
+        for w in self.weights:
+            if w.channels is None:
+                out.append(p[w.path])
+            else:
+                out.append(tf.concat([p[w.path], p[w.path + FROZEN_CHANNELS]], axis=w.axis))
+        return out[:self.n_trainable], out[self.n_trainable:]
+
+
+def param_layout(model: keras.Model, trained: list[TrainedWeight],
+                 optimizer: CompiledOptimizer) -> ParamLayout:
+    """Which weights the scheme trains (whole or on their first channels), which are frozen
+    and which are state, and the param keys they take (see the module docstring): each model
+    weight in Keras order, a partial weight's frozen channels right after it, then each slot
+    of each trained weight, then the step counter."""
     trainable = list(model.trainable_variables)
-    others = list(model.non_trainable_variables)
-    everything = trainable + others
     owners = _owner_layers(model)
     chosen = {w.path: w for w in trained}
     stats = _statistics(model)
     weights = []
-    for v in everything:
+    for v in trainable + list(model.non_trainable_variables):
         spec = chosen.get(v.path)
         layer = owners.get(id(v))
         weights.append(Weight(v.path, layer.name if layer else "", np.array(v.numpy()),
                               spec is not None, spec.channels if spec else None,
                               spec.axis if spec else None, id(v) in stats))
-    n_train = len(trainable)
-    seed_states = _seed_states(model)
 
-    in_shape = tuple(model.inputs[0].shape[1:])
-    out_shape = tuple(model.outputs[0].shape[1:])
-    if any(d is None for d in in_shape + out_shape):
-        raise UnsupportedModelError(f"model {model.name!r} has dynamic dimensions (input "
-                                    f"{in_shape}, output {out_shape}); tfpock compiles static "
-                                    "shapes")
-    x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
-    y_spec = label_spec(loss, batch_size, out_shape)
-    # shape [1], not a scalar: the aarch64 ai-edge-litert wheels crash resizing a signature
-    # input to an empty shape (memset of -4 bytes; found by tests/portability/aarch64_check.py)
-    lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")
-    output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
-
-    # ---- parameters: keys, initial values, and which become variables -----------------
     params: dict[str, np.ndarray] = {}
     variables: list[Variable] = []
     frozen: dict[str, np.ndarray] = {}
@@ -205,39 +229,47 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
     if optimizer.uses_step:
         params[ITERATIONS] = np.zeros((), np.float32)
         variables.append(Variable(ITERATIONS, params[ITERATIONS], "optimizer"))
-    keys = list(params)
-    specs = [tf.TensorSpec(v.shape, tf.as_dtype(v.dtype)) for v in params.values()]
+    return ParamLayout(weights, len(trainable), params, variables, frozen)
 
-    def weight_tensors(p):
-        """Model weights in stateless_call order, partial ones joined from their parts."""
-        out = []
-        for w in weights:
-            if w.channels is None:
-                out.append(p[w.path])
-            else:
-                out.append(tf.concat([p[w.path], p[w.path + FROZEN_CHANNELS]], axis=w.axis))
-        return out[:n_train], out[n_train:]
 
-    backward: set[str] = set()
+class TrainFunction:
+    """The function traced as the train graph: forward, loss, tape, optimizer update.
 
-    def train_step(x, y, learning_rate, *values):
+    A class rather than a closure inside ``trace`` so that what the step computes reads on
+    its own, and so that it can hold what tracing it records: ``backward``, the names of the
+    ops the tape created (the prune pass deletes those no kept update needs).
+    """
+
+    def __init__(self, model: keras.Model, loss: keras.losses.Loss,
+                 optimizer: CompiledOptimizer, layout: ParamLayout):
+        self.model, self.loss, self.optimizer, self.layout = model, loss, optimizer, layout
+        self.trainable = list(model.trainable_variables)
+        self.others = list(model.non_trainable_variables)
+        self.seed_states = _seed_states(model)
+        self.backward: set[str] = set()
+
+    def train_step(self, x, y, learning_rate, *values) -> dict[str, tf.Tensor]:
+        """``loss`` and ``new:<key>`` of every variable the step changes."""
+        layout, optimizer = self.layout, self.optimizer
+        weights, n_train = layout.weights, layout.n_trainable
         learning_rate = tf.reshape(learning_rate, [])
-        p = dict(zip(keys, values))
+        p = dict(zip(layout.keys, values))
         sources = [p[w.path] for w in weights[:n_train]]  # what the tape differentiates
         with tf.GradientTape() as tape:
             tape.watch(sources)
-            t, n = weight_tensors(p)
-            out, new_n, reg = model.stateless_call(t, n, x, training=True, return_losses=True)
-            value = loss(y, out)
+            t, n = layout.weight_tensors(p)
+            out, new_n, reg = self.model.stateless_call(t, n, x, training=True,
+                                                        return_losses=True)
+            value = self.loss(y, out)
             if reg:
                 value = value + tf.add_n(reg)
         graph = tf.compat.v1.get_default_graph()
         before = {op.name for op in graph.get_operations()}
         grads = tape.gradient(value, sources)
-        backward.update(op.name for op in graph.get_operations() if op.name not in before)
+        self.backward.update(op.name for op in graph.get_operations() if op.name not in before)
         outputs = {"loss": value}
         step = p.get(ITERATIONS)
-        for var, w, g in zip(trainable, weights[:n_train], grads):
+        for var, w, g in zip(self.trainable, weights[:n_train], grads):
             if not w.trained:
                 continue
             if g is None:
@@ -250,31 +282,50 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
                 outputs[f"new:{slot_key(s, w.path)}"] = new
         if optimizer.uses_step:
             outputs[f"new:{ITERATIONS}"] = step + 1.0
-        for var, w, old, new in zip(others, weights[n_train:], n, new_n):
+        for var, w, old, new in zip(self.others, weights[n_train:], n, new_n):
             if w.stateful:
                 outputs[f"new:{w.path}"] = new
-            elif new is not old and id(var) not in seed_states:
+            elif new is not old and id(var) not in self.seed_states:
                 raise UnsupportedModelError(
                     f"the training step updates non-trainable variable {var.path!r}; state "
                     "updated in training other than BatchNorm statistics and dropout seeds "
                     "is not supported yet")
         return outputs
 
-    model_keys = [k for k in keys if not k.startswith("optimizer/")]  # inference reads these
+
+def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
+          batch_size: int, trained: list[TrainedWeight]) -> TracedStep:
+    """Traces the training and inference steps of ``model`` at a fixed ``batch_size``."""
+    check_model(model)
+    layout = param_layout(model, trained, optimizer)
+
+    in_shape = tuple(model.inputs[0].shape[1:])
+    out_shape = tuple(model.outputs[0].shape[1:])
+    if any(d is None for d in in_shape + out_shape):
+        raise UnsupportedModelError(f"model {model.name!r} has dynamic dimensions (input "
+                                    f"{in_shape}, output {out_shape}); tfpock compiles static "
+                                    "shapes")
+    x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
+    y_spec = label_spec(loss, batch_size, out_shape)
+    # shape [1], not a scalar: the aarch64 ai-edge-litert wheels crash resizing a signature
+    # input to an empty shape (memset of -4 bytes; found by tests/portability/aarch64_check.py)
+    lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")
+    output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
 
     def infer_step(x, *values):
-        t, n = weight_tensors(dict(zip(model_keys, values)))
+        t, n = layout.weight_tensors(dict(zip(layout.model_keys, values)))
         out, _ = model.stateless_call(t, n, x, training=False)
         return {"output": out}
 
-    train_fn = tf.function(train_step, autograph=False).get_concrete_function(
-        x_spec, y_spec, lr_spec, *specs)
+    train = TrainFunction(model, loss, optimizer, layout)
+    train_fn = tf.function(train.train_step, autograph=False).get_concrete_function(
+        x_spec, y_spec, lr_spec, *layout.specs(layout.keys))
     infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(
-        x_spec, *[spec for key, spec in zip(keys, specs) if key in model_keys])
-    train_graph = _graph_of(train_fn, ["x", "y", "learning_rate"], keys, backward)
-    infer_graph = _graph_of(infer_fn, ["x"], model_keys, ())
-    return TracedStep(train_graph, infer_graph, weights, params, variables, frozen, x_spec,
-                      y_spec, output_spec, optimizer.learning_rate)
+        x_spec, *layout.specs(layout.model_keys))
+    train_graph = _graph_of(train_fn, ["x", "y", "learning_rate"], layout.keys, train.backward)
+    infer_graph = _graph_of(infer_fn, ["x"], layout.model_keys, ())
+    return TracedStep(train_graph, infer_graph, layout.weights, layout.params, layout.variables,
+                      layout.frozen, x_spec, y_spec, output_spec, optimizer.learning_rate)
 
 
 def _graph_of(concrete, input_names, keys, backward) -> Graph:

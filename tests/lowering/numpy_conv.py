@@ -13,6 +13,8 @@ Notation as in ``graph_passes/lowering/conv.py``: x [N, H, W, C], w [kh, kw, C, 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 
@@ -33,13 +35,54 @@ def pads_of(padding: str, in_hw, kernel_hw, strides, dilations, explicit=None):
                  for n, k, s, d in zip(in_hw, kernel_hw, strides, dilations))
 
 
-def geometry(config, explicit=None):
-    """(strides, dilations, pads) of a test config ``(N, H, W, C, X, kh, kw, stride,
-    dilation, padding)`` (X: output channels or depthwise multiplier); ``explicit``: TF's
-    8-list of paddings for EXPLICIT padding."""
-    _, h, w, _, _, kh, kw, s, d, padding = config
-    pads = pads_of("EXPLICIT" if explicit else padding, (h, w), (kh, kw), (s, s), (d, d),
-                   explicit)
+class ConvConfig(NamedTuple):
+    """A convolution test case: input [n, h, w, c], a kh x kw kernel [kh, kw, c, out], one
+    stride and one dilation for both spatial axes, TF's padding ("SAME", "VALID", or
+    "EXPLICIT" with an 8-list given alongside). h=1 with kh=1 is Keras' Conv1D."""
+    n: int
+    h: int
+    w: int
+    c: int
+    out: int                 # output channels, or the depthwise channel multiplier
+    kh: int
+    kw: int
+    stride: int
+    dilation: int
+    padding: str
+    depthwise: bool = False
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.kh, self.kw, self.c, self.out)
+
+    def attrs(self, explicit=None) -> dict:
+        """The raw gradient ops' strides, dilations and padding (``explicit``: TF's 8-list)."""
+        s, d = self.stride, self.dilation
+        extra = {"explicit_paddings": explicit} if explicit else {}
+        return dict(strides=[1, s, s, 1], dilations=[1, d, d, 1],
+                    padding="EXPLICIT" if explicit else self.padding, **extra)
+
+    def arrays(self, seed=0, explicit=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Random float32 (x, kernel, dy), dy shaped like the forward's output."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.n, self.h, self.w, self.c)).astype(np.float32)
+        kernel = rng.standard_normal(self.kernel_shape).astype(np.float32)
+        ho, wo = output_hw((self.h, self.w), (self.kh, self.kw), *geometry(self, explicit))
+        channels = self.c * self.out if self.depthwise else self.out
+        dy = rng.standard_normal((self.n, ho, wo, channels)).astype(np.float32)
+        return x, kernel, dy
+
+    def reference(self, x, kernel, dy, explicit=None) -> tuple[np.ndarray, np.ndarray]:
+        """(dw, dx) by the float64 loops below (the module docstring says why not TF's)."""
+        return conv_grads(x, kernel, dy, *geometry(self, explicit), depthwise=self.depthwise)
+
+
+def geometry(config: ConvConfig, explicit=None):
+    """(strides, dilations, pads) of a test config; ``explicit``: TF's 8-list of paddings
+    for EXPLICIT padding."""
+    s, d = config.stride, config.dilation
+    pads = pads_of("EXPLICIT" if explicit else config.padding, (config.h, config.w),
+                   (config.kh, config.kw), (s, s), (d, d), explicit)
     return (s, s), (d, d), pads
 
 

@@ -10,8 +10,8 @@ import tensorflow as tf
 from graph_passes.lower import LoweringError, lower_node
 from graph_passes.lowering.activations import (EluGradRule, ErfcRule, ErfRule,
                                                LeakyReluGradRule, Relu6GradRule, ReluGradRule)
-from tests.lowering.rule_harness import (assert_close, build, lowered, run_lowered_litert,
-                                         run_tf)
+from tests.lowering.harness import graph_of, lowered
+from tests.numerics import assert_close
 
 SHAPES = [(7,), (2, 5, 3), (3, 4, 4, 2)]
 
@@ -53,34 +53,34 @@ GRAD_CASES = {
 @pytest.mark.parametrize("name", GRAD_CASES)
 def test_activation_grad_matches_tf(name, shape):
     rule, make, case = GRAD_CASES[name]
-    arrays = case(shape)
-    result = lowered(make, arrays, rule)
-    assert result.count == 1
-    assert rule.op_type not in result.graph.op_histogram()
-    np.testing.assert_array_equal(run_tf(result.graph, arrays), result.reference)
+    result = lowered(make, rule, *case(shape))
+    assert (result.count, result.left) == (1, 0)
+    assert_close(result.run_tf(), result.reference())
 
 
 @pytest.mark.parametrize("name", GRAD_CASES)
 def test_activation_grad_on_litert(name):
     rule, make, case = GRAD_CASES[name]
-    arrays = case((2, 3, 5, 4), seed=3)
-    result = lowered(make, arrays, rule)
-    assert_close(run_lowered_litert(result.graph, arrays), result.reference, 1e-6)
+    result = lowered(make, rule, *case((2, 3, 5, 4), seed=3))
+    assert_close(result.run_litert(), result.reference(), peak_rtol=1e-6)
 
 
 def test_relu_grad_keeps_tf_nan_semantics():
     """ReluGrad is a product in TF: an inf gradient at a negative feature gives NaN."""
     g = np.array([np.inf, np.inf, np.nan, 1.0], np.float32)
     f = np.array([-1.0, 1.0, -1.0, 0.0], np.float32)
-    result = lowered(lambda a, b: tf.raw_ops.ReluGrad(gradients=a, features=b), [g, f],
-                     ReluGradRule())
-    np.testing.assert_array_equal(run_tf(result.graph, [g, f]), result.reference)
+    result = lowered(lambda a, b: tf.raw_ops.ReluGrad(gradients=a, features=b),
+                     ReluGradRule(), g, f)
+    assert_close(result.run_tf(), result.reference(), same_nonfinite=True)
 
 
 ERF_CASES = {"Erf": (ErfRule(), tf.math.erf), "Erfc": (ErfcRule(), tf.math.erfc)}
 
 
 EXACT = {"Erf": np.vectorize(math.erf), "Erfc": np.vectorize(math.erfc)}
+# the bounds are strict ("below 1e-6"); assert_close's are inclusive: the double just below
+ERF_ATOL = np.nextafter(1e-6, 0)
+ERFC_TAIL_RTOL = np.nextafter(3e-6, 0)
 
 
 @pytest.mark.parametrize("name", ERF_CASES)
@@ -90,18 +90,15 @@ def test_erf_accuracy_over_range(name):
     depends on the kernels a CPU runs."""
     rule, op = ERF_CASES[name]
     x = np.linspace(-10, 10, 200_001).astype(np.float32)
-    result = lowered(op, [x], rule)
-    assert rule.op_type not in result.graph.op_histogram()
-    exact = EXACT[name](x.astype(np.float64))
-    assert np.max(np.abs(run_tf(result.graph, [x]) - exact)) < 1e-6
+    result = lowered(op, rule, x)
+    assert result.left == 0
+    assert_close(result.run_tf(), EXACT[name](x.astype(np.float64)), atol=ERF_ATOL)
 
 
 def test_erfc_keeps_relative_accuracy_in_tail():
     x = np.linspace(0.5, 4.0, 10_001).astype(np.float32)
-    result = lowered(tf.math.erfc, [x], ErfcRule())
-    exact = EXACT["Erfc"](x.astype(np.float64))
-    rel = np.abs(run_tf(result.graph, [x]) - exact) / exact
-    assert rel.max() < 3e-6
+    result = lowered(tf.math.erfc, ErfcRule(), x)
+    assert_close(result.run_tf(), EXACT["Erfc"](x.astype(np.float64)), rtol=ERFC_TAIL_RTOL)
 
 
 @pytest.mark.parametrize("name", ERF_CASES)
@@ -109,15 +106,15 @@ def test_erf_on_litert(name):
     rule, op = ERF_CASES[name]
     x = np.concatenate([np.linspace(-6, 6, 999), [0.0, 0.5, -0.5, 4.0, -4.0, 20.0, -20.0]])
     x = x.astype(np.float32)
-    result = lowered(op, [x], rule)
-    assert_close(run_lowered_litert(result.graph, [x]), result.reference, 1e-6)
+    result = lowered(op, rule, x)
+    assert_close(result.run_litert(), result.reference(), peak_rtol=1e-6)
 
 
 def test_exact_gelu_with_erfc_lowered_matches():
     x = np.linspace(-8, 8, 1001).astype(np.float32)
-    result = lowered(lambda t: tf.nn.gelu(t, approximate=False), [x], ErfcRule())
+    result = lowered(lambda t: tf.nn.gelu(t, approximate=False), ErfcRule(), x)
     assert result.count == 1
-    assert_close(run_lowered_litert(result.graph, [x]), result.reference, 1e-6)
+    assert_close(result.run_litert(), result.reference(), peak_rtol=1e-6)
 
 
 @pytest.mark.parametrize("rule,make", [
@@ -126,6 +123,6 @@ def test_exact_gelu_with_erfc_lowered_matches():
 ])
 def test_declines_float64(rule, make):
     arrays = [np.ones((2, 3), np.float64), np.ones((2, 3), np.float64)]
-    graph = build(make, arrays)
+    graph = graph_of(make, *arrays)
     with pytest.raises(LoweringError, match="only float32"):
         lower_node(graph, graph.nodes_of([rule.op_type])[0], rule)

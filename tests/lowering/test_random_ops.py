@@ -9,9 +9,9 @@ from ai_edge_litert.interpreter import Interpreter
 from graph_passes.lower import LoweringError, lower_node
 from graph_passes.lowering.random_ops import (StatelessNormalV2Rule, StatelessUniformRule,
                                               StatelessUniformV2Rule)
-from tests.lowering.rule_harness import (build, function_of, lowered, run_lowered_litert,
-                                         run_tf)
 from tfpock.testing.litert import convert_builtins_only
+from tests.lowering.harness import function_of, graph_of, lowered
+from tests.numerics import assert_close
 
 SEED = np.array([3, 11], np.int32)
 SHAPE = (4, 64)
@@ -39,23 +39,22 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_replaced_by_stateful_op_with_same_shape(name):
     rule, make, stateful = CASES[name]
-    result = lowered(make, [SEED], rule)
-    histogram = result.graph.op_histogram()
-    assert result.count == 1 and rule.op_type not in histogram and histogram[stateful] == 1
-    assert run_tf(result.graph, [SEED]).shape == SHAPE
+    result = lowered(make, rule, SEED)
+    assert (result.count, result.left) == (1, 0)
+    assert result.graph.op_histogram()[stateful] == 1
+    assert result.run_tf().shape == SHAPE
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_litert_first_invocation_equals_tf(name):
     """The documented finding: same seeds -> the same numbers on a fresh interpreter."""
     rule, make, _ = CASES[name]
-    result = lowered(make, [SEED], rule)
-    np.testing.assert_array_equal(run_lowered_litert(result.graph, [SEED]),
-                                  run_tf(result.graph, [SEED]))
+    result = lowered(make, rule, SEED)
+    assert_close(result.run_litert(), result.run_tf())
 
 
 def test_litert_draws_new_numbers_each_invocation():
-    result = lowered(_uniform, [SEED], StatelessUniformV2Rule())
+    result = lowered(_uniform, StatelessUniformV2Rule(), SEED)
     model = convert_builtins_only(function_of(result.graph), [tf.TensorSpec(SEED.shape, tf.int32)])
     runner = Interpreter(model_content=model).get_signature_runner("serving_default")
     first, second = runner(in00=SEED)["out00"], runner(in00=SEED)["out00"]
@@ -68,17 +67,17 @@ def test_dropout_mask_lowered_converts_and_keeps_rate():
 
     def dropout(t, seed):
         return tf.nn.experimental.stateless_dropout(t, rate=0.25, seed=seed)
-    result = lowered(dropout, [x, SEED], StatelessUniformV2Rule())
-    out = run_lowered_litert(result.graph, [x, SEED])
+    result = lowered(dropout, StatelessUniformV2Rule(), x, SEED)
+    out = result.run_litert()
     kept = out != 0
     assert abs(kept.mean() - 0.75) < 0.05
-    np.testing.assert_allclose(out[kept], 1 / 0.75, rtol=1e-6)
+    assert_close(out[kept], 1 / 0.75, rtol=1e-6)
 
 
 def test_declines_float64():
     def make(seed):
         return tf.random.stateless_uniform(SHAPE, seed=seed, dtype=tf.float64)
-    graph = build(make, [SEED])
+    graph = graph_of(make, SEED)
     with pytest.raises(LoweringError, match="only float32"):
         lower_node(graph, graph.nodes_of(["StatelessRandomUniformV2"])[0],
                    StatelessUniformV2Rule())

@@ -1,4 +1,5 @@
-"""Shared helpers of the per-pass tests: tiny models, tracing, and running a Graph in TF.
+"""Shared helpers of the per-pass tests: tiny models, tracing, running a Graph in TF, and
+``check_pass``, which runs a pass and checks what it must keep.
 
 Graphs run in a ``tf.compat.v1.Session`` with Grappler switched off, so what is compared is
 the graph a pass produced, not TensorFlow's own rewrite of it: with Grappler on, freezing
@@ -13,6 +14,8 @@ import tensorflow as tf
 from keras import layers
 
 from graph_passes.ir import Graph
+from graph_passes.pass_base import Pass, PassRecord, PassResult, Sequential
+from tests.numerics import assert_close
 from tfpock.losses import resolve_loss
 from tfpock.optimizers import compile_optimizer
 from tfpock.scheme import Scheme
@@ -130,19 +133,28 @@ def run(graph: Graph, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, results))
 
 
-def assert_outputs_equal(actual: dict, expected: dict) -> None:
-    assert sorted(actual) == sorted(expected)
-    for key in expected:
-        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
-
-
-def assert_outputs_close(actual: dict, expected: dict, rtol: float = 1e-5) -> None:
-    """Each output within ``rtol`` of its largest magnitude (or absolute, below 1)."""
-    assert sorted(actual) == sorted(expected)
-    for key in expected:
-        scale = max(1.0, float(np.abs(expected[key]).max()))
-        np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=rtol * scale,
-                                   err_msg=key)
+def check_pass(transform: Pass | Sequential, graph: Graph,
+               values: dict[str, np.ndarray] | None = None, *, peak_rtol: float = 0.0,
+               keeps_params: bool = True) -> tuple[PassResult | list[PassRecord], Graph]:
+    """Runs ``transform`` on a copy of ``graph`` and checks what every pass keeps: the
+    signature (inputs and output names); the parameters, unless it freezes some
+    (``keeps_params=False``); with ``values`` (``feeds``), every output's numbers, equal to
+    those of ``graph`` or within ``peak_rtol`` (tests/numerics.py). Returns what it said it
+    did (a Pass's PassResult, a Sequential's records) and the new graph, for the test to
+    assert how often it fired and the structure it left."""
+    if isinstance(transform, Sequential):
+        after, result = transform(graph)
+    else:
+        after = graph.copy()
+        result = transform.run(after)
+    assert signature(after) == signature(graph), (
+        f"signature changed: {signature(graph)} -> {signature(after)}")
+    if keeps_params:
+        assert after.params == graph.params, (
+            f"parameters changed: {sorted(graph.params)} -> {sorted(after.params)}")
+    if values is not None:
+        assert_close(run(after, values), run(graph, values), peak_rtol=peak_rtol)
+    return result, after
 
 
 def signature(graph: Graph) -> tuple[dict, list]:

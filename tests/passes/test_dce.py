@@ -39,30 +39,23 @@ def lowered():
 
 def test_removes_what_lowering_left_dead(lowered):
     _, graph = lowered
-    graph = graph.copy()
     expected = reachable(graph)
     removed = set(graph.nodes) - expected
     assert removed, "the lowered graph should have dead producers"
-    result = DeadCodeElimination().run(graph)
+    result, clean = helpers.check_pass(DeadCodeElimination(), graph)
     assert result.modified
     assert result.stats == {"ops_removed": len(removed)}
-    assert set(graph.nodes) == expected
+    assert set(clean.nodes) == expected
 
 
 def test_numbers_unchanged_exactly(lowered):
     step, graph = lowered
-    clean = graph.copy()
-    DeadCodeElimination().run(clean)
-    values = helpers.feeds(step)
-    helpers.assert_outputs_equal(helpers.run(clean, values), helpers.run(graph, values))
+    helpers.check_pass(DeadCodeElimination(), graph, helpers.feeds(step))
 
 
 def test_signature_and_parameters_unchanged(lowered):
     _, graph = lowered
-    clean = graph.copy()
-    DeadCodeElimination().run(clean)
-    assert helpers.signature(clean) == helpers.signature(graph)
-    assert clean.params == graph.params
+    helpers.check_pass(DeadCodeElimination(), graph)
 
 
 def _clean_train_graph():

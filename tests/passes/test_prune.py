@@ -28,11 +28,10 @@ def cnn_last1():
 
 
 def test_training_the_last_layer_removes_every_earlier_gradient(cnn_last1):
-    _, graph = cnn_last1
-    graph = graph.copy()
-    backward_before = len(graph.backward)
-    nodes_before = len(graph.nodes)
-    result = Prune().run(graph)
+    _, before = cnn_last1
+    backward_before = len(before.backward)
+    nodes_before = len(before.nodes)
+    result, graph = helpers.check_pass(Prune(), before)
 
     assert result.modified
     removed = result.stats["gradient_ops_removed_by_type"]
@@ -57,9 +56,9 @@ def test_training_the_last_layer_removes_every_earlier_gradient(cnn_last1):
 
 
 def test_a_frozen_dense_loses_its_weight_gradient():
-    _, graph = frozen_train_graph(helpers.mlp_bn, "last:1")
-    matmuls = helpers.backward_histogram(graph)["MatMul"]
-    result = Prune().run(graph)
+    _, before = frozen_train_graph(helpers.mlp_bn, "last:1")
+    matmuls = helpers.backward_histogram(before)["MatMul"]
+    result, graph = helpers.check_pass(Prune(), before)
     # hidden's kernel gradient and logits' input gradient go; logits' kernel gradient stays
     assert result.stats["gradient_ops_removed_by_type"]["MatMul"] == 2
     assert helpers.backward_histogram(graph)["MatMul"] == matmuls - 2 == 1
@@ -72,7 +71,7 @@ def test_a_frozen_middle_conv_keeps_its_input_gradient():
     _, graph = frozen_train_graph(
         helpers.small_cnn, Scheme(layers={"conv_b": "frozen"}, default="full"))
     before = helpers.backward_histogram(graph)
-    result = Prune().run(graph)
+    result, graph = helpers.check_pass(Prune(), graph)
     removed = result.stats["gradient_ops_removed_by_type"]
     after = helpers.backward_histogram(graph)
     assert removed["Conv2DBackpropFilter"] == 1
@@ -85,37 +84,29 @@ def test_a_frozen_middle_conv_keeps_its_input_gradient():
 @pytest.mark.parametrize("scheme", ["last:1", "full"])
 def test_numbers_unchanged_exactly(scheme):
     step, graph = frozen_train_graph(helpers.small_cnn, scheme)
-    pruned = graph.copy()
-    Prune().run(pruned)
-    values = helpers.feeds(step)
-    helpers.assert_outputs_equal(helpers.run(pruned, values), helpers.run(graph, values))
+    helpers.check_pass(Prune(), graph, helpers.feeds(step))
 
 
 def test_signature_and_parameters_unchanged(cnn_last1):
     _, graph = cnn_last1
-    pruned = graph.copy()
-    Prune().run(pruned)
-    assert helpers.signature(pruned) == helpers.signature(graph)
-    assert pruned.params == graph.params
+    helpers.check_pass(Prune(), graph)
 
 
 def test_does_not_fire_on_the_inference_graph():
     step = traced(helpers.mlp_bn(), "last:1")
     graph = step.infer.copy()
     Freeze(frozen_values(step)).run(graph)
-    before = helpers.serialized(graph)
-    result = Prune().run(graph)
+    result, pruned = helpers.check_pass(Prune(), graph)
     assert not result.modified
     assert result.stats["ops_removed"] == 0 and result.stats["gradient_ops_before"] == 0
-    assert helpers.serialized(graph) == before
+    assert helpers.serialized(pruned) == helpers.serialized(graph)
 
 
 def test_removes_no_gradient_op_from_an_inference_graph():
     # the CNN's inference graph has dead shape constants (Flatten's static shape), which
     # prune deletes like DCE would; there is no gradient op to count
     step = traced(helpers.small_cnn(), "last:1")
-    graph = step.infer.copy()
-    result = Prune().run(graph)
+    result, graph = helpers.check_pass(Prune(), step.infer)
     assert result.stats["gradient_ops_removed"] == 0
     assert result.stats["ops_removed"] == 1
     assert step.infer.op_histogram() - graph.op_histogram() == {"Const": 1}

@@ -31,6 +31,7 @@ import pytest
 
 from tests.portability import common
 from tests.portability.device_protocol import decode, load_inputs, run_protocol
+from tests.numerics import assert_close
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE_SCRIPT = REPO / "tests" / "portability" / "device_protocol.py"
@@ -248,16 +249,15 @@ def test_tflite_runtime_matches_ai_edge_litert(name, on_tflite_runtime, in_proce
     host = in_process(name, TFLITE_RUNTIME_STEPS)
     assert device["runtime"] == "tflite-runtime" and host["runtime"] == "ai-edge-litert"
     assert all(np.isfinite(device["losses"]))
-    np.testing.assert_allclose(device["losses"], host["losses"], rtol=common.LOSS_RTOL, atol=0)
-    np.testing.assert_allclose(device["loss_after_save"], host["loss_after_save"],
-                               rtol=common.LOSS_RTOL)
+    assert_close(device["losses"], host["losses"], rtol=common.LOSS_RTOL, where="losses")
+    assert_close(device["loss_after_save"], host["loss_after_save"], rtol=common.LOSS_RTOL,
+                 where="loss_after_save")
     assert sorted(device["weights"]) == sorted(host["weights"])
     for path in host["weights"]:
-        np.testing.assert_allclose(decode(device["weights"][path]),
-                                   decode(host["weights"][path]), rtol=0,
-                                   atol=common.WEIGHT_ATOL, err_msg=path)
+        assert_close(decode(device["weights"][path]), decode(host["weights"][path]),
+                     atol=common.WEIGHT_ATOL, where=path)
     for key in common.ARRAYS:  # the whole frozen forward: MobileNetV2's logits (|x| ~4)
         # measured 2.1e-5 apart, 2e-7 relative for its loss and 3e-7 for its weights
-        np.testing.assert_allclose(decode(device[key]), decode(host[key]),
-                                   rtol=common.OUTPUT_RTOL, atol=common.OUTPUT_ATOL, err_msg=key)
+        assert_close(decode(device[key]), decode(host[key]), rtol=common.OUTPUT_RTOL,
+                     atol=common.OUTPUT_ATOL, where=key)
     assert_restore_works(device, f"{name} on tflite-runtime 2.14")
