@@ -16,7 +16,7 @@ import tensorflow as tf
 from graph_passes.ir import Graph
 from graph_passes.lower import lower_node
 from graph_passes.lowering.base import LoweringRule
-from tests.litert_helpers import run_on_litert
+from tfpock.testing.litert import run_on_litert
 
 
 def graph_of(make, *arrays: np.ndarray, n_params: int = 0) -> Graph:
