@@ -49,39 +49,13 @@ Stats: ``folded`` and ``folded_by_op``; ``bytes_created`` (new Consts something 
 and by another op stays, so folding can raise ``const_bytes`` (a reversed copy beside a
 kernel); the figure shows it.
 
-Measured (train graph, batch 8; MobileNetV2 0.35 @96 and every_layer_cnn of
-tfpock/testing/models.py, BatchNorm frozen; "sparse" trains block_15_project and predictions,
-so the backward crosses the frozen block_16; reproduce with ``python -m
-tests.passes.test_fold_constants``, 2 min here), live computed ops before -> after, and the
-exported train subgraph's op count without -> with the pass:
-
-    model, scheme       freeze -> fold_constants   after lower, before dce   .tflite ops
-    MobileNetV2 full     315 folded,  901 -> 588    407 folded, 1916 -> 1510   1289 -> 1289
-    MobileNetV2 last:2   315 folded,  501 -> 234    420 folded,  615 -> 196     121 -> 121
-    MobileNetV2 bias     315 folded,  486 -> 220    422 folded,  590 -> 168      93 -> 93
-    MobileNetV2 sparse   315 folded,  514 -> 244    426 folded,  640 -> 215     136 -> 136
-    every_layer full      32 folded,  335 -> 308     28 folded,  625 -> 601     539 -> 539
-    every_layer last:2    49 folded,  145 -> 113     32 folded,  199 -> 170     159 -> 159
-    every_layer bias      33 folded,  285 -> 258     34 folded,  463 -> 432     371 -> 371
-
-On MobileNetV2 what folds is the 52 frozen BatchNorms' ``s`` and ``b`` (Mul 104, AddV2,
-Rsqrt, Sub 52 each), fold_bn's reshaped scale and scaled kernel ``W * s`` (Reshape 52-99,
-Mul and Identity 51-52 each), ShapeN of the convolutions' input gradients (35 in full), the loss's
-shape arithmetic (Prod, Cast, DivNoNan, Tile, ExpandDims), and in sparse the 2 ReverseV2 of
-the frozen depthwise filter. every_layer_cnn declines the 10 activation-sized Fills of its
-pooling-gradient lowerings (``size_cap``), its dropout's key producer (``random``) and the
-lowered RandomUniform (``stateful``). Every train output is bit-identical with and without
-the pass.
-
-What the converter does anyway: the exported file has the same train op count and the same
-size (to 8 bytes) with and without this pass in all seven cases: the converter folds these
-constants itself. So on these models the pass moves work the
-converter would have done. What it adds: the folding is ours (a tested pass, with TF-kernel
-values, a kill switch and a figure); graph-level counts and analyses see the ops a step
-really runs (615 -> 196 live ops for MobileNetV2 last:2); and shape materialisation lets dce
-drop a frozen kernel that only a ShapeN still read: without it, folding ``W * s`` in
-MobileNetV2 sparse raised the graph's constants from 1.57 to 2.32 MB, with it they fall to
-1.52 MB. The pass takes 0.75 s on MobileNetV2 full (1,916 nodes, one Session run).
+What it buys (``python -m bench.studies.fold_constants``,
+``bench/results/2026-12-03-x86_64-2core-fold-constants.md``): on MobileNetV2 0.35 and
+``every_layer_cnn`` the exported file has the same train op count with and without the pass
+(the converter folds these constants itself) and bit-identical train outputs. Kept because the
+folding is then ours (TF-kernel values, a kill switch, a figure), graph-level analyses see the
+ops a step really runs (MobileNetV2 last:2: 617 -> 198 live ops), and shape materialisation
+lets dce drop a frozen kernel that only a ShapeN still read.
 """
 from __future__ import annotations
 

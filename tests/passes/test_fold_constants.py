@@ -1,13 +1,9 @@
 """fold_constants: ops computed from constants only become Consts, with TF's numbers.
 
-Run as a module (``python -m tests.passes.test_fold_constants``) it measures the pass on
-MobileNetV2 0.35 @96 and the CNN of tfpock/testing/models.py (the figures of the pass's
-docstring).
+What it folds on real models is measured by ``python -m bench.studies.fold_constants``.
 """
 from __future__ import annotations
 
-import argparse
-import collections
 
 import numpy as np
 import pytest
@@ -20,11 +16,7 @@ from graph_passes.ir import Graph
 from graph_passes.pass_base import Sequential
 from tests.passes import helpers
 from tests.passes.helpers import traced
-from tfpock import export
-from tfpock.tflite import model_file
-from tfpock.layers import leaf_layers
 from tfpock.pipeline import build_pipeline
-from tfpock.testing import models
 
 
 def graph_of(build, x_shape=(2, 3)) -> Graph:
@@ -182,11 +174,10 @@ def test_negative_cap_is_refused():
 
 # ---- invariants ---------------------------------------------------------------------------
 def test_signature_and_postcondition_on_a_lowered_cnn():
-    """After lower, with the pipeline's debug checks; a second run finds nothing."""
+    """In the pipeline (after lower), with its debug checks; a second run finds nothing."""
     step = traced(helpers.lowering_cnn(), "last:3")
-    records, graph = helpers.check_pass(
-        Sequential(with_fold(build_pipeline(step.frozen).passes), check_invariants=True),
-        step.train, keeps_params=False)
+    records, graph = helpers.check_pass(build_pipeline(step.frozen, debug=True), step.train,
+                                        keeps_params=False)
     assert [r.name for r in records][-2:] == ["fold_constants", "dce"]
     again = FoldConstants().run(graph)
     assert not again.modified and again.stats["folded"] == 0
@@ -195,57 +186,3 @@ def test_signature_and_postcondition_on_a_lowered_cnn():
 def test_postcondition_fails_on_an_unfolded_graph():
     with pytest.raises(AssertionError, match="3 foldable nodes"):
         FoldConstants().postcondition(graph_of(frozen_weight_chain))
-
-
-# ---- measurement (python -m tests.passes.test_fold_constants) ----------------------------
-def with_fold(passes):
-    """The pipeline's passes with fold_constants after lower, before dce."""
-    passes = list(passes)
-    at = next(i for i, p in enumerate(passes) if p.name == "dce")
-    return passes[:at] + [FoldConstants()] + passes[at:]
-
-
-def _tflite_ops(step, model, train: Graph, infer: Graph) -> tuple[int, collections.Counter]:
-    module = export.TrainingModule(train, infer, step, export.metadata_for(step, {}))
-    content = export.convert(module, [train, infer], [l.name for l in leaf_layers(model)])
-    ops = model_file.read(content).subgraph("train").operators
-    return len(content), collections.Counter(op.name for op in ops)
-
-
-def measure(name: str, model, scheme, batch_size: int = 8) -> None:
-    step = traced(model, scheme, batch_size)
-    _, records = Sequential([Freeze(step.frozen), FoldConstants()])(step.train)
-    print(f"== {name} {scheme if isinstance(scheme, str) else 'sparse'}")
-    print(f"  freeze -> fold_constants: {records[-1].stats}")
-    plain = build_pipeline(step.frozen)
-    folding = Sequential(with_fold(plain.passes))
-    graphs = {}
-    for label, pipeline in (("plain", plain), ("fold", folding)):
-        train, records = pipeline(step.train)
-        infer, _ = pipeline(step.infer)
-        graphs[label] = (train, infer)
-        if label == "fold":
-            print(f"  in the pipeline (after lower): {records[-2].stats}")
-    values = helpers.feeds(step)
-    a, b = (helpers.run(graphs[k][0], values) for k in ("plain", "fold"))
-    print("  max |difference| of train outputs:",
-          max(float(np.abs(a[k] - b[k]).max()) for k in a))
-    (size0, ops0), (size1, ops1) = (_tflite_ops(step, model, *graphs[k]) for k in ("plain", "fold"))
-    print(f"  .tflite train ops {sum(ops0.values())} -> {sum(ops1.values())}, "
-          f"file {size0:,} -> {size1:,} bytes; op diff "
-          f"+{dict(ops1 - ops0)} -{dict(ops0 - ops1)}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", type=int, default=96)
-    args = parser.parse_args()
-    sparse = {"default": "frozen", "layers": {"block_15_project": "full", "predictions": "full"}}
-    for scheme in ("full", "last:2", "bias", sparse):
-        measure(f"MobileNetV2 0.35 @{args.size}", models.mobilenet_v2(size=args.size), scheme)
-    for scheme in ("full", "last:2", "bias"):
-        measure("every_layer_cnn", models.every_layer_cnn(), scheme)
-
-
-if __name__ == "__main__":
-    main()
