@@ -5,7 +5,7 @@ weights, ``@tf.function`` signatures ``train(x, y) -> loss`` and ``infer(x) -> o
 ``tf.saved_model.save``, ``TFLiteConverter.from_saved_model`` with
 ``experimental_enable_resource_variables``. The weights are plain ``tf.Variable``s made from
 the Keras model's values (a Keras 3 model held by the module converts, but its variables are
-never initialised in the .tflite: ``../shared/NOTES.md``); the forward pass is the Keras
+never initialised in the .tflite); the forward pass is the Keras
 model's ``stateless_call`` on them, the update plain SGD on the scheme's weights. The
 recipe's ``save``/``restore`` signatures are left out: they need Flex (``Save``, ``Restore``)
 on every model and would hide the gradient ops this report is about.

@@ -1,4 +1,4 @@
-"""The 'last 4' comparison of ../shared/NOTES.md, with tfpock: MobileNetV2 0.35 @128 with
+"""The project's first 'last 4' comparison, with tfpock: MobileNetV2 0.35 @128 with
 block_16_project_BN, Conv_1, Conv_1_bn and predictions trainable (BatchNorm in training
 mode: batch statistics), everything else frozen; SGD.
 
@@ -8,7 +8,7 @@ mode: batch statistics), everything else frozen; SGD.
 Prints the median step time of a ``tf.function`` + ``GradientTape`` step and of tfpock's
 exported model on ai-edge-litert (its ``train`` and ``infer`` signatures), in one process
 (run it pinned to one core). A quick check beside ``bench/run.py``, whose models freeze every
-BatchNorm; it answers whether the issue's targets hold for the NOTES' own scheme.
+BatchNorm; it answers whether the issue's targets hold for that first scheme.
 """
 from __future__ import annotations
 
