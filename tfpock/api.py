@@ -14,14 +14,14 @@ from tfpock.optimizers import compile_optimizer
 from tfpock.pipeline import build_file_pipeline, build_pipeline, switches
 from tfpock.program import Program
 from tfpock.scheme import Scheme
-from tfpock.tracing import trace
+from tfpock.tracing import NONFINITE_MODES, trace
 
 logger = logging.getLogger(__name__)
 
 
 def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
              batch_size: int = 32, debug: bool = False, passes=None,
-             frozen_batchnorm: str | None = None) -> Program:
+             frozen_batchnorm: str | None = None, nonfinite: str = "skip") -> Program:
     """Compiles one training step of ``model`` into a builtin-only training program.
 
     Args:
@@ -46,6 +46,12 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             ``"batch_statistics"`` (training mode, moving statistics updated). Overrides the
             scheme's own ``frozen_batchnorm``; ``report()`` shows each BatchNorm's mode.
 
+        nonfinite: what a step does whose loss or any value it writes (weights, optimizer
+            state, BatchNorm statistics) is not finite, e.g. after a NaN in the batch or a
+            learning rate that explodes: ``"skip"`` (the default) leaves every variable as
+            it was, ``"apply"`` writes it anyway. Either way ``train`` reports it
+            (``{"loss": ..., "applied": ..., "finite": ...}``).
+
     Returns:
         A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.
 
@@ -63,6 +69,9 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise TfpockError(f"batch_size must be a positive int, got {batch_size!r}")
     on = switches(passes)   # a wrong pass name fails before the trace
+    if nonfinite not in NONFINITE_MODES:
+        raise TfpockError(f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got "
+                          f"{nonfinite!r}")
     loss = _default(loss, model, "loss")
     optimizer = _default(optimizer, model, "optimizer")
     loss_obj = resolve_loss(loss)
@@ -74,7 +83,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         frozen_forward = frozen_forward_layers(model, {w.layer for w in trained})
 
     with frozen_in_keras(frozen_forward):   # the trace records Keras' frozen forward
-        step = trace(model, loss_obj, compiled_opt, batch_size, trained)
+        step = trace(model, loss_obj, compiled_opt, batch_size, trained, nonfinite)
     pipeline = build_pipeline(step.frozen, debug=debug, passes=on)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
@@ -83,6 +92,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "optimizer": {"name": compiled_opt.name, **compiled_opt.config},
         "scheme": scheme_obj.to_dict(),
         "model": model.name,
+        "nonfinite": nonfinite,
     })
     module = export.TrainingModule(train_graph, infer_graph, step, metadata)
     leaves = leaf_layers(model)

@@ -79,11 +79,11 @@ class TrainingModule(tf.Module):
         outs = tf.graph_util.import_graph_def(
             self._train_graph, input_map=self._feed(self.train_graph, x=x, y=y,
                                                     learning_rate=learning_rate),
-            return_elements=[self.train_graph.outputs[k] for k in ["loss"] + keys],
+            return_elements=[self.train_graph.outputs[k] for k in ["loss", "finite"] + keys],
             name="train")
-        for key, new in zip(keys, outs[1:]):
+        for key, new in zip(keys, outs[2:]):
             self.variables_[key.removeprefix("new:")].assign(new)
-        return {"loss": outs[0]}
+        return {"loss": outs[0], "finite": outs[1]}
 
     def _infer_fn(self, x):
         (out,) = tf.graph_util.import_graph_def(

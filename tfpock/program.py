@@ -67,15 +67,20 @@ class Program:
         spec = self._step.x_spec
         return check_batch("x", x, tuple(spec.shape), spec.dtype.as_numpy_dtype, signature)
 
-    def train_step(self, x, y, learning_rate: float | None = None) -> dict[str, float]:
+    def train_step(self, x, y, learning_rate: float | None = None) -> dict:
         """One step of the optimised graph in TensorFlow; updates the training state.
-        ``learning_rate`` defaults to the optimizer's."""
+        ``learning_rate`` defaults to the optimizer's. Returns ``loss``, ``finite`` (the loss
+        and every value the step writes are finite) and ``applied`` (whether the step
+        changed the state: a step that is not finite is skipped unless compiled with
+        ``nonfinite="apply"``)."""
         spec = self._step.y_spec
         y = check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype, "train_step")
         lr = np.array([self._step.learning_rate if learning_rate is None else learning_rate],
                       np.float32)
         out = self._module.train(self._x(x, "train_step"), y, lr)
-        return {"loss": float(out["loss"].numpy())}
+        finite = bool(out["finite"].numpy()[0])
+        return {"loss": float(out["loss"].numpy()), "finite": finite,
+                "applied": finite or self._metadata.get("nonfinite") == "apply"}
 
     def infer(self, x) -> np.ndarray:
         return self._module.infer(self._x(x, "infer"))["output"].numpy()

@@ -241,8 +241,9 @@ class TrainFunction:
     """
 
     def __init__(self, model: keras.Model, loss: keras.losses.Loss,
-                 optimizer: CompiledOptimizer, layout: ParamLayout):
+                 optimizer: CompiledOptimizer, layout: ParamLayout, nonfinite: str = "skip"):
         self.model, self.loss, self.optimizer, self.layout = model, loss, optimizer, layout
+        self.nonfinite = nonfinite
         self.trainable = list(model.trainable_variables)
         self.others = list(model.non_trainable_variables)
         self.seed_states = _seed_states(model)
@@ -290,12 +291,50 @@ class TrainFunction:
                     f"the training step updates non-trainable variable {var.path!r}; state "
                     "updated in training other than BatchNorm statistics and dropout seeds "
                     "is not supported yet")
-        return outputs
+        return guard_nonfinite(outputs, p, self.nonfinite)
+
+
+# What a train step does when its loss or an updated value is not finite (NONFINITE_MODES).
+NONFINITE_MODES = ("skip", "apply")
+
+
+def guard_nonfinite(outputs: dict[str, tf.Tensor], params: dict[str, tf.Tensor],
+                    mode: str) -> dict[str, tf.Tensor]:
+    """Adds ``finite`` (bool [1]) to the step's outputs: whether the loss and every value
+    the step writes (weights, optimizer slots, BatchNorm statistics, the step counter) are
+    finite. With ``mode="skip"`` each ``new:<key>`` becomes ``where(finite, new, old)``, so a
+    step that is not finite changes nothing.
+
+    The updated values, not the gradients, are checked: a NaN or inf gradient reaches every
+    update it feeds (``w - lr * g``; Adam's ``m / sqrt(v)`` is inf / inf), an exploding
+    learning rate shows only there, and the gradients keep their one reader (sink_scale needs
+    that). One sum per value: a sum is finite exactly when its terms are, unless finite terms
+    overflow float32, which only values near 3e38 do (a step worth skipping too). Finite but
+    huge values pass: the guard is about NaN and inf, not magnitude.
+
+    The price: every new value waits for the verdict on the whole step, so the updates cannot
+    be applied (and their buffers freed) one by one as their gradients appear; the step holds
+    its updates' bytes at once, and the reorder pass finds little to move. A dropout layer's
+    random state advances in a skipped step too."""
+    total = tf.reshape(outputs["loss"], [])
+    for key, value in outputs.items():
+        if key.startswith("new:"):
+            total = total + tf.reduce_sum(tf.cast(value, tf.float32))
+    finite = tf.math.is_finite(total)
+    if mode == "skip":
+        outputs = {key: tf.where(finite, value, params[key.removeprefix("new:")])
+                   if key.startswith("new:") else value for key, value in outputs.items()}
+    return {**outputs, "finite": tf.reshape(finite, [1])}
 
 
 def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
-          batch_size: int, trained: list[TrainedWeight]) -> TracedStep:
-    """Traces the training and inference steps of ``model`` at a fixed ``batch_size``."""
+          batch_size: int, trained: list[TrainedWeight],
+          nonfinite: str = "skip") -> TracedStep:
+    """Traces the training and inference steps of ``model`` at a fixed ``batch_size``;
+    ``nonfinite`` says what a step whose loss or updates are not finite does
+    (:func:`guard_nonfinite`)."""
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
     check_model(model)
     layout = param_layout(model, trained, optimizer)
 
@@ -317,7 +356,7 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
         out, _ = model.stateless_call(t, n, x, training=False)
         return {"output": out}
 
-    train = TrainFunction(model, loss, optimizer, layout)
+    train = TrainFunction(model, loss, optimizer, layout, nonfinite)
     train_fn = tf.function(train.train_step, autograph=False).get_concrete_function(
         x_spec, y_spec, lr_spec, *layout.specs(layout.keys))
     infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(

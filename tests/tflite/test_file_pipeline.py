@@ -21,7 +21,8 @@ def program():
     return tfpock.optimize(models.every_layer_cnn(dropout=0.0),
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            optimizer=keras.optimizers.SGD(0.05), scheme="full", batch_size=4,
-                           passes={"fuse": False}, debug=True)
+                           passes={"fuse": False}, debug=True,
+                           nonfinite="apply")   # so that reorder can move the updates
 
 
 @pytest.fixture(scope="module")

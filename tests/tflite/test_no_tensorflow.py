@@ -49,7 +49,7 @@ def exported(tmp_path_factory) -> Path:
     tfpock.optimize(models.every_layer_cnn(dropout=0.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     optimizer=keras.optimizers.SGD(0.05), scheme="full", batch_size=4,
-                    passes={"fuse": False}).export(path)
+                    passes={"fuse": False}, nonfinite="apply").export(path)
     return path
 
 

@@ -16,7 +16,8 @@ from tfpock.runtime import Trainer
 def cnn_full(tmp_path_factory):
     program = tfpock.optimize(models.every_layer_cnn(dropout=0.0),
                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                              optimizer=keras.optimizers.Adam(1e-3), scheme="full", batch_size=8)
+                              optimizer=keras.optimizers.Adam(1e-3), scheme="full", batch_size=8,
+                              nonfinite="apply")   # the guard holds every update to its verdict
     folder = tmp_path_factory.mktemp("reorder")
     plain = folder / "plain.tflite"
     plain.write_bytes(program.to_tflite())

@@ -14,7 +14,7 @@ from tfpock.runtime import checkpoint
 from tfpock.runtime.interpreter import load_interpreter_class
 from tfpock.runtime.validate import InputError, check_batch
 
-FORMAT = "tfpock-training-model/3"
+FORMAT = "tfpock-training-model/4"   # /4: train returns "finite" (a non-finite guard)
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
 
 
@@ -72,15 +72,20 @@ class Trainer:
         """The optimizer's learning rate, used when ``train`` is given none."""
         return float(self.metadata["learning_rate"])
 
-    def train(self, x, y, learning_rate: float | None = None) -> dict[str, float]:
-        """One training step on the batch; returns {"loss": float}."""
+    def train(self, x, y, learning_rate: float | None = None) -> dict:
+        """One training step on the batch. Returns ``{"loss": float, "finite": bool,
+        "applied": bool}``: ``finite`` says whether the loss and every value the step wrote
+        are finite; a step that is not finite leaves the weights and optimizer state as they
+        were (``applied`` False) unless the model was compiled with ``nonfinite="apply"``."""
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.train")
         y = check_batch("y", y, *self._spec("y"), signature="Trainer.train")
         lr = self.learning_rate if learning_rate is None else learning_rate
         if not np.isfinite(lr) or lr < 0:
             raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")
         out = self._runners["train"](x=x, y=y, learning_rate=np.array([lr], np.float32))
-        return {"loss": float(out["loss"])}
+        finite = bool(np.asarray(out["finite"]).reshape(-1)[0])
+        return {"loss": float(out["loss"]), "finite": finite,
+                "applied": finite or self.metadata.get("nonfinite") == "apply"}
 
     def infer(self, x) -> np.ndarray:
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.infer")

@@ -21,6 +21,11 @@ A new order is kept only where it lowers the subgraph's peak. Only the order cha
 operator computes exactly what it did, so results are bit-identical (tests check this on the
 interpreter). Works on the flatbuffer object API of the schema that ships with ai-edge-litert.
 
+With the non-finite guard (``nonfinite="skip"``, the default; ``tfpock.tracing.
+guard_nonfinite``) every update waits for the guard's verdict on the whole step, so there is no
+update to apply early and reorder usually keeps the converter's order; it pays with
+``nonfinite="apply"``.
+
 Kept opt-in (``passes={"reorder": True}``): it lowers the timeline peak, but under the default
 XNNPACK delegate the allocation does not follow, because the delegate's clustering regroups
 operators into partitions and plans their memory itself. ``python -m bench.studies.memory``
