@@ -49,12 +49,12 @@ from bench import cli
 DEVICE_PROTOCOL = os.path.join(cli.REPO, "tests", "portability", "device_protocol.py")
 
 # Bound on the RSS slope after the warm-up, bytes per step (20,000 steps: < 1.3 MB). RSS
-# grows in steps of 4 KB pages, most of them at checkpoints: on 2026-12-03 (x86_64-2core-soak)
-# 236 KB in all after the warm-up, 124 KB at the first restore (step 5,000), 12 KB over the
-# 20,000 steps between checkpoints; the fitted slope 10.8 bytes/step, the residual 37 KB.
-# The bound is six times that: a leak of one Python float a step (32 bytes with its list
-# slot) would hide under it, a leak of one small numpy array a step (>= 112 bytes) or
-# anything the size of a batch would not.
+# grows in steps of 4 KB pages, most of them at checkpoints: in 2026-12-03-x86_64-2core-soak
+# 244 KB in all after the warm-up, 48 KB at the first save, 120 KB at the first restore,
+# 16 KB over the 20,000 steps between checkpoints; fitted slope 10.7 bytes/step, residual
+# 36 KB. The bound is six times that: a leak of one Python float a step (32 bytes with its
+# list slot) would hide under it, one small numpy array a step (>= 112 bytes) or anything
+# the size of a batch would not.
 RSS_SLOPE_BOUND = 64.0
 BATCH, LEARNING_RATE, OFFSET = 8, 0.2, 1.0
 
