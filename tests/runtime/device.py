@@ -76,6 +76,10 @@ def run_case(case: dict) -> dict:
         before = trainer.state()
         if case["action"] == "restore":
             trainer.restore(case["checkpoint"])
+            with np.load(case["same_as"]) as good:   # accepted: it must be the good state
+                after = trainer.state()
+                return {"outcome": "ok", "state_matches": all(
+                    after[k].tobytes() == good[k].tobytes() for k in after)}
         elif case["action"] == "train":
             lr = case.get("learning_rate")
             trainer.train(_array(case["x"]), _array(case["y"]),
