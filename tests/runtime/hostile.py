@@ -90,7 +90,7 @@ def _metadata_variants(model: bytes):
                 m[key] = value
         return json.dumps(m, sort_keys=True).encode()
 
-    first = meta["variables"][0]
+    first, second = meta["variables"][:2]
     wrong_var = dict(first, shape=[first["shape"][0] + 1] + first["shape"][1:])
     return [
         ("not JSON", b"{not json: " + b"x" * 20),
@@ -104,7 +104,7 @@ def _metadata_variants(model: bytes):
         ("x shape off", edit(x={"shape": [4, 21], "dtype": "float32"})),
         ("x dtype unknown", edit(x={"shape": [4, 20], "dtype": "float99"})),
         ("variable shape off", edit(variables=[wrong_var] + meta["variables"][1:])),
-        ("variable names repeat", edit(variables=[first, first] + meta["variables"][2:])),
+        ("variable names repeat", edit(variables=[second, second] + meta["variables"][2:])),
         ("learning_rate a string", edit(learning_rate="0.1")),
     ]
 

@@ -49,3 +49,47 @@ def test_inputs_found_by_the_command(model_files, tmp_path, what):
     result = hostile.run(case)
     wanted = "clean error" if expect == "refuse" else "accepted correctly"
     assert result["outcome"] == wanted, result
+
+
+def _damaged(model_path, out_path, edit):
+    """``model_path`` with ``edit(model, train_subgraph)`` applied through the object API."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from tfpock.tflite import flatbuffer, model_file
+
+    content = open(model_path, "rb").read()
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    train = model.subgraphs[model_file.read(content).signatures["train"]]
+    edit(model, train)
+    out_path.write_bytes(flatbuffer.pack(model))
+    return out_path
+
+
+def _bad_index(model, train):
+    op = train.operators[len(train.operators) // 2]
+    op.inputs = [32805] + [int(i) for i in op.inputs[1:]]
+
+
+def _bad_opcode(model, train):
+    from ai_edge_litert import schema_py_generated as schema
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.SKIP_GRAM
+    model.operatorCodes.append(code)
+    train.operators[len(train.operators) // 2].opcodeIndex = len(model.operatorCodes) - 1
+
+
+@pytest.mark.parametrize("edit, words", [(_bad_index, "Invalid tensor index 32805"),
+                                         (_bad_opcode, "SKIP_GRAM")])
+def test_damaged_operator_is_refused_at_load(model_files, tmp_path, edit, words):
+    """Found by the command (1-bit flips of an operator's tensor index or op code): the
+    interpreter loads such a file, and only preparing the ``train`` subgraph fails, which
+    escaped ``Trainer.train`` as a RuntimeError. The Trainer prepares every signature when it
+    loads the file now, so the damage is a ModelFileError naming file and signature there."""
+    from tfpock.runtime import ModelFileError, Trainer
+
+    path = _damaged(model_files["mlp"], tmp_path / "damaged.tflite", edit)
+    with pytest.raises(ModelFileError) as info:
+        Trainer(path)
+    message = str(info.value)
+    assert str(path) in message and "signature 'train'" in message and words in message

@@ -57,7 +57,8 @@ class Trainer:
             if missing:
                 raise ModelFileError(f"{model_path!r} is not a tfpock training model: it lacks "
                                      f"signatures {missing} (has {sorted(signatures)})")
-            self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
+            self._runners = {s: _Guarded(self._interpreter.get_signature_runner(s), s,
+                                         model_path) for s in SIGNATURES}
             raw = self._runners["metadata"]()["json"]
         except (ValueError, RuntimeError, KeyError) as exc:
             if isinstance(exc, ModelFileError):
@@ -66,6 +67,8 @@ class Trainer:
                                  f"interpreter refused its signatures: {exc}") from exc
         self.metadata = _read_metadata(model_path, raw)
         _check_signatures(model_path, self.metadata, self._runners)
+        for runner in self._runners.values():
+            runner.prepare()
         self._variables = self.metadata["variables"]
         self.path = model_path
         self.fingerprint = checkpoint.fingerprint(self.metadata)
@@ -137,6 +140,44 @@ class Trainer:
         expected = {v["name"]: (tuple(v["shape"]), np.dtype(v["dtype"])) for v in self._variables}
         self.set_state(checkpoint.load(path, expected, self.fingerprint,
                                        checkpoint.describe(self.metadata), accept_v1=accept_v1))
+
+
+class _Guarded:
+    """A signature runner whose interpreter errors (``RuntimeError``: a damaged model's
+    kernels refusing to prepare or run) become a :class:`ModelFileError` naming the file and
+    the signature; everything else is the runner's."""
+
+    def __init__(self, runner, signature: str, model_path: str):
+        self._runner, self._signature, self._model_path = runner, signature, model_path
+
+    def __call__(self, **inputs):
+        try:
+            return self._runner(**inputs)
+        except RuntimeError as exc:
+            raise self._error(exc) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def prepare(self) -> None:
+        """Allocates the signature's tensors now (the runner would at its first call), so a
+        damaged model is refused when it is loaded, not at its first step. Uses the runner's
+        private wrapper and subgraph index (the same names in ai-edge-litert and tflite-runtime
+        2.14; no public call allocates one signature); where they are missing, the first call
+        finds the damage instead. Costs nothing extra: the arenas are the first call's."""
+        wrapper = getattr(self._runner, "_interpreter_wrapper", None)
+        index = getattr(self._runner, "_subgraph_index", None)
+        if wrapper is None or index is None:
+            return
+        try:
+            wrapper.AllocateTensors(index)
+        except (RuntimeError, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc) -> "ModelFileError":
+        return ModelFileError(f"{self._model_path!r}: the interpreter cannot run signature "
+                              f"{self._signature!r}; the file is damaged or not a tfpock model: "
+                              f"{str(exc).strip()}")
 
 
 def _read_metadata(model_path: str, raw) -> dict:
