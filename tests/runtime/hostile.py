@@ -2,7 +2,9 @@
 tfpock exception naming the problem (or be accepted where accepting is right), never a crash,
 a hang, a partial file or a changed state.
 
-    python -m tests.runtime.hostile --cases 300 [--seed 15] [--jobs 2] [--keep DIR]
+    python -m tests.runtime.hostile --cases 300 [--seed 15] [--jobs 2] [--keep DIR] [--write]
+
+``--write`` also writes the summary to ``bench/results/<date>-<arch>-<n>core-hostile.md``.
 
 Models are exported on the host (TensorFlow); each case then runs in its own subprocess,
 ``tests/runtime/device.py case``, with TensorFlow blocked and a timeout, so a segfault or a
@@ -369,13 +371,39 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", help="a folder to keep the cases in (default: a temp one)")
+    parser.add_argument("--write", action="store_true",
+                        help="also write the summary to bench/results/")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tfpock-hostile-") as tmp:
         root = Path(args.keep or tmp)
         files = host_files(root / "models")
         results = run_all(generate(args.cases, args.seed, files, root / "cases"), args.jobs)
-    print(summary(results))
+    text = summary(results)
+    print(text)
+    if args.write:
+        _write_result(args, text)
     return 1 if any(r["outcome"] in BAD for r in results) else 0
+
+
+def _write_result(args, text: str) -> str:
+    import datetime
+    import platform
+
+    import tfpock.runtime.interpreter as interpreter
+
+    runtime, _ = interpreter.load_interpreter_class()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    machine = f"{platform.machine()}-{os.cpu_count()}core"
+    path = Path(__file__).resolve().parents[2] / "bench" / "results" / \
+        f"{now:%Y-%m-%d}-{machine}-hostile.md"
+    path.write_text(
+        f"# Hostile input for the device side, counted\n\n"
+        f"`python -m tests.runtime.hostile --cases {args.cases} --seed {args.seed}` on "
+        f"{now:%Y-%m-%d %H:%M} UTC, {machine}, runtime {runtime}, numpy {np.__version__}. "
+        f"Each case ran in its own subprocess with TensorFlow blocked and a {TIMEOUT} s "
+        f"timeout; kinds and outcomes are described in `tests/runtime/hostile.py`.\n\n"
+        f"```\n{text}\n```\n")
+    return str(path)
 
 
 if __name__ == "__main__":
