@@ -160,14 +160,16 @@ def test_missing_and_corrupt_checkpoints(exported, tmp_path):
         trainer.restore(corrupt)
     partial = tmp_path / "partial.npz"
     np.savez(partial, **{"mlp/hidden_1/kernel": before["mlp/hidden_1/kernel"]})
+    with pytest.raises(CheckpointError, match="format-1 checkpoint"):
+        trainer.restore(partial)   # no checksum: refused unless asked for
     with pytest.raises(CheckpointError, match="missing") as info:
-        trainer.restore(partial)
+        trainer.restore(partial, accept_v1=True)
     assert "mlp/logits/bias" in str(info.value)
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, **{k: (v if k != "mlp/logits/bias" else np.zeros(7, np.float32))
                        for k, v in before.items()})
     with pytest.raises(CheckpointError, match="mlp/logits/bias"):
-        trainer.restore(wrong)
+        trainer.restore(wrong, accept_v1=True)
     for k, v in trainer.weights().items():  # nothing was loaded
         assert_close(v, before[k], where=k)
 

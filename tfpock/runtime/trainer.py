@@ -40,6 +40,8 @@ class Trainer:
         model_path = os.fspath(model_path)
         if not os.path.exists(model_path):
             raise ModelFileError(f"model file {model_path!r} does not exist")
+        if not os.path.isfile(model_path):
+            raise ModelFileError(f"model file {model_path!r} is not a regular file")
         self.runtime, interpreter_cls = load_interpreter_class(runtime)
         try:
             self._interpreter = interpreter_cls(model_path=model_path, num_threads=num_threads,
@@ -49,19 +51,29 @@ class Trainer:
                              f"{sorted(interpreter_options)}: {exc}") from exc
         except (ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{model_path!r} is not a loadable TFLite model: {exc}") from exc
-        signatures = self._interpreter.get_signature_list()
-        missing = [s for s in SIGNATURES if s not in signatures]
-        if missing:
-            raise ModelFileError(f"{model_path!r} is not a tfpock training model: it lacks "
-                                 f"signatures {missing} (has {sorted(signatures)})")
-        self._runners = {s: self._interpreter.get_signature_runner(s) for s in SIGNATURES}
-        raw = self._runners["metadata"]()["json"]
-        self.metadata = json.loads(raw.item() if hasattr(raw, "item") else raw)
-        if self.metadata.get("format") != FORMAT:
-            raise ModelFileError(f"{model_path!r} has format {self.metadata.get('format')!r}; "
-                                 f"this runtime reads {FORMAT!r}")
+        try:
+            signatures = self._interpreter.get_signature_list()
+            missing = [s for s in SIGNATURES if s not in signatures]
+            if missing:
+                raise ModelFileError(f"{model_path!r} is not a tfpock training model: it lacks "
+                                     f"signatures {missing} (has {sorted(signatures)})")
+            self._runners = {s: _Guarded(self._interpreter.get_signature_runner(s), s,
+                                         model_path) for s in SIGNATURES}
+            raw = self._runners["metadata"]()["json"]
+        except (ValueError, RuntimeError, KeyError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            raise ModelFileError(f"{model_path!r} is not a usable tfpock training model: the "
+                                 f"interpreter refused its signatures: {exc}") from exc
+        self.metadata = _read_metadata(model_path, raw)
+        _check_signatures(model_path, self.metadata, self._runners)
+        for runner in self._runners.values():
+            runner.prepare()
         self._variables = self.metadata["variables"]
         self.path = model_path
+        self.fingerprint = checkpoint.fingerprint(self.metadata)
+        """sha256 of what identifies the model's trainable state (``checkpoint.fingerprint``):
+        a checkpoint restores only into a model with the same one."""
 
     def _spec(self, key):
         spec = self.metadata[key]
@@ -103,19 +115,154 @@ class Trainer:
         return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
 
     def set_state(self, values: dict[str, np.ndarray]) -> None:
+        """Sets every variable (the names of :meth:`state`); checks names, shapes, dtypes and
+        that the values are finite before anything is set."""
         expected = {v["name"] for v in self._variables}
         if set(values) != expected:
             raise checkpoint.CheckpointError(
                 f"set_state needs exactly {sorted(expected)}, got {sorted(values)}")
-        self._runners["load"](**{v["key"]: np.ascontiguousarray(values[v["name"]])
-                                 for v in self._variables})
+        arrays = {}
+        for v in self._variables:
+            array = check_batch(v["name"], values[v["name"]], tuple(v["shape"]),
+                                np.dtype(v["dtype"]), signature="Trainer.set_state")
+            if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+                raise InputError(f"Trainer.set_state: {v['name']} holds NaN or inf")
+            arrays[v["key"]] = array
+        self._runners["load"](**arrays)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Writes every variable to an .npz checkpoint keyed by name, atomically."""
-        return checkpoint.save(path, self.state())
+        """Writes every variable to an .npz checkpoint keyed by name (format 2: with the
+        model's fingerprint and a checksum, see :mod:`tfpock.runtime.checkpoint`), atomically:
+        killed at any moment, it leaves the previous checkpoint under ``path`` or this one."""
+        return checkpoint.save(path, self.state(), self.fingerprint,
+                               checkpoint.describe(self.metadata))
 
-    def restore(self, path: str | os.PathLike) -> None:
-        """Loads a checkpoint written by :meth:`save`; checks it first, so a bad file changes
-        nothing."""
+    def restore(self, path: str | os.PathLike, accept_v1: bool = False) -> None:
+        """Loads a checkpoint written by :meth:`save`; checks it first (readable, this model's
+        fingerprint, checksum, names, shapes, dtypes, finite), so a bad file changes nothing
+        and raises :class:`~tfpock.runtime.checkpoint.CheckpointError` naming the problem.
+        Format-1 checkpoints (no checksum) are refused unless ``accept_v1=True``."""
         expected = {v["name"]: (tuple(v["shape"]), np.dtype(v["dtype"])) for v in self._variables}
-        self.set_state(checkpoint.load(path, expected))
+        self.set_state(checkpoint.load(path, expected, self.fingerprint,
+                                       checkpoint.describe(self.metadata), accept_v1=accept_v1))
+
+
+class _Guarded:
+    """A signature runner whose interpreter errors (``RuntimeError``: a damaged model's
+    kernels refusing to prepare or run) become a :class:`ModelFileError` naming the file and
+    the signature; everything else is the runner's."""
+
+    def __init__(self, runner, signature: str, model_path: str):
+        self._runner, self._signature, self._model_path = runner, signature, model_path
+
+    def __call__(self, **inputs):
+        try:
+            return self._runner(**inputs)
+        except RuntimeError as exc:
+            raise self._error(exc) from exc
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def prepare(self) -> None:
+        """Allocates the signature's tensors now (the runner would at its first call), so a
+        damaged model is refused when it is loaded, not at its first step. Uses the runner's
+        private wrapper and subgraph index (the same names in ai-edge-litert and tflite-runtime
+        2.14; no public call allocates one signature); where they are missing, the first call
+        finds the damage instead. Costs nothing extra: the arenas are the first call's."""
+        wrapper = getattr(self._runner, "_interpreter_wrapper", None)
+        index = getattr(self._runner, "_subgraph_index", None)
+        if wrapper is None or index is None:
+            return
+        try:
+            wrapper.AllocateTensors(index)
+        except (RuntimeError, ValueError) as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc) -> "ModelFileError":
+        return ModelFileError(f"{self._model_path!r}: the interpreter cannot run signature "
+                              f"{self._signature!r}; the file is damaged or not a tfpock model: "
+                              f"{str(exc).strip()}")
+
+
+def _read_metadata(model_path: str, raw) -> dict:
+    """The ``metadata`` signature's JSON, checked for what the trainer reads from it."""
+    try:
+        raw = raw.item() if hasattr(raw, "item") else raw
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        metadata = json.loads(text)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{model_path!r}: its metadata is not JSON ({exc}); it is not a "
+                             f"tfpock training model or it is damaged") from exc
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{model_path!r}: its metadata is {type(metadata).__name__}, not a "
+                             f"JSON object")
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(f"{model_path!r} has format {metadata.get('format')!r}; "
+                             f"this runtime reads {FORMAT!r}")
+    problems = []
+    for key in ("x", "y", "output"):
+        if not _is_spec(metadata.get(key)):
+            problems.append(f"{key!r} is not a {{shape, dtype}} spec")
+    variables = metadata.get("variables")
+    if not isinstance(variables, list) or not variables:
+        problems.append("'variables' is not a non-empty list")
+    else:
+        for i, v in enumerate(variables):
+            if not (isinstance(v, dict) and _is_spec(v) and all(
+                    isinstance(v.get(k), str) for k in ("key", "name", "kind"))):
+                problems.append(f"variable {i} lacks key/name/kind/shape/dtype")
+        names = [v.get("name") for v in variables if isinstance(v, dict)]
+        if len(set(names)) != len(names):
+            problems.append("variable names repeat")
+    lr = metadata.get("learning_rate")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        problems.append("'learning_rate' is not a number")
+    if problems:
+        raise ModelFileError(f"{model_path!r}: its metadata is malformed: {'; '.join(problems)}")
+    return metadata
+
+
+def _is_spec(spec) -> bool:
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
+        return False
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in spec["shape"]):
+        return False
+    try:
+        np.dtype(spec.get("dtype"))
+    except TypeError:
+        return False
+    return isinstance(spec.get("dtype"), str)
+
+
+def _check_signatures(model_path: str, metadata: dict, runners: dict) -> None:
+    """The metadata must describe the signatures the interpreter actually has."""
+    def details(runner, which):
+        return {k: (tuple(int(d) for d in v["shape"]), np.dtype(v["dtype"]))
+                for k, v in getattr(runner, f"get_{which}_details")().items()}
+
+    def spec(s):
+        return tuple(s["shape"]), np.dtype(s["dtype"])
+
+    wanted = {
+        ("train", "input"): {"x": spec(metadata["x"]), "y": spec(metadata["y"]),
+                             "learning_rate": ((1,), np.dtype(np.float32))},
+        ("infer", "output"): {"output": spec(metadata["output"])},
+        ("load", "input"): {v["key"]: spec(v) for v in metadata["variables"]},
+        ("weights", "output"): {v["key"]: spec(v) for v in metadata["variables"]},
+    }
+    for (signature, which), expected in wanted.items():
+        try:
+            found = details(runners[signature], which)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise ModelFileError(f"{model_path!r}: the interpreter cannot describe signature "
+                                 f"{signature!r}: {exc}") from exc
+        if found != expected:
+            raise ModelFileError(
+                f"{model_path!r}: signature {signature!r} {which}s are "
+                f"{_show(found)}, its metadata says {_show(expected)}; the file is damaged or "
+                f"not a tfpock model")
+
+
+def _show(specs: dict) -> str:
+    return ", ".join(f"{k}: {d} {s}" for k, (s, d) in sorted(specs.items()))

@@ -12,8 +12,18 @@ def check_batch(name: str, value, shape: tuple[int, ...], dtype: np.dtype,
                 signature: str) -> np.ndarray:
     """Returns ``value`` as an array of exactly ``shape`` and ``dtype``; integers are
     accepted for integer labels and any float for float inputs only when the cast is exact
-    in kind (no float labels for an int32 signature, no silent truncation)."""
-    array = np.asarray(value)
+    in kind (no float labels for an int32 signature, no silent truncation).
+
+    NaN and inf in float inputs pass through on purpose: the training model's non-finite
+    guard skips such a step inside the model (and ``infer`` returns what the model computes),
+    so refusing them here would only duplicate it; integer labels cannot hold NaN. Labels
+    outside the model's classes pass too: what they mean is the loss's business, not the
+    signature's.
+    """
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:   # ragged nested lists, objects numpy refuses
+        raise InputError(f"{signature}: {name} is not an array: {exc}") from exc
     dtype = np.dtype(dtype)
     if tuple(array.shape) != tuple(shape):
         raise InputError(f"{signature}: {name} has shape {tuple(array.shape)}, the compiled "
