@@ -102,3 +102,17 @@ def test_a_finite_step_is_what_it_was_without_the_guard(tmp_path):
 def test_an_unknown_mode_is_refused_before_tracing():
     with pytest.raises(tfpock.TfpockError, match="nonfinite must be one of skip, apply"):
         compile_(models.mlp(), nonfinite="ignore", optimizer=keras.optimizers.SGD(0.1))
+
+
+def test_labels_outside_the_classes_are_refused_not_skipped(guarded):
+    from tfpock.runtime.validate import InputError
+    program, path = guarded
+    trainer = Trainer(path)
+    (x, y), = batches(trainer.metadata, 1)
+    y = y.copy()
+    y[2] = 4   # bn_cnn has 4 classes
+    with pytest.raises(InputError, match=r"y holds label 4 at flat index 2; labels must be in "
+                                         r"\[0, 4\)"):
+        trainer.train(x, y)
+    with pytest.raises(InputError, match="labels must be in"):
+        program.train_step(x, np.where(y == 4, -1, y))

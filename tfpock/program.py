@@ -13,7 +13,7 @@ from tfpock import export
 from tfpock.tflite import memory, model_file
 from tfpock.tflite.ir import TfliteFile
 from tfpock.provenance import layer_of_node
-from tfpock.runtime.validate import check_batch
+from tfpock.runtime.validate import check_batch, check_labels
 from tfpock.tracing import TracedStep
 
 
@@ -74,7 +74,9 @@ class Program:
         changed the state: a step that is not finite is skipped unless compiled with
         ``nonfinite="apply"``)."""
         spec = self._step.y_spec
-        y = check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype, "train_step")
+        y = check_labels(check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype,
+                                     "train_step"), self._step.output_spec.shape[-1],
+                         "train_step")
         lr = np.array([self._step.learning_rate if learning_rate is None else learning_rate],
                       np.float32)
         out = self._module.train(self._x(x, "train_step"), y, lr)

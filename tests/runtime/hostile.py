@@ -20,7 +20,7 @@ hang is caught and counted. Kinds (cycled in this order, the random parts seeded
   specs that disagree with the signatures;
 * ``bad_inputs``: train/infer with x or y of a wrong dtype, shape or kind, learning rates
   that are NaN, inf or negative; NaN/inf in x and float64 x are accepted (the model's
-  non-finite guard handles the step), labels outside the classes too (see the report);
+  non-finite guard handles the step); labels outside the classes are refused;
 * ``hostile_checkpoint``: restore from random bytes, truncations and bit flips of a real
   checkpoint, another model's, right names with wrong shapes or dtypes, NaN, format 1, a
   pickled array, a header claiming a huge array, a broken ``__tfpock__`` entry, a folder;
@@ -221,7 +221,7 @@ _INPUTS = [  # (name, action, x recipe, y recipe, learning_rate, expect)
     ("x list of floats", "infer", {"python": [[0.5] * 20] * 4}, None, None, "accept"),
     ("y uint8", "train", None, {"dtype": "uint8", "shape": [4], "fill": "1"}, None, "accept"),
     ("y labels outside the classes", "train", None,
-     {"dtype": "int32", "shape": [4], "fill": "0", "set": [[0, 7], [1, -1]]}, None, "either"),
+     {"dtype": "int32", "shape": [4], "fill": "0", "set": [[0, 7], [1, -1]]}, None, "refuse"),
 ]
 
 

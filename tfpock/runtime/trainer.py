@@ -12,7 +12,7 @@ import numpy as np
 
 from tfpock.runtime import checkpoint
 from tfpock.runtime.interpreter import load_interpreter_class
-from tfpock.runtime.validate import InputError, check_batch
+from tfpock.runtime.validate import InputError, check_batch, check_labels
 
 FORMAT = "tfpock-training-model/4"   # /4: train returns "finite" (a non-finite guard)
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
@@ -90,7 +90,8 @@ class Trainer:
         are finite; a step that is not finite leaves the weights and optimizer state as they
         were (``applied`` False) unless the model was compiled with ``nonfinite="apply"``."""
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.train")
-        y = check_batch("y", y, *self._spec("y"), signature="Trainer.train")
+        y = check_labels(check_batch("y", y, *self._spec("y"), signature="Trainer.train"),
+                         self.metadata["output"]["shape"][-1], "Trainer.train")
         lr = self.learning_rate if learning_rate is None else learning_rate
         if not np.isfinite(lr) or lr < 0:
             raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")

@@ -39,3 +39,15 @@ def check_batch(name: str, value, shape: tuple[int, ...], dtype: np.dtype,
             raise InputError(f"{signature}: {name} has values that do not fit {dtype}")
         array = cast
     return np.ascontiguousarray(array)
+
+
+def check_labels(y: np.ndarray, classes: int, signature: str) -> np.ndarray:
+    """Integer labels (a sparse categorical loss) must name one of the ``classes`` outputs:
+    an index outside [0, classes) would make the loss NaN (a skipped step) or, worse, read
+    another row, so it is refused here, naming the first offender."""
+    if np.issubdtype(y.dtype, np.integer) and y.size:
+        bad = np.flatnonzero((y < 0) | (y >= classes))
+        if bad.size:
+            raise InputError(f"{signature}: y holds label {int(y.flat[bad[0]])} at flat index "
+                             f"{int(bad[0])}; labels must be in [0, {classes})")
+    return y
