@@ -6,7 +6,8 @@ A case is a plain dict (a *configuration*) drawn by hypothesis from :func:`confi
 stride, dilation and padding, DepthwiseConv2D, SeparableConv2D, BatchNormalization trainable
 or not, the README's activations, pooling, Dropout(0)), usually one branch merging by
 Add/Concatenate/Multiply, a head (Flatten or global average pooling, Dense), a scheme
-(full, last:N, bias, or per-layer policies with partial channels) and an optimizer of
+(full, last:N, bias, or per-layer policies with partial channels; with a trainable BatchNorm,
+``frozen_batchnorm`` inference or batch_statistics) and an optimizer of
 ``tests.reference.OPTIMIZERS``. :func:`run_case` builds the model, compiles and exports it,
 runs one step with ``tfpock.runtime.Trainer`` and compares it with
 ``tests.reference.Reference`` (the sparse tests' reference) on the same batch:
@@ -183,6 +184,8 @@ def configs(draw) -> dict:
               "seed": draw(st.integers(0, 2**16)), "batch": draw(st.sampled_from([1, 2, 4])),
               "optimizer": draw(st.sampled_from(sorted(OPTIMIZERS)))}
     config["scheme"] = draw(_scheme(config))
+    if any(l["kind"] == "batchnorm" and l["trainable"] for _, l in _named_layers(config)):
+        config["frozen_batchnorm"] = draw(st.sampled_from(["inference", "batch_statistics"]))
     return config
 
 
@@ -335,15 +338,17 @@ def build_model(config: dict) -> keras.Model:
 
 def scheme_json(config: dict, model: keras.Model) -> dict:
     """The drawn scheme in its JSON form, "last:N" resolved from its documented meaning (the
-    last N layers with trainable weights, ``model.layers`` order)."""
+    last N layers with trainable weights, ``model.layers`` order), with the drawn
+    ``frozen_batchnorm`` (how a trainable BatchNorm the scheme freezes runs)."""
     scheme = config["scheme"]
     if scheme in ("full", "bias"):
-        return {"default": scheme, "layers": {}}
-    if isinstance(scheme, str):
+        scheme = {"default": scheme, "layers": {}}
+    elif isinstance(scheme, str):
         n = int(scheme.split(":")[1])
         candidates = [l.name for l in model.layers if l.trainable_weights]
-        return {"default": "frozen", "layers": {name: "full" for name in candidates[-n:]}}
-    return scheme
+        scheme = {"default": "frozen", "layers": {name: "full" for name in candidates[-n:]}}
+    mode = config.get("frozen_batchnorm", "inference")
+    return {**scheme, "frozen_batchnorm": mode} if mode != "inference" else scheme
 
 
 def batch(config: dict):

@@ -117,11 +117,13 @@ class Reference:
 
     def __init__(self, model: keras.Model, scheme: dict, optimizer, loss_fn):
         """``model`` (mutated: it is the one trained), ``scheme`` in its JSON form with
-        ``"default"`` and ``"layers"``, a fresh Keras ``optimizer``, a Keras ``loss_fn``."""
+        ``"default"``, ``"layers"`` and optionally ``"frozen_batchnorm"``, a fresh Keras
+        ``optimizer``, a Keras ``loss_fn``."""
         self.model = model
         self.loss_fn = loss_fn
         self.trained = expected_trained(self.model, scheme)
-        freeze_as_scheme(self.model, self.trained)   # frozen BatchNorms: inference mode
+        if scheme.get("frozen_batchnorm", "inference") == "inference":
+            freeze_as_scheme(self.model, self.trained)   # frozen BatchNorms: inference mode
         by_path = {v.path: v for v in self.model.variables}
         self.watched = [by_path[p] for p in self.trained]
         self.targets = []   # what the optimizer updates: the weight, or its trained slice
