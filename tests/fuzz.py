@@ -160,14 +160,14 @@ def configs(draw) -> dict:
         spatial[1] = spatial[0]
     channels = draw(st.integers(1, 3)) if rank else draw(st.integers(3, 10))
     shape = _Shape(list(spatial), channels)
-    body = [draw(_layer(shape, keep_shape=False)) for _ in range(draw(st.integers(1, 3)))]
+    body = [draw(_layer(shape, keep_shape=False)) for _ in range(draw(st.integers(1, 4)))]
     _no_bias_before_trainable_bn(body)
     branch = None
     if draw(st.integers(0, 4)) > 0:
         merge = draw(st.sampled_from(MERGES))
         width = shape.channels if merge != "concatenate" else None
         paths = []
-        for n in (draw(st.integers(1, 2)), draw(st.integers(0, 1))):
+        for n in (draw(st.integers(1, 2)), draw(st.integers(0, 2))):
             path_shape = _Shape(list(shape.spatial), shape.channels)
             path = [draw(_layer(path_shape, keep_shape=True, filters=width)) for _ in range(n)]
             _no_bias_before_trainable_bn(path)
