@@ -477,11 +477,12 @@ def _check(config, model, scheme, program, path, original, flags, x, y) -> list[
 # ---- drawing many and summarising ---------------------------------------------------------
 def draw_configs(n: int, seed: int = 0) -> list[dict]:
     """``n`` distinct configurations, the same for the same ``seed`` (hypothesis, no
-    database, generation only: cases are run afterwards, so a failure is not shrunk)."""
+    database, generation only: cases are run afterwards, so a failure is not shrunk). Twice
+    as many examples are generated as needed: hypothesis repeats some."""
     drawn: list[dict] = []
 
     @hypothesis_seed(seed)
-    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+    @settings(max_examples=2 * n, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(configs())
     def collect(config):
