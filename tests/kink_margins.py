@@ -73,8 +73,8 @@ def sparse_steps() -> None:
         tfpock.optimize(model, loss=sparse.loss_fn(), optimizer=sparse.OPTIMIZERS[optimizer](),
                         scheme=sparse.MOBILENET_SCHEME, batch_size=sparse.BATCH).export(path)
         trainer = Trainer(path)
-        ref = sparse.Reference("mobilenet_v2", optimizer)
-        spares = [sparse.Reference("mobilenet_v2", optimizer) for _ in range(2)]
+        ref = sparse.reference("mobilenet_v2", optimizer)
+        spares = [sparse.reference("mobilenet_v2", optimizer) for _ in range(2)]
         for i, (x, y) in enumerate(sparse.batches(model)):
             start = trainer.state()
             ref.load(start)

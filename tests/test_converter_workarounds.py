@@ -14,6 +14,7 @@ import pytest
 
 import tfpock
 from tests.numerics import assert_close
+from tfpock.errors import ExportError
 from tfpock.runtime import Trainer
 
 
@@ -46,3 +47,25 @@ def test_activation_after_a_trained_matmul_survives_conversion(kind, activation,
     assert_close(trainer.train(x, y)["loss"], host, rtol=1e-6, where="loss")
     for key, value in program.weights().items():
         assert_close(trainer.weights()[key], value, rtol=1e-7, atol=1e-6, where=key)
+
+
+@pytest.mark.xfail(strict=True, raises=ExportError, reason=(
+    "TF 2.21's converter fails on a Conv1D with one output channel whose output is added to "
+    "a one-channel tensor of its shape at batch 1 ('tf.Transpose' op x should be of the same "
+    "rank with y, got x of rank 3, and y of rank 4, at the Add it turned into a BiasAdd); "
+    "stock TFLiteConverter fails on the same Keras model, Conv2D and batch 2 convert; "
+    "tfpock neither works around it nor refuses it with a clear error (found by "
+    "tests/fuzz.py, seed 1)"))
+def test_one_channel_conv1d_added_to_its_input_at_batch_1(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((10, 1))
+    h = keras.layers.Add()([keras.layers.Conv1D(1, 1, name="conv")(inp), inp])
+    model = keras.Model(inp, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(h)))
+    program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), optimizer=keras.optimizers.SGD(0.1), scheme="bias", batch_size=1)
+    trainer = Trainer(program.export(tmp_path / "m.tflite"))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 10, 1)).astype(np.float32)
+    assert_close(trainer.infer(x), model(x).numpy(), rtol=1e-5, atol=1e-5, where="infer")
+    host = program.train_step(x, np.array([1], np.int32))["loss"]
+    assert_close(trainer.train(x, np.array([1], np.int32))["loss"], host, rtol=1e-6,
+                 where="loss")

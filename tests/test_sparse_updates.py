@@ -42,34 +42,22 @@ differences, both measured:
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import layers
 
 import tfpock
-from tests.reference import assert_kink_tolerant, freeze_as_scheme
+from tests.reference import (OPTIMIZERS, Reference, assert_kink_tolerant, expected_trained,
+                             nudge_sensitivity)
 from tests.numerics import assert_close
 from tfpock.runtime import Trainer
 from tfpock.testing import models
 
 BATCH = 4
 STEPS = 5
-SGD_LR = 0.05
-ADAM_LR = 1e-3
-
-OPTIMIZERS = {
-    "sgd": lambda: keras.optimizers.SGD(SGD_LR),
-    "momentum": lambda: keras.optimizers.SGD(SGD_LR, momentum=0.9),
-    "nesterov": lambda: keras.optimizers.SGD(SGD_LR, momentum=0.9, nesterov=True),
-    "adam": lambda: keras.optimizers.Adam(ADAM_LR),
-    "adamw": lambda: keras.optimizers.AdamW(ADAM_LR, weight_decay=0.01),
-}
-
 # every policy on some layer; layers not named are frozen by default
 CNN_SCHEME = {"default": "frozen", "layers": {
     "conv_s2": "frozen",
@@ -146,100 +134,14 @@ def batches(model, n=STEPS, seed=0):
     return out
 
 
-# ---- what a policy trains, from its documented meaning ----------------------------------
-_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
-_BIASES = ("bias", "beta")
-
-
-def expected_trained(model: keras.Model, scheme: dict) -> dict[str, int | None]:
-    """path -> trained input channels (None: all of it), in model.trainable_variables order."""
-    out = {}
-    for layer in model.layers:
-        policy = scheme["layers"].get(layer.name, scheme["default"])
-        names = {w.path.rsplit("/", 1)[-1]: w for w in layer.trainable_weights}
-        if policy == "full":
-            out.update({w.path: None for w in names.values()})
-        elif policy == "bias":
-            out.update({w.path: None for n, w in names.items() if n in _BIASES})
-        elif isinstance(policy, dict):
-            if policy.get("bias", True):
-                out.update({w.path: None for n, w in names.items() if n in _BIASES})
-            for n, w in names.items():
-                if n in _KERNELS:
-                    total = w.shape[-2]
-                    k = policy.get("weight_channels") or max(
-                        1, math.floor(policy["weight_fraction"] * total + 1e-9))
-                    out[w.path] = None if k == total else k
-    order = [v.path for v in model.trainable_variables]
-    return {p: out[p] for p in order if p in out}
-
-
-# ---- the stock TF reference ---------------------------------------------------------------
-class Reference:
-    """GradientTape + a fresh Keras optimizer; partial weights through slice variables."""
-
-    def __init__(self, model_name: str, optimizer_name: str):
-        builder, scheme = MODELS[model_name]
-        self.model = builder()
-        self.trained = expected_trained(self.model, scheme)
-        freeze_as_scheme(self.model, self.trained)   # frozen BatchNorms: inference mode
-        by_path = {v.path: v for v in self.model.variables}
-        self.watched = [by_path[p] for p in self.trained]
-        self.targets = []   # what the optimizer updates: the weight, or its trained slice
-        for path, k in self.trained.items():
-            var = by_path[path]
-            self.targets.append(var if k is None else keras.Variable(
-                var.numpy()[..., :k, :], name=path.replace("/", "_") + "_trained"))
-        self.optimizer = OPTIMIZERS[optimizer_name]()
-
-    def step(self, x, y, learning_rate=None) -> float:
-        if learning_rate is not None:
-            self.optimizer.learning_rate = learning_rate
-        with tf.GradientTape() as tape:
-            loss = loss_fn()(y, self.model(x, training=True))
-        grads = tape.gradient(loss, self.watched)
-        grads = [g if k is None else g[..., :k, :] for g, k in zip(grads, self.trained.values())]
-        self.optimizer.apply(grads, self.targets)
-        for var, target, k in zip(self.watched, self.targets, self.trained.values()):
-            if k is not None:
-                var.assign(tf.concat([target.value, var.value[..., k:, :]], axis=-2))
-        return float(loss)
-
-    def weights(self) -> dict[str, np.ndarray]:
-        return {v.path: np.array(v.numpy()) for v in self.model.variables}
-
-    def _slot_variables(self) -> dict[str, keras.Variable]:
-        opt, out = self.optimizer, {}
-        opt.build(self.targets)
-        if isinstance(opt, keras.optimizers.Adam):   # AdamW too
-            named = {"m": opt._momentums, "v": opt._velocities}
-            out["optimizer/iterations"] = opt.iterations
-        else:
-            named = {"momentum": opt.momentums} if opt.momentum else {}
-        for slot, variables in named.items():
-            for path, target in zip(self.trained, self.targets):
-                out[f"optimizer/{slot}/{path}"] = variables[opt._get_variable_index(target)]
-        return out
-
-    def slots(self) -> dict[str, np.ndarray]:
-        """The optimizer's state under tfpock's checkpoint keys."""
-        return {k: np.array(v.numpy(), np.float32) for k, v in self._slot_variables().items()}
-
-    def load(self, state: dict[str, np.ndarray]) -> None:
-        """Takes over a tfpock state (``Trainer.state()``): weights, statistics, slots."""
-        by_path = {v.path: v for v in self.model.variables}
-        for path, value in state.items():
-            if path in by_path:
-                by_path[path].assign(value)
-        for path, target, k in zip(self.trained, self.targets, self.trained.values()):
-            if k is not None:
-                target.assign(state[path][..., :k, :])
-        for key, var in self._slot_variables().items():
-            var.assign(np.asarray(state[key]).astype(var.dtype))
+def reference(model_name: str, optimizer_name: str) -> Reference:
+    """A fresh ``Reference`` of the named model, scheme and optimizer."""
+    builder, scheme = MODELS[model_name]
+    return Reference(builder(), scheme, OPTIMIZERS[optimizer_name](), loss_fn())
 
 
 def run_reference(model_name, optimizer_name, data, learning_rates=None):
-    ref = Reference(model_name, optimizer_name)
+    ref = reference(model_name, optimizer_name)
     rates = learning_rates or [None] * len(data)
     return ref, [ref.step(x, y, lr) for (x, y), lr in zip(data, rates)]
 
@@ -260,20 +162,6 @@ def assert_state_matches(state, ref_state, where, sensitivity=None, channels=Non
             k = (channels or {}).get(key)
             assert_kink_tolerant(trained_part(value, k), trained_part(ref_state[key], k),
                                  trained_part(start[key], k), sensitivity[key], f"{where}: {key}")
-
-
-def nudge_sensitivity(references, state, x, y, ref_after):
-    """The kink allowance's sensitivity: the largest change of each value of the reference's
-    step when its input is scaled by 1 + 1e-6 and by 1 - 1e-6, from ``state`` (on two spare
-    references)."""
-    out = {}
-    for factor, nudged in zip((1 + 1e-6, 1 - 1e-6), references):
-        nudged.load(state)
-        nudged.step(x * np.float32(factor), y)
-        values = {**nudged.weights(), **nudged.slots()}
-        for key, value in values.items():
-            out[key] = max(out.get(key, 0.0), float(np.abs(value - ref_after[key]).max()))
-    return out
 
 
 # ---- fixtures -----------------------------------------------------------------------------
@@ -312,9 +200,9 @@ def test_five_steps_match_gradient_tape(compiled):
     trainer = Trainer(path)
     assert trainer.runtime == "ai-edge-litert"
     where = f"{model_name}/{optimizer_name} on ai-edge-litert"
-    ref = Reference(model_name, optimizer_name)
+    ref = reference(model_name, optimizer_name)
     kinks = model_name in KINK_TOLERANT
-    spares = [Reference(model_name, optimizer_name) for _ in range(2)] if kinks else []
+    spares = [reference(model_name, optimizer_name) for _ in range(2)] if kinks else []
     for i, (x, y) in enumerate(data):
         if kinks:   # chaotic in float32: each step from the trainer's state (docstring)
             start = trainer.state()
@@ -366,13 +254,13 @@ def test_host_program_step_matches_gradient_tape(model_name):
                               scheme=scheme, batch_size=BATCH)
     [(x, y)] = batches(model, n=1)
     start = program.state()
-    ref = Reference(model_name, "sgd")
+    ref = reference(model_name, "sgd")
     ref_loss = ref.step(x, y)
     loss = program.train_step(x, y)["loss"]
     where = f"{model_name} host program"
     assert_close(loss, ref_loss, rtol=1e-5, where=f"{where}: loss")
     ref_after = {**ref.weights(), **ref.slots()}
-    spares = [Reference(model_name, "sgd") for _ in range(2)]
+    spares = [reference(model_name, "sgd") for _ in range(2)]
     sensitivity = nudge_sensitivity(spares, start, x, y, ref_after)
     state = program.state()
     assert sorted(program.trained_paths) == sorted(ref.trained)
