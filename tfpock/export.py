@@ -150,7 +150,22 @@ def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterab
             raise _explain(exc, list(graphs), set(layer_names)) from exc
 
 
+# Converter failures that are not a missing builtin: a fragment of the converter's message ->
+# what the user can do. Each was found by tests/fuzz.py and has a regression test in
+# tests/test_converter_workarounds.py.
+KNOWN_CONVERTER_BUGS = {
+    "'tf.Transpose' op x should be of the same rank with y": (
+        "TF 2.21's TFLite converter fails on a Conv1D with one output channel whose output is "
+        "added to a one-channel tensor of its shape at batch size 1 (it turns the Add into the "
+        "convolution's bias); compile with batch_size >= 2, or give the Conv1D more than one "
+        "filter"),
+}
+
+
 def _explain(exc: Exception, graphs: list[Graph], layer_names: set[str]) -> ExportError:
+    for fragment, advice in KNOWN_CONVERTER_BUGS.items():
+        if fragment in str(exc):
+            return ExportError(f"TFLite conversion failed: {advice}")
     refused = sorted(set(re.findall(r"\btf\.(\w+)", str(exc))))
     culprits = []
     for op in refused:
