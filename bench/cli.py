@@ -6,10 +6,11 @@ process, and absl refuses a flag defined twice.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 
-from absl import flags
+from absl import flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -25,3 +26,16 @@ def define_output_flags() -> None:
     ``flags.adopt_module_key_flags(cli)`` so that its ``--help`` lists them."""
     flags.DEFINE_string("out_dir", RESULTS, "Where results go.")
     flags.DEFINE_string("machine", machine_name(), "Machine name in the result file names.")
+
+
+def write_results(doc: dict, text: str, name: str, out_dir: str) -> str:
+    """Writes ``<out_dir>/<date>-<machine>-<name>.{json,md}`` (``doc["date"]`` and
+    ``doc["machine"]`` name it); returns the stem, for a plot beside them."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{doc['date'][:10]}-{doc['machine']}-{name}")
+    with open(stem + ".json", "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    logging.info("wrote %s.json and .md", stem)
+    return stem

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -206,14 +205,8 @@ def main(argv):
            "machine": FLAGS.machine, "mode": "quick" if FLAGS.quick else "full",
            "timing": dataclasses.asdict(timing),
            "groups": groups}
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.out_dir, f"{doc['date'][:10]}-{FLAGS.machine}-depth")
-    with open(stem + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(doc))
+    stem = cli.write_results(doc, markdown(doc), "depth", FLAGS.out_dir)
     plot(doc, stem + ".png")
-    logging.info("wrote %s.json, .md and .png", stem)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ the exported ``train`` subgraph's op count and file size without and with it. Wr
 from __future__ import annotations
 
 import datetime
-import json
-import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from bench import cli
 
@@ -121,14 +119,7 @@ def main(argv):
              for s in ("full", "last:2", "bias")]
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "size": FLAGS.size, "rows": rows}
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.out_dir, f"{doc['date'][:10]}-{FLAGS.machine}-fold-constants")
-    with open(stem + ".json", "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(doc))
-    logging.info("wrote %s.json and .md", stem)
-
+    cli.write_results(doc, markdown(doc), "fold-constants", FLAGS.out_dir)
 
 if __name__ == "__main__":
     define_flags()

@@ -15,13 +15,12 @@ difference), and the median of ``--time`` interleaved steps of each. Writes
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from bench import cli
 
@@ -133,14 +132,7 @@ def main(argv):
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "rules": rules, "steps": FLAGS.steps, "time": FLAGS.time,
            "files": [measure(p, rules, folder) for p in paths]}
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    stem = os.path.join(FLAGS.out_dir, f"{doc['date'][:10]}-{FLAGS.machine}-fuse-rules")
-    with open(stem + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(doc))
-    logging.info("wrote %s.json and .md", stem)
-
+    cli.write_results(doc, markdown(doc), "fuse-rules", FLAGS.out_dir)
 
 if __name__ == "__main__":
     define_flags()

@@ -6,12 +6,12 @@ thread). Run from the repository root, pinned to one core:
 ``taskset -c 1 python -m bench.studies.lowering_conv_filter``. Writes
 ``bench/results/<date>-<machine>-lowering-conv-filter.{json,md}``, which the docstring of
 ``graph_passes/lowering/conv.py`` points to. The other lowering studies share this module's
-:func:`median_ms`, :func:`run_info`, :func:`markdown_head` and :func:`write_results`.
+:func:`median_ms`, :func:`run_info` and :func:`markdown_head`; results go through
+``bench.cli.write_results``.
 """
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -127,18 +127,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(row) + " |" for row in rows] + [""])
 
 
-def write_results(doc: dict, text: str, name: str, out_dir: str) -> str:
-    """Writes ``<out_dir>/<date>-<machine>-<name>.{json,md}``; returns the stem."""
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{doc['date'][:10]}-{doc['machine']}-{name}")
-    with open(stem + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    logging.info("wrote %s.json and .md", stem)
-    return stem
-
-
 def markdown(doc: dict) -> str:
     lines = markdown_head(
         doc, "Conv2DBackpropFilter lowering forms",
@@ -185,7 +173,7 @@ def main(argv):
                      ", ".join(f"{k} {v:.2f}" for k, v in row["ms"].items()),
                      row["tf_native_ms"])
         doc["cases"].append(row)
-    write_results(doc, markdown(doc), "lowering-conv-filter", FLAGS.out_dir)
+    cli.write_results(doc, markdown(doc), "lowering-conv-filter", FLAGS.out_dir)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from bench import cli
 from bench.studies.lowering_conv_filter import (
-    markdown_head, markdown_table, median_ms, run_info, write_results)
+    markdown_head, markdown_table, median_ms, run_info)
 from graph_passes.lowering.conv import Window
 from graph_passes.lowering.depthwise import filter_grad_conv, filter_grad_slices, input_grad
 from tfpock.testing.litert import convert_builtins_only
@@ -99,7 +99,7 @@ def main(argv):
         logging.info("%s: %s", name, ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
         doc["cases"].append({"case": name, "N": n, "H": h, "W": w, "C": c, "M": m,
                              "kernel": k, "stride": s, "padding": "SAME", "ms": ms})
-    write_results(doc, markdown(doc), "lowering-depthwise", FLAGS.out_dir)
+    cli.write_results(doc, markdown(doc), "lowering-depthwise", FLAGS.out_dir)
 
 
 if __name__ == "__main__":

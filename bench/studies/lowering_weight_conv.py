@@ -29,7 +29,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from bench import cli
 from bench.studies.lowering_conv_filter import (
-    markdown_head, markdown_table, median_ms, run_info, write_results)
+    markdown_head, markdown_table, median_ms, run_info)
 from graph_passes.lowering.conv import (
     Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
 from tfpock.testing.litert import convert_builtins_only
@@ -200,7 +200,7 @@ def main(argv):
     doc["forward"] = forward()
     doc["input_grad"] = input_gradients()
     doc["input_grad_1x1"] = input_gradients_1x1()
-    write_results(doc, markdown(doc), "lowering-weight-conv", FLAGS.out_dir)
+    cli.write_results(doc, markdown(doc), "lowering-weight-conv", FLAGS.out_dir)
 
 
 if __name__ == "__main__":

@@ -411,14 +411,9 @@ def main(argv):
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": flag.machine, "command": command, "model": model, "soak": summary,
            "rss_slope_bound": RSS_SLOPE_BOUND, "criteria": criteria(summary)}
-    os.makedirs(flag.out_dir, exist_ok=True)
-    stem = os.path.join(flag.out_dir, f"{doc['date'][:10]}-{flag.machine}-soak")
-    with open(stem + ".json", "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(doc))
-    plotted = plot(doc, stem + ".png") if "error" not in summary else False
-    logging.info("wrote %s.json, .md%s", stem, " and .png" if plotted else "")
+    stem = cli.write_results(doc, markdown(doc), "soak", flag.out_dir)
+    if "error" not in summary and plot(doc, stem + ".png"):
+        logging.info("and %s.png", stem)
     for name, ok, text in doc["criteria"]:
         logging.info("%s %s: %s", "PASS" if ok else "FAIL", name, text)
     return 0 if all(ok for _, ok, _ in doc["criteria"]) else 1
