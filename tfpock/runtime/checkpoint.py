@@ -82,7 +82,7 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
     ``[name, dtype.str, shape, nbytes]`` and a newline, then its C-order bytes."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
+        array = np.asarray(arrays[name], order="C")   # keeps a 0-d array 0-d
         header = json.dumps([name, array.dtype.str, list(array.shape), array.nbytes])
         digest.update(header.encode("utf-8") + b"\n")
         digest.update(array.tobytes())
@@ -101,7 +101,7 @@ def save(path: str | os.PathLike, weights: dict[str, np.ndarray], model_fingerpr
         raise CheckpointError(f"folder {folder!r} of checkpoint {path!r} does not exist")
     if META_KEY in weights:
         raise CheckpointError(f"checkpoint {path!r}: {META_KEY!r} is reserved, not a variable")
-    arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in weights.items()}   # 0-d stays 0-d
     meta = {"format": FORMAT, "fingerprint": model_fingerprint, "model": model,
             "checksum": checksum(arrays)}
     entry = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)

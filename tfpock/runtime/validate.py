@@ -38,7 +38,7 @@ def check_batch(name: str, value, shape: tuple[int, ...], dtype: np.dtype,
         if np.issubdtype(dtype, np.integer) and not np.array_equal(cast, array):
             raise InputError(f"{signature}: {name} has values that do not fit {dtype}")
         array = cast
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")   # unlike ascontiguousarray, keeps 0-d arrays 0-d
 
 
 def check_labels(y: np.ndarray, classes: int, signature: str) -> np.ndarray:
