@@ -13,6 +13,7 @@ from tfpock import export
 from tfpock.tflite import memory, model_file
 from tfpock.tflite.ir import TfliteFile
 from tfpock.provenance import layer_of_node
+from tfpock.runtime.trainer import step_result
 from tfpock.runtime.validate import check_batch, check_labels
 from tfpock.tracing import TracedStep
 
@@ -80,9 +81,8 @@ class Program:
         lr = np.array([self._step.learning_rate if learning_rate is None else learning_rate],
                       np.float32)
         out = self._module.train(self._x(x, "train_step"), y, lr)
-        finite = bool(out["finite"].numpy()[0])
-        return {"loss": float(out["loss"].numpy()), "finite": finite,
-                "applied": finite or self._metadata.get("nonfinite") == "apply"}
+        return step_result(out["loss"].numpy(), out["finite"].numpy(),
+                           self._metadata.get("nonfinite"))
 
     def infer(self, x) -> np.ndarray:
         return self._module.infer(self._x(x, "infer"))["output"].numpy()

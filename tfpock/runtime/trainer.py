@@ -18,6 +18,15 @@ FORMAT = "tfpock-training-model/4"   # /4: train returns "finite" (a non-finite 
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
 
 
+def step_result(loss, finite, nonfinite: str | None) -> dict:
+    """What a train step reports, on the device and the host alike: the loss, whether it and
+    every value the step wrote were finite, and whether the step changed the state (a step
+    that is not finite is skipped unless the model was compiled with ``nonfinite="apply"``)."""
+    finite = bool(np.asarray(finite).reshape(-1)[0])
+    return {"loss": float(np.asarray(loss)), "finite": finite,
+            "applied": finite or nonfinite == "apply"}
+
+
 class ModelFileError(ValueError):
     """A file that is not a tfpock training model."""
 
@@ -96,9 +105,7 @@ class Trainer:
         if not np.isfinite(lr) or lr < 0:
             raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")
         out = self._runners["train"](x=x, y=y, learning_rate=np.array([lr], np.float32))
-        finite = bool(np.asarray(out["finite"]).reshape(-1)[0])
-        return {"loss": float(out["loss"]), "finite": finite,
-                "applied": finite or self.metadata.get("nonfinite") == "apply"}
+        return step_result(out["loss"], out["finite"], self.metadata.get("nonfinite"))
 
     def infer(self, x) -> np.ndarray:
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.infer")
