@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
 
 from absl import flags, logging
 
@@ -39,3 +41,15 @@ def write_results(doc: dict, text: str, name: str, out_dir: str) -> str:
         f.write(text)
     logging.info("wrote %s.json and .md", stem)
     return stem
+
+
+def median_ms(fn, reps: int = 50, warm: int = 5) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``reps`` calls after ``warm``."""
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)

@@ -43,9 +43,7 @@ import collections
 import copy
 import json
 import os
-import statistics
 import sys
-import timeit
 
 import numpy as np
 
@@ -56,6 +54,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from tfpock.tflite.flatbuffer import builtin, constant_value, pack  # noqa: E402
 from tfpock.tflite import model_file  # noqa: E402
+from bench import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
@@ -69,11 +68,6 @@ def _options(no_xnnpack: bool) -> dict:
 
 def _interpreter(content: bytes, no_xnnpack: bool) -> Interpreter:
     return Interpreter(model_content=content, num_threads=1, **_options(no_xnnpack))
-
-
-def _median_ms(fn, reps: int, warm: int = 3) -> float:
-    timeit.repeat(fn, number=1, repeat=warm)
-    return 1e3 * statistics.median(timeit.repeat(fn, number=1, repeat=reps))
 
 
 def single_op_model(model: schema.ModelT, sg: schema.SubGraphT, op: schema.OperatorT) -> bytes:
@@ -122,7 +116,7 @@ def time_op(content: bytes, reps: int, no_xnnpack: bool, rng: np.random.Generato
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], _random_input(detail, rng))
-    return _median_ms(interpreter.invoke, reps)
+    return cli.median_ms(interpreter.invoke, reps, warm=3)
 
 
 def signature_ms(path: str, signature: str, reps: int, no_xnnpack: bool) -> float:
@@ -132,12 +126,12 @@ def signature_ms(path: str, signature: str, reps: int, no_xnnpack: bool) -> floa
         trainer = Trainer(path, num_threads=1, **_options(no_xnnpack))
         batch = {k: np.zeros(trainer.metadata[k]["shape"], trainer.metadata[k]["dtype"])
                  for k in ("x", "y")}
-        return _median_ms(lambda: trainer.train(batch["x"], batch["y"]), reps)
+        return cli.median_ms(lambda: trainer.train(batch["x"], batch["y"]), reps, warm=3)
     with open(path, "rb") as f:
         runner = _interpreter(f.read(), no_xnnpack).get_signature_runner(signature)
     rng = np.random.default_rng(0)
     inputs = {k: _random_input(d, rng) for k, d in runner.get_input_details().items()}
-    return _median_ms(lambda: runner(**inputs), reps)
+    return cli.median_ms(lambda: runner(**inputs), reps, warm=3)
 
 
 def profile(path: str, signature: str = "train", reps: int = 30,

@@ -6,17 +6,14 @@ thread). Run from the repository root, pinned to one core:
 ``taskset -c 1 python -m bench.studies.lowering_conv_filter``. Writes
 ``bench/results/<date>-<machine>-lowering-conv-filter.{json,md}``, which the docstring of
 ``graph_passes/lowering/conv.py`` points to. The other lowering studies share this module's
-:func:`median_ms`, :func:`run_info` and :func:`markdown_head`; results go through
-``bench.cli.write_results``.
+:func:`run_info` and :func:`markdown_head`; timing and results go through ``bench.cli``.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import shlex
-import statistics
 import sys
-import time
 
 import ai_edge_litert
 import numpy as np
@@ -69,17 +66,6 @@ def define_flags() -> None:
     """The command line (run as a script only: ``bench/cli.py`` says why)."""
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
-
-
-def median_ms(fn, reps=50, warm=5):
-    for _ in range(warm):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
 
 
 def run_info(study: str, machine: str, reps: int, warm: int) -> dict:
@@ -163,12 +149,12 @@ def main(argv):
             runner = interp.get_signature_runner("serving_default")
             out = runner(in00=x, in01=dy)["out00"]
             assert np.allclose(out, ref, atol=1e-3 * np.abs(ref).max()), name
-            row["ms"][key] = median_ms(lambda: runner(in00=x, in01=dy))
+            row["ms"][key] = cli.median_ms(lambda: runner(in00=x, in01=dy))
         native = tf.function(lambda a, b: tf.raw_ops.Conv2DBackpropFilter(
             input=a, filter_sizes=[kh, kw, ci, co], out_backprop=b, strides=[1, s, s, 1],
             padding=padding))
         xt, dyt = tf.constant(x), tf.constant(dy)
-        row["tf_native_ms"] = median_ms(lambda: native(xt, dyt).numpy())
+        row["tf_native_ms"] = cli.median_ms(lambda: native(xt, dyt).numpy())
         logging.info("%s: %s, TF native %.2f ms", name,
                      ", ".join(f"{k} {v:.2f}" for k, v in row["ms"].items()),
                      row["tf_native_ms"])

@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from bench import cli
 from bench.studies.lowering_conv_filter import (
-    markdown_head, markdown_table, median_ms, run_info)
+    markdown_head, markdown_table, run_info)
 from graph_passes.lowering.conv import Window
 from graph_passes.lowering.depthwise import filter_grad_conv, filter_grad_slices, input_grad
 from tfpock.testing.litert import convert_builtins_only
@@ -50,7 +50,7 @@ def litert_ms(fn, arrays, reference):
     feed = {f"in{i:02d}": a for i, a in enumerate(arrays)}
     out = runner(**feed)["out00"]
     assert np.allclose(out, reference, atol=1e-4 * np.abs(reference).max())
-    return median_ms(lambda: runner(**feed))
+    return cli.median_ms(lambda: runner(**feed))
 
 
 COLUMNS = {"filter_conv": "filter: conv form", "filter_slices": "filter: slice form",
@@ -93,9 +93,9 @@ def main(argv):
                           ("filter_slices", filter_grad_slices)):
             ms[key] = litert_ms(lambda a, b, f=form: f(a, b, win, m), [x, dy], ref_f)
         xt, dyt, kt = tf.constant(x), tf.constant(dy), tf.constant(kernel)
-        ms["tf_filter"] = median_ms(lambda: native_f(xt, dyt).numpy())
+        ms["tf_filter"] = cli.median_ms(lambda: native_f(xt, dyt).numpy())
         ms["input"] = litert_ms(lambda a, b: input_grad(a, b, win, x.shape), [kernel, dy], ref_i)
-        ms["tf_input"] = median_ms(lambda: native_i(kt, dyt).numpy())
+        ms["tf_input"] = cli.median_ms(lambda: native_i(kt, dyt).numpy())
         logging.info("%s: %s", name, ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
         doc["cases"].append({"case": name, "N": n, "H": h, "W": w, "C": c, "M": m,
                              "kernel": k, "stride": s, "padding": "SAME", "ms": ms})

@@ -29,7 +29,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from bench import cli
 from bench.studies.lowering_conv_filter import (
-    markdown_head, markdown_table, median_ms, run_info)
+    markdown_head, markdown_table, run_info)
 from graph_passes.lowering.conv import (
     Window, filter_patches, flip_spatial, input_grad_1x1, input_grad_matmul, pad_spatial)
 from tfpock.testing.litert import convert_builtins_only
@@ -79,7 +79,7 @@ def time_forms(forms: dict, ref: np.ndarray, name: str) -> list[float]:
                              num_threads=1).get_signature_runner("serving_default")
         feeds = {f"in{i:02d}": a for i, a in enumerate(arrays)}
         assert np.allclose(runner(**feeds)["out00"], ref, rtol=1e-4, atol=1e-2), name
-        row.append(median_ms(lambda: runner(**feeds), reps=REPS, warm=WARM))
+        row.append(cli.median_ms(lambda: runner(**feeds), reps=REPS, warm=WARM))
     return row
 
 

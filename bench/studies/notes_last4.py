@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import numpy as np
 from absl import app, flags
+
+from bench import cli
 
 FLAGS = flags.FLAGS
 LAST4 = ("block_16_project_BN", "Conv_1", "Conv_1_bn", "predictions")
@@ -29,17 +30,6 @@ def build():
     for layer in model.layers:
         layer.trainable = layer.name in LAST4
     return model
-
-
-def median_ms(fn, steps=20, warmup=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def define_flags() -> None:
@@ -69,15 +59,15 @@ def main(argv):
         optimizer.apply(grads, model.trainable_variables)
         return value
 
-    tf_ms = median_ms(tf_step)
+    tf_ms = cli.median_ms(tf_step, reps=20)
     program = tfpock.optimize(build(), loss=loss, optimizer=keras.optimizers.SGD(0.01),
                               scheme="full", batch_size=batch)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "last4.tflite")
         program.export(path)
         trainer = Trainer(path, num_threads=1)
-        train_ms = median_ms(lambda: trainer.train(x, y))
-        infer_ms = median_ms(lambda: trainer.infer(x))
+        train_ms = cli.median_ms(lambda: trainer.train(x, y), reps=20)
+        infer_ms = cli.median_ms(lambda: trainer.infer(x), reps=20)
     print(f"batch {batch}: tf.function + GradientTape {tf_ms:.2f} ms; tfpock train "
           f"{train_ms:.2f} ms ({tf_ms / train_ms:.1f}x), tfpock infer {infer_ms:.2f} ms; "
           f"trained: {', '.join(program.trained_paths)}")
