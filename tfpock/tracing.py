@@ -250,7 +250,8 @@ class TrainFunction:
         self.backward: set[str] = set()
 
     def train_step(self, x, y, learning_rate, *values) -> dict[str, tf.Tensor]:
-        """``loss`` and ``new:<key>`` of every variable the step changes."""
+        """``loss``, ``finite`` and ``new:<key>`` of every variable the step changes (held
+        back by :func:`guard_nonfinite` where the step is not finite)."""
         layout, optimizer = self.layout, self.optimizer
         weights, n_train = layout.weights, layout.n_trainable
         learning_rate = tf.reshape(learning_rate, [])
