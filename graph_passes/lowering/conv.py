@@ -56,6 +56,11 @@ EXPLICIT padding (converting the raw op with builtins only refuses both). Chosen
   step and the measured arena fell although the graph timeline rose (the patches are kh*kw
   times ``dy``; the scratch is not in the timeline): ResNet-18-style full scheme with it in
   ``bench/results/2026-11-25-x86_64-2core-memory.md``.
+* stride-1 kxk with a runtime kernel and no more input positions than output channels (deep
+  layers, small batches; :func:`takes_kernel_as_is`): the same correlation as one batch matmul
+  per kernel offset with the kernel as it is, summed, the flip done by listing the patches in
+  reverse (:func:`input_grad_kernel_as_is`). The flipped, transposed, reshaped kernel of the
+  form above was three copies of a variable read each step (constant kernels fold them).
 * strided, or a constant 1x1 kernel (a frozen layer's, which XNNPACK takes): TRANSPOSE_CONV.
 * EXPLICIT padding: the VALID transposed convolution onto the padded input size, then a crop
   (the forward convolution over ``xp`` with VALID padding is the EXPLICIT one).
@@ -464,7 +469,9 @@ class WeightConv2DRule(LoweringRule):
 
     A 1x1 kernel is used as it is, [1, 1, Ci, Co], by a batch matmul whose batch dims
     broadcast: reshaping it to [Ci, Co] copied the variable read every step (112*1280*4 B =
-    573 KB for MobileNetV2's last conv)."""
+    573 KB for MobileNetV2's last conv). A kxk kernel likewise, [kh, kw, Ci, Co], against
+    patches stacked per offset, [kh, kw, N*Ho*Wo, Ci], the products summed over the offsets
+    (:func:`kernel_as_is_matmul`; TFLite reshapes a variable read by copying it)."""
 
     op_type = "Conv2D"
 
