@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import sys
+import zipfile
 
 from absl import flags
 
@@ -74,6 +75,9 @@ def main(args: list[str]) -> int:
         raise UsageError(f"MODEL {path!r}: expected a .keras file (model.save('m.keras'))")
     if not os.path.isfile(path):
         raise UsageError(f"MODEL {path!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"MODEL {path!r} is not a Keras model file (a .keras file is a zip "
+                         f"archive; this one is not)")
     custom = _custom_objects(_flag("custom-objects"))
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

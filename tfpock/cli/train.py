@@ -98,6 +98,10 @@ def main(args: list[str]) -> int:
     val = data.load(f.val, metadata["x"], metadata["y"]) if f.val else None
     if f.resume:
         _check_checkpoint(f.checkpoint, metadata)
+    compiled = metadata["x"]["shape"][0]
+    if _flag("batch-size") not in (None, compiled):
+        raise UsageError(f"--batch-size {_flag('batch-size')}: the model was compiled for "
+                         f"batches of {compiled} (tfpock optimize --batch-size)")
     trainer = Trainer(path, runtime=f.runtime.replace("_", "-"), num_threads=f.threads)
     size = fitting.batch_size(trainer)
     steps_per_epoch = max(1, len(x) // size)
