@@ -92,6 +92,14 @@ def work(tmp_path_factory):
     odd.compile(loss="mse", optimizer="sgd")
     odd.save(folder / "odd.keras")
     (folder / "garbage.keras").write_bytes(b"not a zip file at all")
+    runs = {  # every optimize run at once (each imports TensorFlow), while this goes on
+        "ok": start("optimize", "model.keras", "-o", "model.tflite", "--custom-objects",
+                    "mycustom", "--scheme", "last:2", "--batch-size", "4", "--report",
+                    "report.txt", cwd=folder),
+        "lambda": start("optimize", "odd.keras", "-o", "lambda.tflite", cwd=folder),
+        "unsupported": start("optimize", "odd.keras", "-o", "odd.tflite", "--unsafe",
+                             "--report", "odd.json", cwd=folder),
+    }
 
     @tf.function(input_signature=[tf.TensorSpec((4, 8)), tf.TensorSpec((4, 8))])
     def relu_grad(dy, x):
@@ -120,12 +128,4 @@ def work(tmp_path_factory):
     np.savetxt(folder / "train.csv", np.column_stack([x[:12], y[:12]]), delimiter=",",
                header=",".join([f"f{i}" for i in range(20)] + ["label"]), comments="")
 
-    runs = {  # every optimize run at once: each imports TensorFlow, in parallel
-        "ok": start("optimize", "model.keras", "-o", "model.tflite", "--custom-objects",
-                    "mycustom", "--scheme", "last:2", "--batch-size", "4", "--report",
-                    "report.txt", cwd=folder),
-        "lambda": start("optimize", "odd.keras", "-o", "lambda.tflite", cwd=folder),
-        "unsupported": start("optimize", "odd.keras", "-o", "odd.tflite", "--unsafe",
-                             "--report", "odd.json", cwd=folder),
-    }
     return types.SimpleNamespace(dir=folder, runs={k: finish(p) for k, p in runs.items()})

@@ -204,9 +204,11 @@ class ModelCheckpoint(Callback):
     def on_batch_end(self, loop, logs):
         if loop.step % self.every == 0:
             loop.save(self.path)
+            logger.info("checkpoint %s: epoch %d, step %d", self.path, loop.epoch + 1, loop.step)
 
     def on_train_end(self, loop):
         loop.save(self.path)
+        logger.info("checkpoint %s: the end, step %d", self.path, loop.step)
 
 
 class EarlyStopping(Callback):
@@ -298,6 +300,8 @@ class Loop:
         for key, callback in self._keyed().items():
             if key in progress["callbacks"]:
                 callback.load_state(progress["callbacks"][key])
+        logger.info("resumed from %s: epoch %d, batch %d, step %d", path, self.epoch + 1,
+                    self.batch, self.step)
 
     def save(self, path: str) -> str:
         t = self.trainer
