@@ -211,3 +211,24 @@ def test_partial_batch_with_sample_weights_is_padded_and_masked():
     assert_close(x1["ids"], np.array([[12, 13, 14], [15, 16, 17], [15, 16, 17], [15, 16, 17]]))
     assert history["rows_skipped"] == [0]
     assert_close(fitting.predict(t, x), x["ids"] * 2.0)         # dict x, padded, cut back
+
+
+def test_fit_tracks_keras_fit(compiled):
+    """Keras' own fit of the same model, same batches (shuffle off): the same per-epoch loss
+    and accuracy (of each batch before its update), the same weights after."""
+    path, model = compiled
+    x, y = data(16)
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    reference.compile(optimizer=keras.optimizers.SGD(0.1), metrics=["accuracy"],
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    expected = reference.fit(x, y, batch_size=B, epochs=3, shuffle=False, verbose=0).history
+    t = Trainer(path)
+    history = t.fit(x, y, epochs=3, shuffle=False, validation_data=(x, y))
+    assert_close(history["loss"], expected["loss"], rtol=1e-5)
+    assert history["accuracy"] == pytest.approx(expected["accuracy"])
+    weights = {v.path: v.numpy() for v in reference.weights}
+    assert_close(t.weights(), {k: weights[k] for k in t.weights()}, atol=1e-6)
+    keras_loss, keras_accuracy = reference.evaluate(x, y, verbose=0, batch_size=16)
+    assert_close(history["val_loss"][-1], keras_loss, rtol=1e-5)
+    assert history["val_accuracy"][-1] == pytest.approx(keras_accuracy)
