@@ -199,7 +199,7 @@ def test_memory_and_its_old_name(work):
                          text=True, timeout=120)
     assert new.stdout == old.stdout and "signature train:" in new.stdout
     bad = tfpock("memory", "model.tflite", "--signature", "nope", cwd=work.dir)
-    assert bad.returncode == 2 and "'nope' is not in" in bad.stderr
+    assert_refused(bad, "memory", "--signature 'nope' is not in")
 
 
 def test_top_level_help_and_unknown_commands(work):
