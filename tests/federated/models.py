@@ -29,8 +29,7 @@ def export_models(folder: str | os.PathLike) -> dict[str, str]:
 
     * ``partial``: ``tfpock.testing.models.bn_cnn()`` with :data:`PARTIAL`, SGD with momentum,
       BatchNorms in training mode (weights, statistics and optimizer state all present);
-    * ``tiny``: :func:`tiny` with :data:`TINY`, SGD with momentum (0.5), batch :data:`BATCH`;
-    * ``tiny_adam``: the same with Adam (a step counter and two slots).
+    * ``tiny``: :func:`tiny` with :data:`TINY`, SGD with momentum (0.5), batch :data:`BATCH`.
     """
     import keras
 
@@ -49,8 +48,6 @@ def export_models(folder: str | os.PathLike) -> dict[str, str]:
                           scheme=PARTIAL, batch_size=4, frozen_batchnorm="batch_statistics"),
         "tiny": export("tiny", tiny(), keras.optimizers.SGD(0.1, momentum=0.5), scheme=TINY,
                        batch_size=BATCH),
-        "tiny_adam": export("tiny_adam", tiny(), keras.optimizers.Adam(0.01), scheme=TINY,
-                            batch_size=BATCH),
     }
 
 
@@ -59,3 +56,32 @@ def data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, FEATURES)).astype(np.float32)
     return x, np.argmax(x[:, :CLASSES], axis=1).astype(np.int32)
+
+
+class ProbePartitions:
+    """:class:`~tfpock.federated.NpzPartitions` that also records, in ``probe_dir``, what the
+    process serving the client knows about TensorFlow and which Ray processes it can see
+    (so a test can check that the mark it looks for afterwards does find them)."""
+
+    def __init__(self, npz: str, probe_dir: str):
+        from tfpock.federated import NpzPartitions
+
+        self.partitions, self.probe_dir = NpzPartitions(npz), os.fspath(probe_dir)
+
+    def __call__(self, partition_id: int):
+        import json
+        import sys
+
+        from tests.federated.deployment import leftovers
+
+        try:
+            import tensorflow  # noqa: F401
+            refused = False
+        except ModuleNotFoundError:
+            refused = True
+        record = {"pid": os.getpid(), "tensorflow_in_modules": "tensorflow" in sys.modules,
+                  "import_refused": refused, "ray_processes": leftovers(["tfpock-ray-"])}
+        path = os.path.join(self.probe_dir, f"{os.getpid()}-{partition_id}.json")
+        with open(path, "w") as f:
+            json.dump(record, f)
+        return self.partitions(partition_id)
