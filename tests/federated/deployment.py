@@ -5,8 +5,9 @@ components, one module that builds tfpock's apps from files in a folder), starts
 ``flower-superlink`` and one ``flower-supernode`` per client on free loopback ports, each in
 its own session, submits the run with ``flwr run`` and waits for the server's history file.
 Then it stops every session it started (SIGTERM, then SIGKILL) and returns the history and
-the ports, by which :func:`leftovers` finds any process that outlived the run: every
-Flower process tfpock starts names one of them on its command line.
+the ports, by which :func:`tfpock.federated.simulation.processes_naming` finds any process
+that outlived the run: every Flower process tfpock starts names one of them on its command
+line.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from tfpock.federated.quiet import ENVIRONMENT
+from tfpock.federated.simulation import wait_gone
 
 APP_TOML = """\
 [build-system]
@@ -82,22 +84,6 @@ def wait_for_port(port: int, deadline: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def leftovers(marks: list[str]) -> list[str]:
-    """Command lines of live processes naming one of ``marks`` (ports, folders)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and any(m in cmdline for m in marks):
-            found.append(f"{pid}: {cmdline.strip()}")
-    return found
-
-
 def stop(processes: list[subprocess.Popen], marks: list[str], grace: float = 10.0
          ) -> list[str]:
     """SIGTERM to each started session, then SIGKILL to what is left; reaps them. Then waits
@@ -119,9 +105,7 @@ def stop(processes: list[subprocess.Popen], marks: list[str], grace: float = 10.
         except ProcessLookupError:
             pass
         p.wait()
-    deadline = time.monotonic() + grace
-    while (stragglers := leftovers(marks)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    stragglers = wait_gone(marks, grace)
     for line in stragglers:
         try:
             os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)

@@ -72,7 +72,7 @@ class ProbePartitions:
         import json
         import sys
 
-        from tests.federated.deployment import leftovers
+        from tfpock.federated.simulation import processes_naming as leftovers
 
         try:
             import tensorflow  # noqa: F401

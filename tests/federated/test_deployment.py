@@ -7,7 +7,8 @@ loopback ports or its Flower home on the command line, and none may be alive aft
 import numpy as np
 import pytest
 
-from tests.federated.deployment import leftovers, run_deployment
+from tests.federated.deployment import run_deployment
+from tfpock.federated.simulation import processes_naming as leftovers
 from tests.federated.models import BATCH, data
 from tests.numerics import assert_close
 from tfpock import federated
@@ -44,7 +45,8 @@ def test_a_round_over_real_processes_equals_the_hand_average(fed_models, deploym
     assert_close(deployment["final"], expected, where="FedAvg over flwr processes")
     row = deployment["history"]["rounds"]["1"]
     t = Trainer(fed_models["tiny"])
-    assert row["bytes_up"] == row["bytes_down"] == 2 * slices.nbytes(t.trained_slice())
+    assert row["bytes_up"] == row["bytes_down"]
+    assert 0 < row["bytes_up"] / 2 - slices.nbytes(t.trained_slice()) < 2048
     t.set_trained_slice(deployment["final"])
     assert row["accuracy"] == federated.accuracy(t, *data(40, seed=9))
 

@@ -12,7 +12,8 @@ that what it averages is the model's trained slice and nothing else:
 * the aggregate is cast back to the model's dtypes (FedAdam's server step computes in
   float64) and checked like a client's update before it is sent or evaluated.
 
-The wrapper also counts what travelled: bytes of slices sent to and received from clients.
+The wrapper also counts what travelled: bytes of slices sent to and received from clients
+(Flower's ``ArrayRecord.count_bytes``: the serialised arrays and their names).
 """
 from __future__ import annotations
 
@@ -95,8 +96,9 @@ def conform(arrays, parts: dict[str, slices.Part], server_round: int) -> dict[st
 
 
 def _nbytes(record) -> int:
-    return int(sum(int(np.prod(record[k].shape)) * np.dtype(record[k].dtype).itemsize
-                   for k in record))
+    """Flower's count of an ArrayRecord: each array serialised (.npy bytes with their header)
+    plus its name; what a message carries before gRPC/HTTP framing."""
+    return int(record.count_bytes())
 
 
 def server_app(model_path: str, *, num_rounds: int = 5, strategy_name: str = "fedavg",

@@ -15,6 +15,8 @@ import os
 import shutil
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 from tfpock.federated import quiet
 
@@ -36,6 +38,7 @@ def run(server_app, client_app, num_clients: int, *, workers: int = 2,
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process; tfpock starts and "
                            "stops its own (to block TensorFlow in the workers)")
+    run.last_session = session
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=verbose,
              logging_level=logging.INFO if verbose else logging.ERROR,
              _temp_dir=session,
@@ -50,9 +53,39 @@ def run(server_app, client_app, num_clients: int, *, workers: int = 2,
                                                                 "num_gpus": 0.0}})
     finally:
         ray.shutdown()
+        run.leftovers = wait_gone([session])
         shutil.rmtree(session, ignore_errors=True)
-    run.last_session = session
     return server_app.history
 
 
-run.last_session = None
+run.last_session = None   # the session folder of the last run: every Ray process names it
+run.leftovers = []        # processes naming it 10 s after the shutdown (logged; should be none)
+
+
+def processes_naming(marks: list[str]) -> list[str]:
+    """``"pid: command line"`` of every live (not zombie) process whose command line holds
+    one of ``marks``: how tfpock finds what a run started (Ray names its session folder,
+    Flower's processes their loopback addresses)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError, UnicodeDecodeError):
+            continue
+        if state != "Z" and any(m in cmdline for m in marks):
+            found.append(f"{pid}: {cmdline.strip()}")
+    return found
+
+
+def wait_gone(marks: list[str], grace: float = 10.0) -> list[str]:
+    """Waits up to ``grace`` s for the processes naming ``marks`` to exit; returns (and logs)
+    those that did not."""
+    deadline = time.monotonic() + grace
+    while (left := processes_naming(marks)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for line in left:
+        logging.getLogger(__name__).warning("still running after the run: %s", line[:200])
+    return left
