@@ -21,7 +21,10 @@ import os
 import tempfile
 import time
 
-import numpy as np
+try:
+    from examples.digits import build_model, load_splits
+except ImportError:          # run as a script: examples/ is on the path, the repository not
+    from digits import build_model, load_splits
 
 BATCH = 16
 LEARNING_RATE = 0.05
@@ -40,54 +43,32 @@ SCHEMES = {
 
 
 def load_data(seed: int = 0):
-    """(pre-training set, federated pool, test set) of the digits: 80/20 train/test, 15% of
-    the training part for pre-training; images in [0, 1], shape (N, 8, 8, 1)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = digits.target.astype(np.int32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order]
-    cut, pre = int(0.8 * len(x)), int(PRETRAIN_FRACTION * 0.8 * len(x))
-    return (x[:pre], y[:pre]), (x[pre:cut], y[pre:cut]), (x[cut:], y[cut:])
-
-
-def build_model(seed: int = 0):
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_a"),
-        layers.MaxPooling2D(2, name="pool"),
-        layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_b"),
-        layers.Flatten(name="flatten"),
-        layers.Dense(64, activation="relu", name="hidden"),
-        layers.Dense(10, name="classifier"),
-    ], name="digits_cnn")
+    """(pre-training set, federated pool, test set): ``examples/digits.py``'s 80/20 split,
+    the first 15% of its training part for pre-training."""
+    (x, y), test = load_splits(seed)
+    pre = int(PRETRAIN_FRACTION * len(x))
+    return (x[:pre], y[:pre]), (x[pre:], y[pre:]), test
 
 
 def pretrain(data, epochs: int = 4, seed: int = 0):
     """The model every device starts from: Keras, Adam, on the pre-training set."""
     import keras
 
-    model = build_model(seed)
+    model = build_model(seed, hidden=64)
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(*data, batch_size=32, epochs=epochs, verbose=0, shuffle=True)
     return model
 
 
-def export(model, scheme, path: str) -> str:
-    """The training model of ``scheme`` (SGD, LEARNING_RATE, batch BATCH)."""
+def export(model, scheme, path: str, learning_rate: float = LEARNING_RATE) -> str:
+    """The training model of ``scheme`` (SGD at ``learning_rate``, batch BATCH)."""
     import keras
 
     import tfpock
 
     program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True), optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        from_logits=True), optimizer=keras.optimizers.SGD(learning_rate),
         scheme=SCHEMES.get(scheme, scheme), batch_size=BATCH)
     return program.export(path)
 
@@ -146,14 +127,15 @@ def alone(model_path: str, partitions, test, steps: int, seed: int = 0) -> list[
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import flags, logging
 
+    logging.set_verbosity(logging.WARNING)   # absl's INFO would echo every library's logger
     f = flags.FLAGS
     pre, pool, test = load_data()
     folder = tempfile.mkdtemp(prefix="tfpock-fed-digits-")
     started = time.perf_counter()
     model = pretrain(pre)
-    model_path = export(model, f.scheme, os.path.join(folder, "model.tflite"))
+    model_path = export(model, f.scheme, os.path.join(folder, "model.tflite"), f.learning_rate)
     partitions = split(pool, f.clients, os.path.join(folder, "clients.npz"), f.alpha)
     sizes = [len(partitions(i)[0]) for i in range(f.clients)]
     print(f"pre-trained and exported {f.scheme!r} in {time.perf_counter() - started:.1f} s; "
@@ -175,6 +157,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 5, "Federated rounds.")
     flags.DEFINE_integer("local_steps", 10, "Local steps per client and round.")
     flags.DEFINE_float("alpha", 0.3, "Dirichlet concentration of the label skew.")
+    flags.DEFINE_float("learning_rate", LEARNING_RATE, "SGD learning rate on the devices.")
     flags.DEFINE_enum("strategy", "fedavg", ["fedavg", "fedprox", "fedadam"], "Strategy.")
 
 

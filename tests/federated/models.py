@@ -80,7 +80,8 @@ class ProbePartitions:
         except ModuleNotFoundError:
             refused = True
         record = {"pid": os.getpid(), "tensorflow_in_modules": "tensorflow" in sys.modules,
-                  "import_refused": refused, "ray_processes": leftovers(["tfpock-ray-"])}
+                  "import_refused": refused, "ray_processes": leftovers(["tfpock-ray-"]),
+                  "marked": os.environ.get("TFPOCK_RAY_SESSION")}
         path = os.path.join(self.probe_dir, f"{os.getpid()}-{partition_id}.json")
         with open(path, "w") as f:
             json.dump(record, f)

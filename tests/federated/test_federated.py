@@ -86,8 +86,11 @@ def test_ray_workers_had_no_tensorflow_and_no_ray_process_is_left(simulation):
     probes, session = simulation["probes"], simulation["session"]
     assert len(probes) == 3                                  # every client reported
     assert all(p["import_refused"] and not p["tensorflow_in_modules"] for p in probes)
-    # the mark finds Ray's processes while they run ...
-    assert any(session in line for p in probes for line in p["ray_processes"])
+    # the mark finds Ray's processes while they run (the workers, renamed ray::..., by the
+    # session in their environment) ...
+    assert all(p["marked"] == session for p in probes)
+    seen = {line for p in probes for line in p["ray_processes"]}
+    assert any("ray::" in line for line in seen) and any("raylet" in line for line in seen)
     # ... and nothing carries it afterwards (run waits up to 10 s and reports what is left)
     assert simulation["leftovers"] == [] and leftovers([session]) == []
 

@@ -5,8 +5,9 @@ TensorFlow blocked by :func:`tfpock.federated.quiet.block_tensorflow` as their s
 ``PYTHONPATH`` as this process sees it), runs Flower's simulation runtime
 (``flwr.simulation.run_simulation``: deprecated in favour of ``flwr run``, which needs an app
 project on disk and leaves a SuperLink running; this one ends with the call) and shuts Ray
-down whatever happens, so no raylet, GCS or worker outlives the call (``tests/federated``
-checks by the session folder every Ray process names on its command line).
+down whatever happens, so no raylet, GCS or worker outlives the call: every Ray process
+carries the session folder on its command line or in its environment, and the call waits
+for all of them to be gone (``tests/federated`` checks).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 from tfpock.federated import quiet
+
+MARK = "TFPOCK_RAY_SESSION"
 
 
 def run(server_app, client_app, num_clients: int, *, workers: int = 2,
@@ -39,13 +42,13 @@ def run(server_app, client_app, num_clients: int, *, workers: int = 2,
         raise RuntimeError("Ray is already initialised in this process; tfpock starts and "
                            "stops its own (to block TensorFlow in the workers)")
     run.last_session = session
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=verbose,
-             logging_level=logging.INFO if verbose else logging.ERROR,
-             _temp_dir=session,
-             runtime_env={"env_vars": env,
-                          "worker_process_setup_hook":
-                              "tfpock.federated.quiet.block_tensorflow"})
+    env[MARK] = session
     try:
+        os.environ[MARK] = session    # inherited by Ray's daemons, which start its workers
+        try:
+            _start_ray(ray, workers, verbose, session, env)
+        finally:
+            del os.environ[MARK]
         with quiet.short_logs(verbose):
             run_simulation(server_app=server_app, client_app=client_app,
                            num_supernodes=num_clients,
@@ -58,25 +61,38 @@ def run(server_app, client_app, num_clients: int, *, workers: int = 2,
     return server_app.history
 
 
+def _start_ray(ray, workers, verbose, session, env):
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR,
+             _temp_dir=session,
+             runtime_env={"env_vars": env,
+                          "worker_process_setup_hook":
+                              "tfpock.federated.quiet.block_tensorflow"})
+
+
 run.last_session = None   # the session folder of the last run: every Ray process names it
 run.leftovers = []        # processes naming it 10 s after the shutdown (logged; should be none)
 
 
 def processes_naming(marks: list[str]) -> list[str]:
-    """``"pid: command line"`` of every live (not zombie) process whose command line holds
-    one of ``marks``: how tfpock finds what a run started (Ray names its session folder,
-    Flower's processes their loopback addresses)."""
-    found = []
+    """``"pid: command line"`` of every live (not zombie) process but this one whose command
+    line or initial environment holds one of ``marks``: how tfpock finds what a run started.
+    Ray's workers rename themselves (``ray::IDLE``), so :func:`run` puts its session folder
+    in their environment (``TFPOCK_RAY_SESSION``); Flower's processes name their loopback
+    addresses on their command lines."""
+    found, me = [], str(os.getpid())
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or pid == me:
             continue
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError, UnicodeDecodeError):
+        except (OSError, IndexError):
             continue
-        if state != "Z" and any(m in cmdline for m in marks):
-            found.append(f"{pid}: {cmdline.strip()}")
+        text = cmdline.decode(errors="replace")
+        if state != "Z" and any(m in text or m.encode() in environ for m in marks):
+            found.append(f"{pid}: {text.strip()}")
     return found
 
 
