@@ -212,3 +212,40 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1].startswith("[] {'num-examples': 8")
+
+
+def test_the_dirichlet_split_gives_every_example_to_one_client_with_label_skew():
+    labels = np.repeat(np.arange(10), 50)
+    parts = federated.dirichlet_split(labels, 10, alpha=0.3, seed=0)
+    joined = np.sort(np.concatenate(parts))
+    assert np.array_equal(joined, np.arange(500))
+    # skew: with alpha 0.3 a typical client's largest class is far above the 10% of IID
+    shares = [np.bincount(labels[p], minlength=10).max() / len(p) for p in parts if len(p)]
+    assert np.median(shares) > 0.25                 # 0.37 here; about 0.11 when IID
+    iid = federated.dirichlet_split(labels, 10, alpha=1000.0, seed=0)
+    assert max(np.bincount(labels[p], minlength=10).max() / len(p) for p in iid) < 0.2
+    assert [p.tolist() for p in parts] == [p.tolist() for p in federated.dirichlet_split(
+        labels, 10, alpha=0.3, seed=0)]
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        federated.dirichlet_split(labels, 10, alpha=0.0)
+
+
+def test_local_batches_are_epochs_of_a_seeded_permutation():
+    batches = federated.local_batches(10, 5, 4, seed=3)
+    flat = np.concatenate(batches)
+    assert [len(b) for b in batches] == [4] * 5
+    assert sorted(flat[:10].tolist()) == list(range(10))        # a whole epoch first
+    assert all(np.array_equal(a, b) for a, b in zip(
+        batches, federated.local_batches(10, 5, 4, seed=3)))
+    small = federated.local_batches(2, 3, 4, seed=0)              # fewer examples than a batch
+    assert all(len(b) == 4 and set(b.tolist()) <= {0, 1} for b in small)
+    assert federated.local_batches(0, 3, 4, seed=0) == []
+
+
+def test_predict_pads_the_last_batch_and_drops_its_outputs(fed_models):
+    t = Trainer(fed_models["tiny"])
+    x, _ = data(10, seed=2)                                       # 2 batches of 4, then 2
+    out = federated.predict(t, x)
+    assert out.shape == (10, 3)
+    assert_close(out[8:], t.infer(np.concatenate([x[8:], np.zeros((2, 12), np.float32)]))[:2])
+    assert_close(out[:4], t.infer(x[:4]))

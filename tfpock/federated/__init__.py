@@ -12,6 +12,12 @@ Example:
     >>> history = federated.run_simulation(
     ...     federated.server_app("model.tflite", num_rounds=5, eval_data=(x_test, y_test)),
     ...     federated.client_app("model.tflite", parts, local_steps=10), num_clients=10)
+
+Real processes (what ``tests/federated/test_deployment.py`` runs on loopback): a Flower App
+project whose components are ``server_app(...)`` and ``client_app(...)`` objects, then
+``flower-superlink --insecure --disable-runtime-dependency-installation``, one
+``flower-supernode --insecure --superlink HOST:PORT --node-config "partition-id=I"`` per
+device, and ``flwr run APP_DIR CONNECTION``.
 """
 from tfpock.federated import quiet
 
