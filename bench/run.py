@@ -71,9 +71,12 @@ def measure(models: dict, batches: list[int], threads: list[int], timing: harnes
     estimate = sum(len(contenders.group(models[n], b, t, include_tf, tflite_runtime)[0])
                    for n, b, t in groups) * timing.rounds
     results = []
-    with tqdm(total=estimate, unit="round", desc="timing") as bar:
-        for name, batch, nthreads in groups:
+    # a bar on a terminal only: redirected to a file it would write every redraw
+    with tqdm(total=estimate, unit="round", desc="timing", disable=not sys.stderr.isatty()) as bar:
+        for i, (name, batch, nthreads) in enumerate(groups):
             where = f"{name} b{batch} t{nthreads}"
+            if bar.disable:
+                logging.info("timing group %d/%d: %s", i + 1, len(groups), where)
             bar.set_postfix_str(f"{where} (setting up)")
             run, skipped = contenders.group(models[name], batch, nthreads, include_tf,
                                             tflite_runtime)

@@ -9,7 +9,7 @@ from tfpock import export
 from tfpock.errors import TfpockError, UnsupportedModelError
 from tfpock.layers import (FROZEN_FORWARD_LAYERS, frozen_forward_layers, frozen_in_keras,
                            leaf_layers)
-from tfpock.losses import resolve_loss
+from tfpock.losses import loss_config, resolve_loss
 from tfpock.optimizers import compile_optimizer
 from tfpock.pipeline import build_file_pipeline, build_pipeline, switches
 from tfpock.program import Program
@@ -89,6 +89,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     infer_graph, infer_records = pipeline(step.infer)
     metadata = export.metadata_for(step, {
         "loss": type(loss_obj).__name__,
+        "loss_config": loss_config(loss_obj),
         "optimizer": {"name": compiled_opt.name, **compiled_opt.config},
         "scheme": scheme_obj.to_dict(),
         "model": model.name,

@@ -53,3 +53,15 @@ def resolve_loss(loss) -> keras.losses.Loss:
 
 def label_spec(loss: keras.losses.Loss, batch_size: int, output_shape: tuple) -> tf.TensorSpec:
     return LABEL_SPECS[type(loss)](batch_size, output_shape)
+
+
+def loss_config(loss: keras.losses.Loss) -> dict:
+    """The loss's options as JSON, for the exported metadata (the device evaluates the loss
+    from ``infer``'s outputs with them, ``tfpock/runtime/losses.py``). ``get_config`` leaves
+    out the options a ``LossFunctionWrapper`` passes to its function (Huber's ``delta``), so
+    its ``_fn_kwargs`` are read too: private, and kept to this one place."""
+    config = dict(loss.get_config())
+    for key, value in getattr(loss, "_fn_kwargs", {}).items():
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            config.setdefault(key, value)
+    return config

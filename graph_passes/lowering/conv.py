@@ -56,6 +56,11 @@ EXPLICIT padding (converting the raw op with builtins only refuses both). Chosen
   step and the measured arena fell although the graph timeline rose (the patches are kh*kw
   times ``dy``; the scratch is not in the timeline): ResNet-18-style full scheme with it in
   ``bench/results/2026-11-25-x86_64-2core-memory.md``.
+* stride-1 kxk with a runtime kernel and no more input positions than output channels (deep
+  layers, small batches; :func:`takes_kernel_as_is`): the same correlation as one batch matmul
+  per kernel offset with the kernel as it is, summed, the flip done by listing the patches in
+  reverse (:func:`input_grad_kernel_as_is`). The flipped, transposed, reshaped kernel of the
+  form above was three copies of a variable read each step (constant kernels fold them).
 * strided, or a constant 1x1 kernel (a frozen layer's, which XNNPACK takes): TRANSPOSE_CONV.
 * EXPLICIT padding: the VALID transposed convolution onto the padded input size, then a crop
   (the forward convolution over ``xp`` with VALID padding is the EXPLICIT one).
@@ -131,9 +136,9 @@ def pad_spatial(x: tf.Tensor, pads) -> tf.Tensor:
     return tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
 
 
-def filter_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> tf.Tensor:
-    """For each kernel offset (i, j) the strided slice of the padded input that meets
-    output position (p, q): [N, Ho, Wo, kh*kw*C], offsets major, channels minor."""
+def offset_slices(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> list[tf.Tensor]:
+    """For each kernel offset (i, j), offsets major, the strided slice of the padded input
+    that meets output position (p, q): kh*kw tensors [N, Ho, Wo, C]."""
     (sh, sw), (dh, dw), (ho, wo) = win.strides, win.dilations, out_hw
     slices = []
     for i in range(win.kernel[0]):
@@ -145,7 +150,35 @@ def filter_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> tf.Te
                 continue
             slices.append(tf.strided_slice(xp, begin, end, [1, sh, sw, 1],
                                            begin_mask=0b1001, end_mask=0b1001))
+    return slices
+
+
+def filter_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int]) -> tf.Tensor:
+    """The offset slices concatenated along channels: [N, Ho, Wo, kh*kw*C], offsets major,
+    channels minor."""
+    slices = offset_slices(xp, win, out_hw)
     return slices[0] if len(slices) == 1 else tf.concat(slices, axis=3)
+
+
+def offset_patches(xp: tf.Tensor, win: Window, out_hw: tuple[int, int],
+                   flipped: bool = False) -> tf.Tensor:
+    """The offset slices stacked on two leading axes instead of concatenated along channels:
+    [kh, kw, N*Ho*Wo, C], slice (i, j) at [i, j]; with ``flipped`` at [kh-1-i, kw-1-j], the
+    spatial flip of a kernel done on the patches (free: the slices are listed in reverse)
+    instead of on the kernel (two REVERSE_V2 of it per step)."""
+    c = xp.shape[3]
+    slices = [tf.reshape(s, [-1, c]) for s in offset_slices(xp, win, out_hw)]
+    if flipped:
+        slices.reverse()
+    return tf.reshape(tf.stack(slices), [win.kernel[0], win.kernel[1], -1, c])
+
+
+def kernel_as_is_matmul(patches: tf.Tensor, w: tf.Tensor, transpose_b: bool) -> tf.Tensor:
+    """sum over the kernel offsets (i, j) of patches[i, j] @ w[i, j] (``w[i, j]^T`` with
+    ``transpose_b``): one BATCH_MATMUL with batch dims [kh, kw] and a SUM over them. The
+    runtime kernel is read as it is: no RESHAPE (a copy of a variable read each step: TFLite
+    reshapes a dynamic tensor by copying), no TRANSPOSE, no REVERSE_V2 of it."""
+    return tf.reduce_sum(tf.matmul(patches, w, transpose_b=transpose_b), axis=[0, 1])
 
 
 def filter_grad_matmul(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
@@ -286,6 +319,8 @@ class Conv2DBackpropInputRule(LoweringRule):
         if takes_1x1_matmul(graph, node):
             return [input_grad_1x1(w, dy, shape)]
         full = input_grad_matmul_window(graph, node)
+        if full is not None and takes_kernel_as_is(graph, node):
+            return [input_grad_kernel_as_is(w, dy, full, shape)]
         if full is not None:
             return [input_grad_matmul(w, dy, full, shape)]
         win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
@@ -344,6 +379,26 @@ def input_grad_matmul(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Te
     patches = filter_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]))
     dx = tf.matmul(tf.reshape(patches, [-1, kh * kw * co]), tf.reshape(flipped, [kh * kw * co, ci]))
     return tf.reshape(dx, shape)
+
+
+def takes_kernel_as_is(graph: Graph, node) -> bool:
+    """A stride-1 kxk input gradient of a trained (runtime) kernel whose per-offset products
+    ([kh, kw, N*H*W, Ci]) are no larger than the kernel, N*H*W <= Co, as in
+    :func:`filter_grad_form` (deep layers, small batches). A constant kernel's flip and
+    transpose are folded at compile time; a runtime one's were a TRANSPOSE, two REVERSE_V2 and
+    a RESHAPE copy of the whole kernel every step."""
+    kernel, shape = graph.spec(node.input[1]).shape, graph.spec(node.name).shape
+    if is_constant(graph, node.input[1]) or None in (kernel, shape) or None in shape:
+        return False
+    return int(np.prod(shape[:3])) <= kernel[3]
+
+
+def input_grad_kernel_as_is(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Tensor:
+    """dx[n, p, q, c] = sum_{i, j} sum_o dyp[n, p + kh-1-i, q + kw-1-j, o] * w[i, j, c, o]: the
+    full correlation of :func:`input_grad_matmul` with the flip moved onto the patches
+    (``offset_patches(flipped=True)``) and the kernel read as it is, transposed by the matmul."""
+    patches = offset_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]), flipped=True)
+    return tf.reshape(kernel_as_is_matmul(patches, w, transpose_b=True), shape)
 
 
 def takes_1x1_matmul(graph: Graph, node) -> bool:
@@ -414,7 +469,9 @@ class WeightConv2DRule(LoweringRule):
 
     A 1x1 kernel is used as it is, [1, 1, Ci, Co], by a batch matmul whose batch dims
     broadcast: reshaping it to [Ci, Co] copied the variable read every step (112*1280*4 B =
-    573 KB for MobileNetV2's last conv)."""
+    573 KB for MobileNetV2's last conv). A kxk kernel likewise, [kh, kw, Ci, Co], against
+    patches stacked per offset, [kh, kw, N*Ho*Wo, Ci], the products summed over the offsets
+    (:func:`kernel_as_is_matmul`; TFLite reshapes a variable read by copying it)."""
 
     op_type = "Conv2D"
 
@@ -440,12 +497,12 @@ class WeightConv2DRule(LoweringRule):
         n, ho, wo, co = graph.spec(node.name).shape
         kh, kw, ci, _ = w.shape
         win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), (ho, wo))
-        patches = filter_patches(pad_spatial(x, win.pads), win, (ho, wo))
+        xp = pad_spatial(x, win.pads)
+        patches = filter_patches(xp, win, (ho, wo))
         if (kh, kw) == (1, 1):  # the kernel as it is, [1, 1, Ci, Co]: batch dims broadcast
             y = tf.matmul(tf.reshape(patches, [1, 1, -1, ci]), w)
-        else:
-            y = tf.matmul(tf.reshape(patches, [-1, kh * kw * ci]),
-                          tf.reshape(w, [kh * kw * ci, co]))
+        else:   # the kernel as it is too: one batch matmul per offset, summed
+            y = kernel_as_is_matmul(offset_patches(xp, win, (ho, wo)), w, transpose_b=False)
         return [tf.reshape(y, [n, ho, wo, co])]
 
 

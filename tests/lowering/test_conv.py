@@ -84,6 +84,8 @@ def test_filter_grad_reads_no_filter_sizes():
 # Conv2DBackpropInput: dilated and EXPLICIT cases are rewritten to what TRANSPOSE_CONV takes.
 INPUT_CASES = {
     "3x3_s1_same": (CONFIGS["3x3_s1_same"], None),            # patches + matmul
+    "3x3_deep_same": (CONFIGS["3x3_deep_same"], None),        # per-offset, the kernel as is
+    "5x3_deep_valid": (Conv(2, 4, 5, 3, 40, 5, 3, 1, 1, "VALID"), None),   # ditto, N*H*W<=Co
     "5x5_s1_valid": (CONFIGS["5x5_s1_valid"], None),          # patches + matmul
     "conv1d_k5_same": (CONFIGS["conv1d_k5_same"], None),      # patches + matmul
     "3x3_s1_explicit": (Conv(1, 7, 8, 2, 3, 3, 3, 1, 1, "EXPLICIT"), [0, 0, 0, 2, 1, 0, 0, 0]),
@@ -117,7 +119,8 @@ def test_input_grad(name):
 
 
 @pytest.mark.parametrize("name", ["3x3_d2_same", "3x3_s2_explicit", "3x3_d2_explicit",
-                                  "3x3_s1_same", "5x5_s1_valid", "3x3_s1_explicit"])
+                                  "3x3_s1_same", "5x5_s1_valid", "3x3_s1_explicit",
+                                  "3x3_deep_same", "5x3_deep_valid"])
 def test_input_grad_on_litert(name):
     op, kernel, dy, expected = input_case(name, seed=3)
     result = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
@@ -183,6 +186,41 @@ def test_1x1_input_grad_with_a_runtime_kernel_is_one_batch_matmul(n, h, ci, co):
     assert histogram["Conv2DBackpropInput"] == 0 and histogram["BatchMatMulV2"] == 1
     assert histogram["Reshape"] == 2 and histogram["Transpose"] == 0  # the kernel as it is
     expected = config.reference(x, kernel, dy)[1]
+    assert_close(result.run_tf(), expected, peak_rtol=1e-5)
+    assert_close(result.run_litert(), expected, peak_rtol=1e-4)
+
+
+KERNEL_COPIES = ("Transpose", "ReverseV2", "Reshape")
+
+
+def ops_reading(graph, ref: str) -> list[str]:
+    """The op types that read ``ref`` directly."""
+    return [node.op for node, _ in graph.readers(ref)]
+
+
+@pytest.mark.parametrize("name, kernel_as_is", [
+    ("3x3_deep_same", True), ("5x3_deep_valid", True), ("3x3_s1_same", False)])
+def test_stride_1_input_grad_reads_a_few_position_runtime_kernel_as_it_is(name, kernel_as_is):
+    """With no more input positions than output channels, a trained kernel goes straight into
+    the batch matmul (no transpose, reverse or reshape copy of it each step); elsewhere it is
+    flipped and transposed for one matmul over concatenated patches."""
+    op, kernel, dy, expected = input_case(name)
+    result = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
+    readers = ops_reading(result.graph, "x0")   # the kernel: input_case's first placeholder
+    if kernel_as_is:
+        assert readers == ["BatchMatMulV2"]
+    else:
+        assert set(readers) & set(KERNEL_COPIES)
+    assert_close(result.run_tf(), expected, peak_rtol=1e-5)
+
+
+def test_few_position_weight_conv_reads_the_kernel_as_it_is():
+    config = CONFIGS["3x3_deep_same"]
+    x, kernel, _ = config.arrays(seed=5)
+    result = weight_conv(config, x, kernel)
+    graph = result.graph
+    assert ops_reading(graph, "x1") == ["BatchMatMulV2"]   # the kernel, a param
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
     assert_close(result.run_tf(), expected, peak_rtol=1e-5)
     assert_close(result.run_litert(), expected, peak_rtol=1e-4)
 

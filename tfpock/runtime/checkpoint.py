@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "tfpock-checkpoint/2"
 META_KEY = "__tfpock__"
-_MAX_META_BYTES = 1 << 16
+_MAX_META_BYTES = 1 << 20   # fit progress (a history of epochs) rides in it
 
 
 class CheckpointError(ValueError):
@@ -90,9 +90,11 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
 
 
 def save(path: str | os.PathLike, weights: dict[str, np.ndarray], model_fingerprint: str,
-         model: str = "") -> str:
+         model: str = "", extra: dict | None = None) -> str:
     """Writes ``weights`` as a format-2 checkpoint, atomically. ``model_fingerprint`` is
-    :func:`fingerprint` of the model's metadata; ``model`` a name for messages."""
+    :func:`fingerprint` of the model's metadata; ``model`` a name for messages; ``extra``
+    JSON kept beside them in the ``__tfpock__`` entry (``fit``'s position, for a resume) and
+    read back by :func:`read_extra`."""
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise CheckpointError(f"checkpoint path {path!r} must end with .npz")
@@ -104,6 +106,8 @@ def save(path: str | os.PathLike, weights: dict[str, np.ndarray], model_fingerpr
     arrays = {k: np.asarray(v, order="C") for k, v in weights.items()}   # 0-d stays 0-d
     meta = {"format": FORMAT, "fingerprint": model_fingerprint, "model": model,
             "checksum": checksum(arrays)}
+    if extra is not None:
+        meta["extra"] = extra
     entry = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), np.uint8)
     return write_atomically(path, lambda f: np.savez(f, **arrays, **{META_KEY: entry}))
 
@@ -126,6 +130,22 @@ def load(path: str | os.PathLike, expected: dict[str, tuple[tuple[int, ...], np.
             raise
         raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file (damaged, "
                               f"truncated or not one): {type(exc).__name__}: {exc}") from exc
+
+
+def read_extra(path: str | os.PathLike) -> dict:
+    """The ``extra`` JSON a checkpoint was saved with ({} if none). Checks only the
+    ``__tfpock__`` entry: :func:`load` (``Trainer.restore``) checks the rest."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = META_KEY + ".npy"
+            if member not in archive.namelist():
+                return {}
+            return _read_meta(path, archive, member).get("extra") or {}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file: {exc}") from exc
 
 
 def _load(path, archive: zipfile.ZipFile, expected, model_fingerprint, model, accept_v1):

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from tfpock.runtime import checkpoint, slices
+from tfpock.runtime import fit as _fit
 from tfpock.runtime.interpreter import load_interpreter_class
 from tfpock.runtime.validate import InputError, check_batch, check_labels
 
@@ -112,6 +113,19 @@ class Trainer:
     def infer(self, x) -> np.ndarray:
         x = check_batch("x", x, *self._spec("x"), signature="Trainer.infer")
         return self._runners["infer"](x=x)["output"]
+
+    def fit(self, x, y, epochs: int = 1, **options) -> dict[str, list]:
+        """Keras-like training over any number of rows, with callbacks; returns the history.
+        The options and the rule for a final partial batch: :func:`tfpock.runtime.fit.fit`."""
+        return _fit.fit(self, x, y, epochs=epochs, **options)
+
+    def evaluate(self, x, y, batch_size: int | None = None) -> dict:
+        """``{"loss", "accuracy"}`` over every row, in inference mode (:mod:`.fit`)."""
+        return _fit.evaluate(self, x, y, batch_size)
+
+    def predict(self, x, batch_size: int | None = None):
+        """``infer`` over every row of ``x``, the last batch padded and cut back."""
+        return _fit.predict(self, x, batch_size)
 
     def state(self) -> dict[str, np.ndarray]:
         """Every variable of the model (what a checkpoint holds): trained weights (whole,

@@ -102,6 +102,21 @@ def bn_cnn(seed: int = 0) -> keras.Model:
     return model
 
 
+def deep_head_cnn(seed: int = 0) -> keras.Model:
+    """The deep end of a CNN at batch 1: a 3x3 convolution over 3x3 positions with more output
+    channels than positions and a 1x1 convolution whose kernel is larger than its input, the
+    geometry in which trained kernels are lowered to batch matmuls that read them as they are
+    (ResNet's layer4, MobileNetV2's Conv_1)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 4))
+    h = layers.Conv2D(12, 3, strides=2, padding="same", activation="relu", name="stem")(inp)
+    h = layers.Conv2D(16, 3, padding="same", activation="relu", name="deep_3x3")(h)
+    h = layers.Conv2D(32, 1, activation="relu", name="head_1x1")(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    out = layers.Dense(5, name="logits")(h)
+    return keras.Model(inp, out, name="deep_head_cnn")
+
+
 def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
     """Sets every BatchNormalization's moving statistics to its batch statistics on ``x``
     (one training-mode forward with momentum 0), and gives beta a little noise."""

@@ -128,21 +128,22 @@ def format_report(result: dict, timeline: bool = False, top: int = 0) -> str:
 
 
 def main(argv: list[str]) -> int:
+    prog = argv[0] if argv[0].startswith("tfpock ") else "tfpock-memory"   # or `tfpock memory`
     if len(argv) != 2:
-        sys.stderr.write(f"tfpock-memory: expected one MODEL.tflite argument, got "
+        sys.stderr.write(f"{prog}: expected one MODEL.tflite argument, got "
                          f"{len(argv) - 1}: {' '.join(argv[1:])}\n")
         return _EXIT_USAGE
     if _JSON.value and not os.path.isdir(os.path.dirname(os.path.abspath(_JSON.value))):
-        sys.stderr.write(f"tfpock-memory: --json {_JSON.value!r}: its folder does not exist\n")
+        sys.stderr.write(f"{prog}: --json {_JSON.value!r}: its folder does not exist\n")
         return _EXIT_USAGE
     try:
         result = analyse(argv[1], _SIGNATURE.value, _MEASURE.value,
                          _runtime_name(_RUNTIME.value), _THREADS.value)
     except _UsageError as exc:
-        sys.stderr.write(f"tfpock-memory: {exc}\n")
+        sys.stderr.write(f"{prog}: {exc}\n")
         return _EXIT_USAGE
     except RuntimeError as exc:  # --measure: the runtime failed on this model
-        sys.stderr.write(f"tfpock-memory: {exc}\n")
+        sys.stderr.write(f"{prog}: {exc}\n")
         return 1
     sys.stdout.write(format_report(result, _TIMELINE.value, _TOP.value))
     if _JSON.value:
