@@ -197,10 +197,11 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
         out.append(("... and >= 0.05 above the mean of clients alone",
                     f"{final:.3f} vs alone {s['alone_mean']:.3f} "
                     f"({final - s['alone_mean']:+.3f})", final - s["alone_mean"] >= 0.05))
-    worst = max((max(v["bytes_up_per_client"]) - v["slice_bytes"]
-                 for v in doc["schemes"].values()), default=float("nan"))
-    out.append(("upload per client = trained slice within 2 KB",
-                f"largest excess {worst:.0f} bytes (npy headers and names)", worst <= 2048))
+    if doc["schemes"]:
+        worst = max(max(v["bytes_up_per_client"]) - v["slice_bytes"]
+                    for v in doc["schemes"].values())
+        out.append(("upload per client = trained slice within 2 KB",
+                    f"largest excess {worst:.0f} bytes (npy headers and names)", worst <= 2048))
     p = doc["schemes"].get("partial")
     if p:
         ratio = p["whole_bytes"] / max(p["bytes_up_per_client"])
@@ -265,6 +266,8 @@ def report(doc: dict) -> str:
 
 
 def plot(doc: dict, stem: str) -> None:
+    if not doc["schemes"]:
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
