@@ -28,16 +28,20 @@ def load_splits(seed: int = 0):
     return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def build_model(seed: int = 0):
+def build_model(seed: int = 0, hidden: int = 0):
+    """The digits CNN; ``hidden`` > 0 adds a ReLU Dense layer of that width (named
+    ``hidden``) before the classifier (examples/federated_digits.py uses 64)."""
     import keras
     from keras import layers
     keras.utils.set_random_seed(seed)
+    head = [layers.Dense(hidden, activation="relu", name="hidden")] if hidden else []
     return keras.Sequential([
         keras.Input((8, 8, 1)),
         layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_a"),
         layers.MaxPooling2D(2, name="pool"),
         layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_b"),
         layers.Flatten(name="flatten"),
+        *head,
         layers.Dense(10, name="classifier"),
     ], name="digits_cnn")
 

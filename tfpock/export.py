@@ -123,7 +123,8 @@ def metadata_for(step: TracedStep, extra: dict) -> dict:
         "format": FORMAT,
         "variables": [{"key": variable_key(i), "name": v.key, "kind": v.kind,
                        "layer": owners[v.key].layer if v.key in owners else "",
-                       "shape": list(step.checkpoint_shape(v)), "dtype": str(v.value.dtype)}
+                       "shape": list(step.checkpoint_shape(v)), "dtype": str(v.value.dtype),
+                       **_trained_slice(v, owners.get(v.key))}
                       for i, v in enumerate(step.variables)],
         "x": {"shape": list(step.x_spec.shape), "dtype": step.x_spec.dtype.name},
         "y": {"shape": list(step.y_spec.shape), "dtype": step.y_spec.dtype.name},
@@ -131,6 +132,16 @@ def metadata_for(step: TracedStep, extra: dict) -> dict:
         "learning_rate": step.learning_rate,
         **extra,
     }
+
+
+def _trained_slice(variable, weight) -> dict:
+    """Format /5: a partial-channel weight says which slice trains, ``{"slice": {"axis": a,
+    "channels": [0, k]}}`` (the first k channels along axis a); a whole weight, BatchNorm
+    statistics and optimizer state carry no ``slice``. What a federated client ships
+    (:mod:`tfpock.runtime.slices`)."""
+    if variable.kind != "weight" or weight is None or weight.channels is None:
+        return {}
+    return {"slice": {"axis": int(weight.axis), "channels": [0, int(weight.channels)]}}
 
 
 def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterable[str]) -> bytes:

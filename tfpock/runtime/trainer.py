@@ -10,12 +10,13 @@ import os
 
 import numpy as np
 
-from tfpock.runtime import checkpoint
+from tfpock.runtime import checkpoint, slices
 from tfpock.runtime import fit as _fit
 from tfpock.runtime.interpreter import load_interpreter_class
 from tfpock.runtime.validate import InputError, check_batch, check_labels
 
-FORMAT = "tfpock-training-model/4"   # /4: train returns "finite" (a non-finite guard)
+FORMAT = "tfpock-training-model/5"   # /5: a partial-channel weight's "slice" in the metadata
+READS = ("tfpock-training-model/4", FORMAT)   # /4: train returns "finite" (non-finite guard)
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
 
 
@@ -80,6 +81,7 @@ class Trainer:
         for runner in self._runners.values():
             runner.prepare()
         self._variables = self.metadata["variables"]
+        self._slice = slices.layout(self.metadata)
         self.path = model_path
         self.fingerprint = checkpoint.fingerprint(self.metadata)
         """sha256 of what identifies the model's trainable state (``checkpoint.fingerprint``):
@@ -152,6 +154,19 @@ class Trainer:
             arrays[v["key"]] = array
         self._runners["load"](**arrays)
 
+    def trained_slice(self) -> dict[str, np.ndarray]:
+        """What training changes, and only that: the weights and BatchNorm statistics, a
+        partial-channel weight cut to its trained channels (what a federated client ships;
+        :mod:`tfpock.runtime.slices`)."""
+        return slices.extract(self.state(), self._slice)
+
+    def set_trained_slice(self, values: dict[str, np.ndarray]) -> None:
+        """Writes a trained slice (the names, shapes and dtypes of :meth:`trained_slice`,
+        finite); anything else raises :class:`~tfpock.runtime.slices.SliceError` before any
+        variable is set. Frozen channels and optimizer state stay as they are."""
+        checked = slices.check(values, self._slice, "Trainer.set_trained_slice")
+        self.set_state(slices.merge(self.state(), checked, self._slice))
+
     def save(self, path: str | os.PathLike) -> str:
         """Writes every variable to an .npz checkpoint keyed by name (format 2: with the
         model's fingerprint and a checksum, see :mod:`tfpock.runtime.checkpoint`), atomically:
@@ -219,9 +234,9 @@ def _read_metadata(model_path: str, raw) -> dict:
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{model_path!r}: its metadata is {type(metadata).__name__}, not a "
                              f"JSON object")
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in READS:
         raise ModelFileError(f"{model_path!r} has format {metadata.get('format')!r}; "
-                             f"this runtime reads {FORMAT!r}")
+                             f"this runtime reads {' and '.join(map(repr, READS))}")
     problems = []
     for key in ("x", "y", "output"):
         if not _is_spec(metadata.get(key)):
@@ -237,6 +252,7 @@ def _read_metadata(model_path: str, raw) -> dict:
         names = [v.get("name") for v in variables if isinstance(v, dict)]
         if len(set(names)) != len(names):
             problems.append("variable names repeat")
+        problems += slices.metadata_problems(variables)
     lr = metadata.get("learning_rate")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         problems.append("'learning_rate' is not a number")
