@@ -41,6 +41,7 @@ REPS, WARM = 200, 20
 
 # name, function of (x, w), shapes of x and w
 M, K, N = 16, 112, 1280   # MobileNetV2 0.35 @128's Conv_1 at batch 1: 4x4 positions, 112->1280
+CONSTANT_KERNEL = np.random.default_rng(0).uniform(-0.1, 0.1, (1, 1, K, N)).astype(np.float32)
 
 
 def forms():
@@ -56,6 +57,8 @@ def forms():
          [(3, 3, 9, 256), (3, 3, 256, 256)]),
         ("conv 1x1, runtime kernel", lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
          [(1, 4, 4, K), (1, 1, K, N)]),
+        ("conv 1x1, constant kernel (a frozen layer's, the floor's)",
+         lambda x: tf.nn.conv2d(x, tf.constant(CONSTANT_KERNEL), 1, "SAME"), [(1, 4, 4, K)]),
         ("conv 3x3, runtime kernel", lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
          [(1, 3, 3, 256), (3, 3, 256, 256)]),
         ("depthwise 3x3, runtime kernel",
