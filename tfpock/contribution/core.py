@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = "tfpock-search-cache/1"
 _MEMORY_CACHE: dict[str, dict] = {}   # key -> cache document, for this process
 _PROBES: dict[str, Probe] = {}        # key -> traced probe, for this process
+# Exact costs by (model config, scheme, settings): a cost depends on the graph, not on the
+# weights' values, so models that differ only in weights (seeds of one study) share them.
+_COSTS: dict[str, dict] = {}
 
 
 def default_cache_dir() -> str:
@@ -123,6 +126,13 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     state = _State(model, loss, optimizer, batch_size, steps, seeds, base_names, x, y, xv, yv,
                    key, cache, learning_rate, show)
 
+    # the least any scheme needs is the base alone: refuse a budget below it before measuring
+    base_cost = state.cost({}, time_steps)
+    if not budget.fits(base_cost["memory_bytes"], base_cost["step_ms"]):
+        raise BudgetError(
+            f"budget {budget.to_dict()} fits no scheme: the smallest, training only the base "
+            f"{list(base_names)}, needs {base_cost['memory_bytes']:,} bytes of training memory"
+            + (f" and {base_cost['step_ms']:.3f} ms a step" if base_cost["step_ms"] else ""))
     # 1-2: contributions and exact costs per candidate (cached)
     analysed_from_cache = "candidates" in cache and "base" in cache
     if not analysed_from_cache:
@@ -135,11 +145,6 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
               for opts in options.values()]
     by_key = {o.key: o for opts in options.values() for o in opts}
     base_cost = cache["base"]["cost"]
-    if not budget.fits(base_cost["memory_bytes"], base_cost["step_ms"]):
-        raise BudgetError(
-            f"budget {budget.to_dict()} fits no scheme: the smallest, training only the base "
-            f"{list(base_names)}, needs {base_cost['memory_bytes']:,} bytes of training memory"
-            + (f" and {base_cost['step_ms']:.3f} ms a step" if base_cost["step_ms"] else ""))
 
     # 3: selection under the additive model
     selection_started = time.perf_counter()
@@ -373,7 +378,7 @@ class _State:
         try:
             losses, accs = self._losses({})
             bar.update(1)
-            cost = self._cost({}, time_steps)
+            cost = self.cost({}, time_steps)
             bar.update(1)
             self.cache["base"] = {"val_losses": losses, "val_loss": float(np.mean(losses)),
                                   "val_accuracy": float(np.mean(accs)), "cost": cost}
@@ -381,7 +386,7 @@ class _State:
             for o in all_options:
                 l_o, a_o = self._losses({o.layer: o})
                 bar.update(1)
-                c = self._cost({o.layer: o}, time_steps)
+                c = self.cost({o.layer: o}, time_steps)
                 bar.update(1)
                 gains = np.array(losses) - np.array(l_o)
                 c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
@@ -396,13 +401,20 @@ class _State:
         finally:
             bar.close()
 
-    def _cost(self, choice: dict, time_steps: int) -> dict:
+    def cost(self, choice: dict, time_steps: int) -> dict:
         key = cand.choice_key(choice)
         if key not in self.cache["exact"]:
-            self.compiles += 1
-            self.cache["exact"][key] = exact_cost(
-                self.model, cand.scheme_of(self.base, choice), self.loss, self.optimizer,
-                self.batch_size, time_steps, self.x, self.y).to_dict()
+            scheme = cand.scheme_of(self.base, choice)
+            memo = hashlib.sha256(json.dumps(
+                [self.model.to_json(), str(scheme), self.batch_size, time_steps,
+                 _opt_config(self.optimizer), type(self.optimizer).__name__,
+                 type(resolve_loss(self.loss)).__name__], default=str).encode()).hexdigest()
+            if memo not in _COSTS:
+                self.compiles += 1
+                _COSTS[memo] = exact_cost(self.model, scheme, self.loss, self.optimizer,
+                                          self.batch_size, time_steps, self.x,
+                                          self.y).to_dict()
+            self.cache["exact"][key] = dict(_COSTS[memo])
         return dict(self.cache["exact"][key])
 
     def checks(self, groups, base_item, budget, by_key, knap) -> list[dict]:
@@ -475,7 +487,7 @@ class _State:
         repairs = []
         limit = budget.memory_bytes
         for _ in range(4):
-            exact = self._cost(choice, time_steps)
+            exact = self.cost(choice, time_steps)
             if budget.fits(exact["memory_bytes"], exact["step_ms"]):
                 return choice, exact, repairs
             over = exact["memory_bytes"] - (budget.memory_bytes or exact["memory_bytes"])
@@ -490,7 +502,7 @@ class _State:
                                   self.cache["candidates"][i.key]["cost"]["step_ms"])]
         choice = {} if not fitting else {max(fitting, key=lambda t: t[0])[1].group:
                                          by_key[max(fitting, key=lambda t: t[0])[1].key]}
-        return choice, self._cost(choice, time_steps), repairs
+        return choice, self.cost(choice, time_steps), repairs
 
 
 def _fits(p, budget: Budget) -> bool:

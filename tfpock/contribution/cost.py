@@ -41,9 +41,15 @@ def exact_cost(model: keras.Model, scheme: Scheme, loss, optimizer, batch_size: 
     ``time_steps`` > 0 also times that many ``train`` calls on ai-edge-litert, one thread,
     after two warm-up calls, on the batch ``x[:batch_size], y[:batch_size]``."""
     from tfpock.api import optimize
-    from tfpock.tflite import memory, model_file
     program = optimize(model, loss=loss, optimizer=optimizer, scheme=scheme,
                        batch_size=batch_size)
+    return program_cost(program, time_steps, x, y)
+
+
+def program_cost(program, time_steps: int = 0, x=None, y=None) -> Cost:
+    """The :class:`Cost` of a compiled ``tfpock.Program`` (see :func:`exact_cost`)."""
+    from tfpock.tflite import memory, model_file
+    batch_size = program.metadata["x"]["shape"][0]
     content = program.to_tflite()
     parsed = model_file.read(content)
     activations = memory.timeline(parsed, "train").peak_bytes
