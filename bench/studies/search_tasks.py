@@ -311,14 +311,15 @@ def targets(name: str, task: dict, summary: dict) -> list[dict]:
         out.append({"task": name, "target": f"at {f:g}: >= best hand-made scheme that fits "
                     f"({best[0]})", "measured": f"{100 * s:.1f} vs {100 * b:.1f}",
                     "gap_points": round(100 * (b - s), 2), "met": s >= b})
-    # each seed's first search (errored or not) measures contributions and costs; the
-    # others come from its cache
-    first = [s["wall_s"] for s in task["searches"] if s["fraction"] == FRACTIONS[0]]
-    later = [s["wall_s"] for s in task["searches"] if s["fraction"] != FRACTIONS[0]
-             and "error" not in s and s["from_cache"]]
+    # a seed's whole search: its searches that measured (not from the cache) and those that
+    # failed before (a budget below the base fails before measuring); seed 0 is the cold
+    # one (later seeds reuse its compiled costs: the graph is the same, only weights differ)
+    first = [sum(s["wall_s"] for s in task["searches"] if s["seed"] == 0
+                 and ("error" in s or not s["from_cache"]))]
+    later = [s["wall_s"] for s in task["searches"] if "error" not in s and s["from_cache"]]
     if name == "sensors":
         out.append({"task": name, "target": "whole search under 2 minutes (loaded machine)",
-                    "measured": f"max {max(first):.1f} s first budget of a seed",
+                    "measured": f"{max(first):.1f} s (seed 0, cold: compiles included)",
                     "gap_points": None, "met": max(first) < 120})
     out.append({"task": name, "target": "another budget from the cache under 5 s",
                 "measured": f"max {max(later):.2f} s" if later else "-",
@@ -342,8 +343,9 @@ def markdown(doc: dict) -> str:
                          f"{100 * s['accuracy_std']:.1f} | {s['memory_bytes']:,.0f} | "
                          f"{s['memory_fraction']:.3f} |")
         lines += ["", "Searches (per seed and budget):", "",
-                  "| seed | budget | choice | wall s | cached | gain pred / meas (knapsack meas, "
-                  "refinement bought) | memory pred / exact | step ms pred / meas |",
+                  "| seed | budget | choice | wall s (compiles) | cached | gain pred / meas "
+                  "(knapsack meas, refinement bought) | memory pred / exact | "
+                  "step ms pred / meas |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in task["searches"]:
             if "error" in s:
@@ -351,7 +353,8 @@ def markdown(doc: dict) -> str:
                              f"{s['wall_s']:.1f} | | | | |")
                 continue
             lines.append(
-                f"| {s['seed']} | {s['fraction']:g} | `{s['choice']}` | {s['wall_s']:.1f} | "
+                f"| {s['seed']} | {s['fraction']:g} | `{s['choice']}` | {s['wall_s']:.1f} "
+                f"({s['compiles']}) | "
                 f"{s['from_cache']} | {s['predicted_gain']:.4f} / {s['measured_gain']:.4f} "
                 f"({s['knapsack_measured_gain']:.4f}, {s['refinement_bought']:+.4f}) | "
                 f"{s['predicted_memory_bytes']:,.0f} / {s['exact_memory_bytes']:,} | "

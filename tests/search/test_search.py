@@ -311,3 +311,14 @@ def test_bad_settings_are_refused():
         tfpock.search(model, (x, y), (x, y), LOSS, "sgd", Budget(step_ms=1.0), 8, time_steps=0)
     with pytest.raises(TfpockError, match="base names layer 'nope'"):
         tfpock.search(model, (x, y), (x, y), LOSS, "sgd", Budget(), 8, base="nope")
+
+
+def test_a_dataset_reads_like_arrays():
+    model = conv_model()
+    x, y = data(20)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    xs, ys = core.check_data("train_data", ds, model, LOSS, 8)
+    assert_close(xs, x)
+    assert ys.dtype == np.int32 and ys.tolist() == y.tolist()
+    with pytest.raises(TfpockError, match="val_data is empty"):
+        core.check_data("val_data", ds.take(0), model, LOSS, 1)
