@@ -327,6 +327,27 @@ def targets(name: str, task: dict, summary: dict) -> list[dict]:
     return out
 
 
+def additivity(task: dict) -> str:
+    """How well the additive model predicted the combinations each search checked (the
+    knapsack's pick, the pick at half the room, the best single option, greedy per layer)."""
+    checks = [c for s in task["searches"] for c in s.get("checks", [])
+              if "," in c["choice"]]      # combinations of two or more options
+    if not checks:
+        return "Additivity: no search checked a combination of two or more options."
+    gain = [c["measured_gain"] - c["predicted_gain"] for c in checks]
+    mem = [c["exact_memory_bytes"] / c["predicted_memory_bytes"] for c in checks
+           if "exact_memory_bytes" in c]
+    step = [c["measured_step_ms"] / c["predicted_step_ms"] for c in checks
+            if c.get("measured_step_ms") and c.get("predicted_step_ms")]
+    text = (f"Additivity over {len(checks)} checked combinations of 2+ options: measured - "
+            f"predicted gain {min(gain):+.4f} .. {max(gain):+.4f} (mean {np.mean(gain):+.4f})")
+    if mem:
+        text += f"; exact / predicted memory {min(mem):.3f} .. {max(mem):.3f}"
+    if step:
+        text += f"; measured / predicted step time {min(step):.2f} .. {max(step):.2f}"
+    return text + "."
+
+
 def markdown(doc: dict) -> str:
     lines = [f"# tfpock.search on real tasks ({doc['date'][:10]}, {doc['machine']})", "",
              f"Command: `{doc['command']}`. {doc['seeds']} seeds; fine-tuning on ai-edge-litert "
@@ -359,7 +380,7 @@ def markdown(doc: dict) -> str:
                 f"({s['knapsack_measured_gain']:.4f}, {s['refinement_bought']:+.4f}) | "
                 f"{s['predicted_memory_bytes']:,.0f} / {s['exact_memory_bytes']:,} | "
                 f"{s['predicted_step_ms']:.3f} / {s['measured_step_ms']:.3f} |")
-        lines.append("")
+        lines += ["", additivity(task), ""]
     lines += ["## Targets (issue 12)", "", "| task | target | measured | gap (points) | met |",
               "| --- | --- | --- | --- | --- |"]
     lines += [f"| {t['task']} | {t['target']} | {t['measured']} | {t['gap_points']} | "

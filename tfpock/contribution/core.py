@@ -152,7 +152,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     knap_choice = {i.group: by_key[i.key] for i in knap}
     predicted = predict(knap, base_item)
     # 4: verification (measured gain of the pick and of a few other schemes) and refinement
-    checks = state.checks(groups, base_item, budget, by_key, knap)
+    checks = state.checks(groups, base_item, budget, by_key, knap, time_steps)
     chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
                                               time_steps)
@@ -417,8 +417,9 @@ class _State:
             self.cache["exact"][key] = dict(_COSTS[memo])
         return dict(self.cache["exact"][key])
 
-    def checks(self, groups, base_item, budget, by_key, knap) -> list[dict]:
-        """Predicted vs measured gain for the knapsack's pick and a few others: the best
+    def checks(self, groups, base_item, budget, by_key, knap, time_steps) -> list[dict]:
+        """Predicted vs measured gain, and predicted vs exact memory and time, for the
+        knapsack's pick and a few others: the best
         pick at half the budget, the best single option, and all the feasible best options
         of each layer together."""
         others = {"knapsack": knap}
@@ -439,11 +440,15 @@ class _State:
         others["greedy per layer"] = greedy
         out = []
         for name, items in others.items():
-            m = self.measure({i.group: by_key[i.key] for i in items})
+            choice = {i.group: by_key[i.key] for i in items}
+            m = self.measure(choice)
             p = predict(items, base_item)
-            out.append({"scheme": name, "choice": cand.choice_key(
-                {i.group: by_key[i.key] for i in items}), "predicted_gain": p.gain,
-                "measured_gain": m["gain"], "predicted_memory_bytes": p.memory_bytes})
+            exact = self.cost(choice, time_steps)   # one compile for a combination
+            out.append({"scheme": name, "choice": cand.choice_key(choice),
+                        "predicted_gain": p.gain, "measured_gain": m["gain"],
+                        "predicted_memory_bytes": p.memory_bytes,
+                        "exact_memory_bytes": exact["memory_bytes"],
+                        "predicted_step_ms": p.step_ms, "measured_step_ms": exact["step_ms"]})
         return out
 
     def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int):

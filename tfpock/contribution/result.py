@@ -47,11 +47,14 @@ class SearchResult:
                  f"Base alone: val loss {s['base_val_loss']:.4f}, val accuracy "
                  f"{s['base_val_accuracy']:.3f}, {s['base_cost']['memory_bytes']:,} bytes. "
                  f"Chosen scheme's val accuracy after the probe: {c['measured_val_accuracy']:.3f}.",
-                 "", "Additivity checks (gain predicted as the sum of single-option gains):", "",
-                 "| scheme | options | predicted gain | measured gain |",
-                 "| --- | --- | --- | --- |"]
-        lines += [f"| {k['scheme']} | `{k['choice']}` | {k['predicted_gain']:.4f} | "
-                  f"{k['measured_gain']:.4f} |" for k in s["checks"]]
+                 "", "Additivity checks (gain and time predicted as sums over single options, "
+                 "memory as max-plus, see tfpock/contribution/select.py):", "",
+                 "| scheme | options | gain pred / meas | memory pred / exact | "
+                 "step ms pred / meas |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {k['scheme']} | `{k['choice']}` | {k['predicted_gain']:.4f} / "
+                  f"{k['measured_gain']:.4f} | {k['predicted_memory_bytes']:,.0f} / "
+                  f"{k['exact_memory_bytes']:,} | {_ms(k['predicted_step_ms'])} / "
+                  f"{_ms(k['measured_step_ms'])} |" for k in s["checks"]]
         r = s["refinement"]
         lines += ["", f"Refinement (evolutionary, {r['evaluations']} probe evaluations): measured "
                   f"gain {r['knapsack_measured_gain']:.4f} -> {r['refined_measured_gain']:.4f} "
