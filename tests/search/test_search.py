@@ -229,6 +229,15 @@ def test_second_budget_comes_from_the_cache(searched, monkeypatch):
     assert [r["gain"] for r in second.table] == [r["gain"] for r in first.table]
     assert second.summary["chosen"]["exact_memory_bytes"] <= smallest
     assert second.scheme.to_dict()["layers"] == {"head": "full"}   # only the base fits
+    # compile_checks: each checked scheme's exact memory; a single option's is its row's
+    checked = tfpock.search(*args, Budget(memory_bytes=10**7), 8, cache_dir=cache,
+                            compile_checks=True, **SMALL)
+    rows = {f"{r['layer']}:{r['option']}": r["memory_bytes"] for r in checked.table}
+    rows["base"] = smallest
+    for check in checked.summary["checks"]:
+        assert isinstance(check["exact_memory_bytes"], int)
+        if check["choice"] in rows:
+            assert check["exact_memory_bytes"] == rows[check["choice"]]
     # other data: another key, so no hit
     x, y = data(48, seed=1)
     other = core.cache_key(args[0], (x, y), {})

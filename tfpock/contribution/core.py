@@ -68,7 +68,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            batch_size: int = 8, *, base: str | Sequence[str] | None = None,
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
            cache_dir: str | None = "default", learning_rate: float | None = None,
-           progress: bool | None = None) -> SearchResult:
+           progress: bool | None = None, compile_checks: bool = False) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -88,6 +88,9 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
         learning_rate: the probe's learning rate (default: the optimizer's).
         progress: a tqdm bar on stderr; default only when stderr is a terminal.
+        compile_checks: also compile the other checked combinations, to compare their
+            predicted memory and time with exact ones (a compile each, ~4 s here; the
+            chosen scheme is always compiled and checked).
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -152,7 +155,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     knap_choice = {i.group: by_key[i.key] for i in knap}
     predicted = predict(knap, base_item)
     # 4: verification (measured gain of the pick and of a few other schemes) and refinement
-    checks = state.checks(groups, base_item, budget, by_key, knap, time_steps)
+    checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
+                          compile_checks)
     chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
                                               time_steps)
@@ -417,7 +421,8 @@ class _State:
             self.cache["exact"][key] = dict(_COSTS[memo])
         return dict(self.cache["exact"][key])
 
-    def checks(self, groups, base_item, budget, by_key, knap, time_steps) -> list[dict]:
+    def checks(self, groups, base_item, budget, by_key, knap, time_steps,
+               compile_checks) -> list[dict]:
         """Predicted vs measured gain, and predicted vs exact memory and time, for the
         knapsack's pick and a few others: the best
         pick at half the budget, the best single option, and all the feasible best options
@@ -443,7 +448,9 @@ class _State:
             choice = {i.group: by_key[i.key] for i in items}
             m = self.measure(choice)
             p = predict(items, base_item)
-            exact = self.cost(choice, time_steps)   # one compile for a combination
+            key = cand.choice_key(choice)
+            exact = (self.cost(choice, time_steps) if compile_checks
+                     else self.cache["exact"].get(key, {"memory_bytes": None, "step_ms": None}))
             out.append({"scheme": name, "choice": cand.choice_key(choice),
                         "predicted_gain": p.gain, "measured_gain": m["gain"],
                         "predicted_memory_bytes": p.memory_bytes,

@@ -53,7 +53,7 @@ class SearchResult:
                  "step ms pred / meas |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {k['scheme']} | `{k['choice']}` | {k['predicted_gain']:.4f} / "
                   f"{k['measured_gain']:.4f} | {k['predicted_memory_bytes']:,.0f} / "
-                  f"{k['exact_memory_bytes']:,} | {_ms(k['predicted_step_ms'])} / "
+                  f"{_bytes(k['exact_memory_bytes'])} | {_ms(k['predicted_step_ms'])} / "
                   f"{_ms(k['measured_step_ms'])} |" for k in s["checks"]]
         r = s["refinement"]
         lines += ["", f"Refinement (evolutionary, {r['evaluations']} probe evaluations): measured "
@@ -152,6 +152,10 @@ def pareto(points) -> list[tuple[float, float]]:
 
 def _ms(v) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+def _bytes(v) -> str:
+    return "- (not compiled)" if v is None else f"{v:,}"
 
 
 def _cell(v) -> str:
