@@ -254,7 +254,7 @@ def run_task(name: str, make, seeds: int, lr: float, epochs: int, steps: int) ->
                              "exact_memory_bytes": s["chosen"]["exact_memory_bytes"],
                              "predicted_step_ms": s["chosen"]["predicted_step_ms"],
                              "measured_step_ms": s["chosen"]["measured_step_ms"],
-                             "noise": s["noise"],
+                             "noise": s["noise"], "repairs": s["repairs"],
                              "probe_runs": s["timing"]["probe_runs"],
                              "compiles": s["timing"]["compiles"]})
             if seed == 0 and f == 0.25:
@@ -303,7 +303,8 @@ def targets(name: str, task: dict, summary: dict) -> list[dict]:
         budget = f * task["full_memory_bytes"]
         fitting = {k: v for k, v in summary.items() if not k.startswith("search")
                    and v["memory_bytes"] <= budget}
-        best = max(fitting.items(), key=lambda kv: kv[1]["accuracy_mean"], default=None)
+        best = max(fitting.items(), key=lambda kv: (kv[1]["accuracy_mean"],
+                                                    -kv[1]["memory_bytes"]), default=None)
         if f"search@{f:g}" not in summary:
             smallest = min(x["error"] for x in task["searches"]
                            if x["fraction"] == f and "error" in x)
@@ -336,6 +337,12 @@ def targets(name: str, task: dict, summary: dict) -> list[dict]:
                 "measured": f"max {max(later):.2f} s" if later else "-",
                 "gap_points": None, "met": bool(later) and max(later) < 5})
     return out
+
+
+def _repaired(search: dict) -> str:
+    """What the exact-cost repair replaced: picks whose compiled memory exceeded the budget."""
+    return "".join(f" (repaired: `{r['choice']}` compiled to {r['exact_memory_bytes']:,})"
+                   for r in search.get("repairs", []))
 
 
 def additivity(task: dict) -> str:
@@ -385,7 +392,8 @@ def markdown(doc: dict) -> str:
                              f"{s['wall_s']:.1f} | | | | |")
                 continue
             lines.append(
-                f"| {s['seed']} | {s['fraction']:g} | `{s['choice']}` | {s['wall_s']:.1f} "
+                f"| {s['seed']} | {s['fraction']:g} | `{s['choice']}`{_repaired(s)} | "
+                f"{s['wall_s']:.1f} "
                 f"({s['compiles']}) | "
                 f"{s['from_cache']} | {s['predicted_gain']:.4f} / {s['measured_gain']:.4f} "
                 f"({s['knapsack_measured_gain']:.4f}, {s['refinement_bought']:+.4f}) | "
