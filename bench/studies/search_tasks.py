@@ -28,7 +28,8 @@ runs (the report says so).
 
 Run from the repository root: ``python -m bench.studies.search_tasks [--seeds 3]
 [--aeon_wheel DIR/aeon-1.6.0-py3-none-any.whl]``. Writes
-``bench/results/<date>-<machine>-search.{json,md,png}``.
+``bench/results/<date>-<machine>-search.{json,md,png}``, and seed 0's search at 1/4 as
+``result.save`` writes it (``...-search-<task>/``: candidate table, report, plot).
 """
 from __future__ import annotations
 
@@ -214,7 +215,8 @@ def hand_schemes(model) -> dict:
     return out
 
 
-def run_task(name: str, make, seeds: int, lr: float, epochs: int, steps: int) -> dict:
+def run_task(name: str, make, seeds: int, lr: float, epochs: int, steps: int,
+             save_stem: str) -> dict:
     import keras
 
     import tfpock
@@ -258,7 +260,7 @@ def run_task(name: str, make, seeds: int, lr: float, epochs: int, steps: int) ->
                              "probe_runs": s["timing"]["probe_runs"],
                              "compiles": s["timing"]["compiles"]})
             if seed == 0 and f == 0.25:
-                result.save(os.path.join(tempfile.gettempdir(), f"tfpock-search-{name}"))
+                result.save(f"{save_stem}-{name}")   # seed 0's search at 1/4, whole
         # untimed, after this seed's timed searches (so their cache holds nothing they
         # did not compute): each again from the cache, compiling the other checked
         # combinations too, for predicted vs exact memory and time of combinations
@@ -478,7 +480,8 @@ def main(argv):
     for name in f.tasks:
         make, description = makers[name]
         logging.info("task %s", name)
-        task = run_task(name, make, f.seeds, f.lr, f.epochs, f.steps)
+        stem = os.path.join(f.out_dir, f"{doc['date'][:10]}-{f.machine}-search")
+        task = run_task(name, make, f.seeds, f.lr, f.epochs, f.steps, stem)
         task["description"] = description
         task["pretraining_accuracy"] = models[{"sensors": "sensor", "images": "digits"}[name]][1]
         task["summary"] = summarise(task)
