@@ -18,6 +18,8 @@ _LAZY = {
     "SchemeError": "tfpock.errors",
     "UnsupportedModelError": "tfpock.errors",
     "ExportError": "tfpock.errors",
+    "Budget": "tfpock.contribution",
+    "search": "tfpock.contribution",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,539 @@
+"""``tfpock.search``: per-layer contribution analysis picks a sparse scheme under a budget.
+
+The steps (PockEngine / MCUNetV3's contribution analysis, with their knapsack and
+evolutionary refinement; their search code was never published):
+
+1. **Contributions.** For each seed, fixed batches (a permutation of the training set,
+   ``steps`` batches) and the same start (the model's weights): the probe
+   (:mod:`tfpock.contribution.probe`, one trace) fine-tunes the base alone and base + each
+   candidate option; the option's gain is ``val_loss(base) - val_loss(base + option)``,
+   averaged over seeds. Validation *loss*, not accuracy, is the score: on a few dozen
+   validation examples accuracy moves in steps of 1/N and ties, the loss is continuous.
+   The spread over seeds is reported as the noise.
+2. **Costs**, exact per candidate: base + each option is compiled and exported
+   (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable bytes and a
+   measured one-thread step on ai-edge-litert.
+3. **Selection** (:mod:`tfpock.contribution.select`): exact under the additive model.
+4. **Verification and refinement**: the probe measures the chosen combination's real gain
+   (and a few other combinations'); an evolutionary search seeded by the knapsack picks
+   (mutations of one layer's option, predicted-feasible only, fitness = measured gain) keeps
+   what measures better; the final scheme is compiled and its exact memory and time compared
+   with the prediction; if the exact memory exceeds the budget, the selection runs again with
+   the budget lowered by the overshoot.
+
+Steps 1-2 are cached by a key of the model (config and weights), the data and the settings,
+so a new budget re-runs only 3-4.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from tfpock.errors import TfpockError
+from tfpock.losses import resolve_loss
+from tfpock.runtime import atomic
+from tfpock.contribution import candidates as cand
+from tfpock.contribution.budget import Budget, BudgetError
+from tfpock.contribution.cost import exact_cost
+from tfpock.contribution.probe import Probe, accuracy
+from tfpock.contribution.result import SearchResult
+from tfpock.contribution.select import Item, predict, select
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = "tfpock-search-cache/1"
+_MEMORY_CACHE: dict[str, dict] = {}   # key -> cache document, for this process
+_PROBES: dict[str, Probe] = {}        # key -> traced probe, for this process
+# Exact costs by (model config, scheme, settings): a cost depends on the graph, not on the
+# weights' values, so models that differ only in weights (seeds of one study) share them.
+_COSTS: dict[str, dict] = {}
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tfpock", "search")
+
+
+def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Budget,
+           batch_size: int = 8, *, base: str | Sequence[str] | None = None,
+           steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
+           cache_dir: str | None = "default", learning_rate: float | None = None,
+           progress: bool | None = None, compile_checks: bool = False) -> SearchResult:
+    """Searches the sparse update scheme with the best validation gain within ``budget``.
+
+    Args:
+        model: a built Keras model (read, never modified), e.g. pre-trained with a new head.
+        train_data: ``(x, y)`` numpy arrays, or a ``tf.data.Dataset`` of (x, y) batches.
+        val_data: the same form; what the gain is measured on (not the test set).
+        loss, optimizer: as for ``tfpock.optimize``; the probe uses the optimizer's rule.
+        budget: a :class:`Budget` (training memory and/or step time).
+        batch_size: the batch of the probe and of the exported model.
+        base: layer name(s) always trained fully; default the last layer with weights.
+        steps: optimizer steps of each brief fine-tuning run of the probe.
+        seeds: how many batch orders each contribution is averaged over.
+        time_steps: one-thread steps timed per candidate on ai-edge-litert (0: no times;
+            then ``budget.step_ms`` cannot be used).
+        refine: probe evaluations of the evolutionary refinement (0: knapsack only).
+        cache_dir: where contributions and costs are cached (``"default"``:
+            ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
+        learning_rate: the probe's learning rate (default: the optimizer's).
+        progress: a tqdm bar on stderr; default only when stderr is a terminal.
+        compile_checks: also compile the other checked combinations, to compare their
+            predicted memory and time with exact ones (a compile each, ~4 s here; the
+            chosen scheme is always compiled and checked).
+
+    Returns:
+        A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
+
+    Example:
+        >>> result = tfpock.search(model, (x, y), (xv, yv), loss, keras.optimizers.SGD(0.05),
+        ...                        tfpock.Budget(memory_bytes=300_000), batch_size=8)
+        >>> program = tfpock.optimize(model, loss=loss, optimizer=opt, scheme=result.scheme)
+    """
+    started = time.perf_counter()
+    if not isinstance(model, keras.Model) or not model.built or not getattr(model, "inputs", None):
+        raise TfpockError("model must be a built keras.Model with a known input shape")
+    if not isinstance(budget, Budget):
+        raise BudgetError(f"budget must be a tfpock.Budget, got {type(budget).__name__}")
+    for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
+                               ("seeds", seeds, 1), ("time_steps", time_steps, 0),
+                               ("refine", refine, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
+    if budget.step_ms is not None and time_steps == 0:
+        raise BudgetError("budget.step_ms needs measured step times: time_steps must be > 0")
+    loss_obj = resolve_loss(loss)
+    x, y = check_data("train_data", train_data, model, loss_obj, batch_size)
+    xv, yv = check_data("val_data", val_data, model, loss_obj, 1)
+    base_names = cand.resolve_base(model, base)
+    layers = [l for l in cand.candidate_layers(model) if l.name not in base_names]
+    options = {l.name: cand.layer_options(l) for l in layers}
+    settings = {"batch_size": batch_size, "base": base_names, "steps": steps, "seeds": seeds,
+                "time_steps": time_steps, "learning_rate": learning_rate,
+                "loss": [type(loss_obj).__name__, loss_obj.get_config()],
+                "optimizer": [type(optimizer).__name__, _opt_config(optimizer)],
+                "fractions": cand.FRACTIONS}
+    key = cache_key(model, (x, y, xv, yv), settings)
+    cache = _load_cache(key, cache_dir)
+    show = sys.stderr.isatty() if progress is None else progress
+    state = _State(model, loss, optimizer, batch_size, steps, seeds, base_names, x, y, xv, yv,
+                   key, cache, learning_rate, show)
+
+    # the least any scheme needs is the base alone: refuse a budget below it before measuring
+    base_cost = state.cost({}, time_steps)
+    if not budget.fits(base_cost["memory_bytes"], base_cost["step_ms"]):
+        raise BudgetError(
+            f"budget {budget.to_dict()} fits no scheme: the smallest, training only the base "
+            f"{list(base_names)}, needs {base_cost['memory_bytes']:,} bytes of training memory"
+            + (f" and {base_cost['step_ms']:.3f} ms a step" if base_cost["step_ms"] else ""))
+    # 1-2: contributions and exact costs per candidate (cached)
+    analysed_from_cache = "candidates" in cache and "base" in cache
+    if not analysed_from_cache:
+        state.analyse(options, time_steps)
+        _save_cache(key, cache, cache_dir)
+    analysis_s = time.perf_counter() - started
+
+    base_item = _item(cache["base"], "base", "base")
+    groups = [[_item(cache["candidates"][o.key], o.key, o.layer) for o in opts]
+              for opts in options.values()]
+    by_key = {o.key: o for opts in options.values() for o in opts}
+    base_cost = cache["base"]["cost"]
+
+    # 3: selection under the additive model
+    selection_started = time.perf_counter()
+    knap = select(groups, base_item, budget.memory_bytes, budget.step_ms)
+    knap_choice = {i.group: by_key[i.key] for i in knap}
+    predicted = predict(knap, base_item)
+    # 4: verification (measured gain of the pick and of a few other schemes) and refinement
+    checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
+                          compile_checks)
+    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
+    final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
+                                              time_steps)
+    _save_cache(key, cache, cache_dir)
+    selection_s = time.perf_counter() - selection_started
+
+    chosen_keys = {o.key for o in final.values()}
+    table = []
+    for opts in options.values():
+        for o in opts:
+            c = cache["candidates"][o.key]
+            table.append({"layer": o.layer, "option": o.label, "policy": o.policy,
+                          "gain": c["gain"], "gain_std": c["gain_std"],
+                          "accuracy_gain": c["accuracy_gain"], **c["cost"],
+                          "chosen": o.key in chosen_keys})
+    final_items = [_item(cache["candidates"][o.key], o.key, o.layer) for o in final.values()]
+    final_pred = predict(final_items, base_item)
+    measured = state.measure(final)
+    noise = [row["gain_std"] for row in table]
+    summary = {
+        "budget": budget.to_dict(), "base": list(base_names), "base_cost": base_cost,
+        "base_val_loss": cache["base"]["val_loss"], "base_val_accuracy":
+            cache["base"]["val_accuracy"],
+        "settings": {k: v for k, v in settings.items() if k not in ("loss", "optimizer")},
+        "knapsack": {"choice": cand.choice_key(knap_choice), "predicted_gain": predicted.gain,
+                     "measured_gain": state.measure(knap_choice)["gain"],
+                     "predicted_memory_bytes": predicted.memory_bytes,
+                     "predicted_step_ms": predicted.step_ms},
+        "chosen": {"choice": cand.choice_key(final), "predicted_gain": final_pred.gain,
+                   "measured_gain": measured["gain"], "measured_gain_std": measured["gain_std"],
+                   "measured_val_accuracy": measured["val_accuracy"],
+                   "predicted_memory_bytes": final_pred.memory_bytes,
+                   "exact_memory_bytes": exact["memory_bytes"],
+                   "exact_activation_bytes": exact["activation_bytes"],
+                   "exact_variable_bytes": exact["variable_bytes"],
+                   "predicted_step_ms": final_pred.step_ms, "measured_step_ms": exact["step_ms"]},
+        "checks": checks, "refinement": refinement, "repairs": repairs,
+        "noise": {"median_gain_std": float(np.median(noise)) if noise else 0.0,
+                  "max_gain_std": float(np.max(noise)) if noise else 0.0,
+                  "gain_range": [min((r["gain"] for r in table), default=0.0),
+                                 max((r["gain"] for r in table), default=0.0)]},
+        "timing": {"analysis_s": analysis_s, "selection_s": selection_s,
+                   "total_s": time.perf_counter() - started,
+                   "analysis_from_cache": analysed_from_cache,
+                   "probe_runs": state.probe_runs, "compiles": state.compiles},
+        "cache_key": key,
+    }
+    logger.info("search: %s, measured gain %.4f (predicted %.4f), %d bytes, %.1f s",
+                summary["chosen"]["choice"], measured["gain"], final_pred.gain,
+                exact["memory_bytes"], summary["timing"]["total_s"])
+    return SearchResult(cand.scheme_of(base_names, final), table, summary)
+
+
+# ---- data ------------------------------------------------------------------------------------
+def check_data(name: str, data, model: keras.Model, loss, least: int):
+    """``(x, y)`` as arrays matching the model's input and the loss's labels, else a
+    TfpockError naming ``name``; a ``tf.data.Dataset`` of (x, y) batches is read whole."""
+    if hasattr(data, "as_numpy_iterator"):
+        parts = list(data.as_numpy_iterator())
+        if not parts:
+            raise TfpockError(f"{name} is empty")
+        data = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TfpockError(f"{name} must be (x, y) arrays or a tf.data.Dataset of (x, y)")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if len(x) == 0 or len(y) == 0:
+        raise TfpockError(f"{name} is empty: the search needs examples to measure gains on")
+    expect = tuple(model.inputs[0].shape[1:])
+    if tuple(x.shape[1:]) != expect:
+        raise TfpockError(f"{name}: x has examples of shape {tuple(x.shape[1:])}, model "
+                          f"{model.name!r} takes {expect}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TfpockError(f"{name}: x has dtype {x.dtype}, the model takes float32")
+    if len(x) != len(y):
+        raise TfpockError(f"{name}: x has {len(x)} examples, y {len(y)}")
+    if len(x) < least:
+        raise TfpockError(f"{name} has {len(x)} examples, fewer than batch_size={least}")
+    out = tuple(model.outputs[0].shape[1:])
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise TfpockError(f"{name}: y must be integer labels of shape (n,) for "
+                              f"{type(loss).__name__}, got {y.dtype} {y.shape}")
+        if y.min() < 0 or y.max() >= out[-1]:
+            raise TfpockError(f"{name}: y holds labels outside [0, {out[-1]}) (min {y.min()}, "
+                              f"max {y.max()})")
+        y = y.astype(np.int32)
+    else:
+        if tuple(y.shape[1:]) != out or not np.issubdtype(y.dtype, np.floating):
+            raise TfpockError(f"{name}: y must be float targets of shape (n, *{out}) for "
+                              f"{type(loss).__name__}, got {y.dtype} {y.shape}")
+        y = y.astype(np.float32)
+    return x.astype(np.float32), y
+
+
+# ---- cache -----------------------------------------------------------------------------------
+def cache_key(model: keras.Model, arrays, settings: dict) -> str:
+    """sha256 over the model's config and weights, the data and the settings."""
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    h.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for v in model.weights:
+        h.update(v.path.encode())
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    for a in arrays:
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def _load_cache(key: str, cache_dir: str | None) -> dict:
+    if key in _MEMORY_CACHE:
+        return _MEMORY_CACHE[key]
+    doc = {"format": CACHE_FORMAT, "measured": {}, "exact": {}}
+    path = _cache_path(key, cache_dir)
+    if path and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = json.load(f)
+            if loaded.get("format") == CACHE_FORMAT:
+                doc = loaded
+        except (OSError, ValueError):
+            logger.warning("search cache %s unreadable; measuring again", path)
+    _MEMORY_CACHE[key] = doc
+    return doc
+
+
+def _save_cache(key: str, doc: dict, cache_dir: str | None) -> None:
+    path = _cache_path(key, cache_dir)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = json.dumps(doc).encode()
+        atomic.write_atomically(path, lambda f: f.write(data))
+
+
+def _cache_path(key: str, cache_dir: str | None) -> str | None:
+    if cache_dir is None:
+        return None
+    return os.path.join(default_cache_dir() if cache_dir == "default" else cache_dir,
+                        f"{key}.json")
+
+
+def _opt_config(optimizer) -> dict:
+    if isinstance(optimizer, str):
+        return {"name": optimizer}
+    return {k: v for k, v in optimizer.get_config().items() if k != "name"}
+
+
+def _item(entry: dict, key: str, group: str) -> Item:
+    return Item(key, group, entry.get("gain", 0.0), entry["cost"]["activation_bytes"],
+                entry["cost"].get("delta_variable_bytes", entry["cost"]["variable_bytes"]),
+                entry["cost"].get("delta_step_ms", entry["cost"]["step_ms"]))
+
+
+# ---- the measuring state -----------------------------------------------------------------------
+@dataclasses.dataclass
+class _State:
+    model: Any
+    loss: Any
+    optimizer: Any
+    batch_size: int
+    steps: int
+    seeds: int
+    base: tuple
+    x: np.ndarray
+    y: np.ndarray
+    xv: np.ndarray
+    yv: np.ndarray
+    key: str
+    cache: dict
+    learning_rate: float | None
+    show: bool
+    probe_runs: int = 0
+    compiles: int = 0
+
+    def _probe(self) -> Probe:
+        if self.key not in _PROBES:
+            _PROBES[self.key] = Probe(self.model, self.loss, self.optimizer, self.xv, self.yv,
+                                      self.learning_rate)
+        return _PROBES[self.key]
+
+    def _batches(self, seed: int):
+        """``steps`` batches of a seeded permutation of the training set, cycled."""
+        rng = np.random.default_rng(seed)
+        n = self.steps * self.batch_size
+        order = np.concatenate([rng.permutation(len(self.x))
+                                for _ in range(math.ceil(n / len(self.x)))])[:n]
+        shape = (self.steps, self.batch_size)
+        return (self.x[order].reshape(shape + self.x.shape[1:]),
+                self.y[order].reshape(shape + self.y.shape[1:]))
+
+    def _losses(self, choice: dict) -> tuple[list[float], list[float]]:
+        """Validation loss and accuracy of base + ``choice`` after the brief run, per seed."""
+        probe, scheme = self._probe(), cand.scheme_of(self.base, choice)
+        losses, accs = [], []
+        for seed in range(self.seeds):
+            xb, yb = self._batches(seed)
+            value, out = probe.run(scheme, xb, yb)
+            self.probe_runs += 1
+            losses.append(value)
+            accs.append(accuracy(out, self.yv))
+        return losses, accs
+
+    def measure(self, choice: dict) -> dict:
+        """Measured gain of base + ``choice`` over the base (mean and spread over seeds),
+        cached by the combination."""
+        key = cand.choice_key(choice)
+        if key not in self.cache["measured"]:
+            if not choice:
+                self.cache["measured"][key] = {"gain": 0.0, "gain_std": 0.0,
+                                               "val_accuracy": self.cache["base"]["val_accuracy"]}
+            else:
+                losses, accs = self._losses(choice)
+                gains = np.array(self.cache["base"]["val_losses"]) - np.array(losses)
+                self.cache["measured"][key] = {"gain": float(gains.mean()),
+                                               "gain_std": float(gains.std()),
+                                               "val_accuracy": float(np.mean(accs))}
+        return self.cache["measured"][key]
+
+    def analyse(self, options: dict, time_steps: int) -> None:
+        """Contributions (probe) and exact costs (compile) of the base and every option."""
+        all_options = [o for opts in options.values() for o in opts]
+        bar = _bar(2 * len(all_options) + 2, self.show)
+        try:
+            losses, accs = self._losses({})
+            bar.update(1)
+            cost = self.cost({}, time_steps)
+            bar.update(1)
+            self.cache["base"] = {"val_losses": losses, "val_loss": float(np.mean(losses)),
+                                  "val_accuracy": float(np.mean(accs)), "cost": cost}
+            self.cache["candidates"] = {}
+            for o in all_options:
+                l_o, a_o = self._losses({o.layer: o})
+                bar.update(1)
+                c = self.cost({o.layer: o}, time_steps)
+                bar.update(1)
+                gains = np.array(losses) - np.array(l_o)
+                c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
+                c["delta_step_ms"] = (None if c["step_ms"] is None
+                                      else c["step_ms"] - cost["step_ms"])
+                self.cache["candidates"][o.key] = {
+                    "gain": float(gains.mean()), "gain_std": float(gains.std()),
+                    "gains": gains.tolist(),
+                    "accuracy_gain": float(np.mean(a_o) - np.mean(accs)), "cost": c}
+                logger.info("search: %s gain %.4f +- %.4f, %d bytes", o.key, gains.mean(),
+                            gains.std(), c["memory_bytes"])
+        finally:
+            bar.close()
+
+    def cost(self, choice: dict, time_steps: int) -> dict:
+        key = cand.choice_key(choice)
+        if key not in self.cache["exact"]:
+            scheme = cand.scheme_of(self.base, choice)
+            memo = hashlib.sha256(json.dumps(
+                [self.model.to_json(), str(scheme), self.batch_size, time_steps,
+                 _opt_config(self.optimizer), type(self.optimizer).__name__,
+                 type(resolve_loss(self.loss)).__name__], default=str).encode()).hexdigest()
+            if memo not in _COSTS:
+                self.compiles += 1
+                _COSTS[memo] = exact_cost(self.model, scheme, self.loss, self.optimizer,
+                                          self.batch_size, time_steps, self.x,
+                                          self.y).to_dict()
+            self.cache["exact"][key] = dict(_COSTS[memo])
+        return dict(self.cache["exact"][key])
+
+    def checks(self, groups, base_item, budget, by_key, knap, time_steps,
+               compile_checks) -> list[dict]:
+        """Predicted vs measured gain, and predicted vs exact memory and time, for the
+        knapsack's pick and a few others: the best
+        pick at half the budget, the best single option, and all the feasible best options
+        of each layer together."""
+        others = {"knapsack": knap}
+        half = Budget(None if budget.memory_bytes is None else max(
+            1, int(base_item.activation_bytes + base_item.variable_bytes +
+                   (budget.memory_bytes - base_item.activation_bytes -
+                    base_item.variable_bytes) / 2)), budget.step_ms)
+        others["knapsack at half the room"] = select(groups, base_item, half.memory_bytes,
+                                                     half.step_ms) or []
+        singles = [i for g in groups for i in g if _fits(predict([i], base_item), budget)]
+        if singles:
+            others["best single option"] = [max(singles, key=lambda i: i.gain)]
+        greedy = []
+        for g in groups:
+            fit = [i for i in g if _fits(predict(greedy + [i], base_item), budget)]
+            if fit:
+                greedy.append(max(fit, key=lambda i: i.gain))
+        others["greedy per layer"] = greedy
+        out = []
+        for name, items in others.items():
+            choice = {i.group: by_key[i.key] for i in items}
+            m = self.measure(choice)
+            p = predict(items, base_item)
+            key = cand.choice_key(choice)
+            exact = (self.cost(choice, time_steps) if compile_checks
+                     else self.cache["exact"].get(key, {"memory_bytes": None, "step_ms": None}))
+            out.append({"scheme": name, "choice": cand.choice_key(choice),
+                        "predicted_gain": p.gain, "measured_gain": m["gain"],
+                        "predicted_memory_bytes": p.memory_bytes,
+                        "exact_memory_bytes": exact["memory_bytes"],
+                        "predicted_step_ms": p.step_ms, "measured_step_ms": exact["step_ms"]})
+        return out
+
+    def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int):
+        """MCUNetV3-style evolutionary search seeded by the knapsack pick: each generation
+        mutates the best combinations (one layer's option changed, or dropped), keeps the
+        predicted-feasible ones and measures them with the probe; the best measured wins."""
+        rng = np.random.default_rng(0)
+        start_gain = self.measure(start)["gain"]
+        best = [(start_gain, dict(start))]
+        seen = {cand.choice_key(start)}
+        tried = 0
+        layer_items = {g[0].group: g for g in groups if g}
+        while tried < evaluations and layer_items:
+            parent = best[rng.integers(min(3, len(best)))][1]
+            child = dict(parent)
+            layer = list(layer_items)[rng.integers(len(layer_items))]
+            pick = rng.integers(len(layer_items[layer]) + 1)
+            if pick == len(layer_items[layer]):
+                child.pop(layer, None)
+            else:
+                child[layer] = by_key[layer_items[layer][pick].key]
+            k = cand.choice_key(child)
+            items = [i for g in groups for i in g if i.key in {o.key for o in child.values()}]
+            if k in seen or not _fits(predict(items, base_item), budget):
+                seen.add(k)
+                tried += 0.25   # a rejected mutation costs a little, so the loop ends
+                continue
+            seen.add(k)
+            tried += 1
+            best.append((self.measure(child)["gain"], child))
+            best.sort(key=lambda t: -t[0])
+        gain, choice = best[0]
+        return choice, {"evaluations": int(tried), "knapsack_measured_gain": start_gain,
+                        "refined_measured_gain": gain,
+                        "bought": gain - start_gain, "choice": cand.choice_key(choice)}
+
+    def verify_cost(self, groups, base_item, budget, by_key, choice, time_steps):
+        """Exact memory/time of ``choice``; if the exact memory exceeds the budget, select
+        again under a budget lowered by the overshoot (up to three times), else fall back to
+        the best single option (exactly costed) that fits."""
+        repairs = []
+        limit = budget.memory_bytes
+        for _ in range(4):
+            exact = self.cost(choice, time_steps)
+            if budget.fits(exact["memory_bytes"], exact["step_ms"]):
+                return choice, exact, repairs
+            over = exact["memory_bytes"] - (budget.memory_bytes or exact["memory_bytes"])
+            repairs.append({"choice": cand.choice_key(choice),
+                            "exact_memory_bytes": exact["memory_bytes"],
+                            "exact_step_ms": exact["step_ms"]})
+            limit = None if limit is None else limit - max(over, 1)
+            picked = select(groups, base_item, limit, budget.step_ms) or []
+            choice = {i.group: by_key[i.key] for i in picked}
+        fitting = [(self.cache["candidates"][i.key]["gain"], i) for g in groups for i in g
+                   if budget.fits(self.cache["candidates"][i.key]["cost"]["memory_bytes"],
+                                  self.cache["candidates"][i.key]["cost"]["step_ms"])]
+        choice = {} if not fitting else {max(fitting, key=lambda t: t[0])[1].group:
+                                         by_key[max(fitting, key=lambda t: t[0])[1].key]}
+        return choice, self.cost(choice, time_steps), repairs
+
+
+def _fits(p, budget: Budget) -> bool:
+    return budget.fits(p.memory_bytes, p.step_ms)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, show: bool):
+    if not show:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="tfpock.search", file=sys.stderr, leave=False)
