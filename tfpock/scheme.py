@@ -180,7 +180,8 @@ class Scheme:
                 if match.group(0) not in members:
                     blocks.append(match.group(0))
                     members[match.group(0)] = []
-                members[match.group(0)].append(layer.name)
+                if layer.weights:   # a residual Add or an activation has nothing to train
+                    members[match.group(0)].append(layer.name)
                 tail = []
             elif layer.trainable_weights and blocks:
                 tail.append(layer.name)
@@ -269,10 +270,18 @@ class Scheme:
         chosen: dict[int, TrainedWeight] = {}
         for layer in leaves:
             if layer.trainable_weights and layer_table.kind_of(layer) is None:
+                part = layer_table.unknown_part(layer)
+                inside = (f" (in {layer.name!r}, {type(layer).__name__})"
+                          if part is not layer else "")
                 raise UnsupportedModelError(
-                    f"layer {layer.name!r} ({type(layer).__name__}) has weights tfpock does not "
-                    f"know how to train; supported layers with weights: "
-                    f"{layer_table.supported_names()}")
+                    f"layer {part.name!r} ({type(part).__name__}){inside} has weights tfpock "
+                    f"does not know how to train; supported layers with weights: "
+                    f"{layer_table.supported_names()}, and layers made of them")
+            untracked = layer_table.untracked_weights(layer) if layer.trainable_weights else []
+            if untracked:
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) has trainable weights "
+                    f"{untracked} that tfpock does not know the role of")
             explicit = layer.name in self.layers
             policy = self.layers.get(layer.name, self.default)
             for var, trained in _apply(policy, layer, explicit):
