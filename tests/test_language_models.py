@@ -40,9 +40,11 @@ def last_block(model: keras.Model) -> dict:
 
 SCHEMES = {"full": lambda model: {"default": "full", "layers": {}},
            "last_block": last_block, "norms_and_biases": norms_and_biases}
-# (mlp, norm, scheme): each scheme once and each model twice, to keep the file fast
-CASES = [("gelu", "layer", "full"), ("swiglu", "rms", "full"),
-         ("swiglu", "rms", "last_block"), ("gelu", "layer", "norms_and_biases")]
+# (mlp, norm, scheme): each scheme once, to keep the file fast (GELU and LayerNormalization
+# are differentiated by the norms-and-biases case: its biases reach back to the embedding's
+# block 0; tests/test_keras_hub.py trains RMS norms and SiLU gates fully too)
+CASES = [("swiglu", "rms", "full"), ("swiglu", "rms", "last_block"),
+         ("gelu", "layer", "norms_and_biases")]
 
 
 def batch(seed: int = 0):
