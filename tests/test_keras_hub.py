@@ -111,6 +111,40 @@ def test_step_matches_gradient_tape(compiled):
     assert len(parsed.variables()) == len(expected)   # the frozen kernels are constants
 
 
+def norms_only(model):
+    """Every RMS norm, inside the decoder blocks (named by path) and the final one."""
+    blocks = [f"transformer_layer_{i}/{norm}" for i in range(2)
+              for norm in ("self_attention_layernorm", "feedforward_layernorm")]
+    return {"default": "frozen",
+            "layers": {name: "full" for name in blocks + ["sequence_output_layernorm"]}}
+
+
+def attention_only(model):
+    return {"default": "frozen", "layers": {"transformer_layer_1/self_attention": "full"}}
+
+
+@pytest.mark.parametrize("scheme, selected", [
+    (norms_only, lambda path: path.endswith("layernorm/scale")),
+    (attention_only, lambda path: path.startswith("transformer_layer_1/self_attention/")),
+], ids=["norms", "attention"])
+def test_schemes_name_parts_of_decoder_blocks(scheme, selected):
+    """Policies on parts of a composite layer by path: the host program's step equals the
+    tape's on exactly those weights (the device runs the same lowered ops as above)."""
+    model, reference = tiny_llama(), tiny_llama()
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                              scheme=scheme(model), batch_size=BATCH, sample_weight=True,
+                              input_shapes=SHAPES)
+    expected = [v.path for v in reference.trainable_variables if selected(v.path)]
+    assert sorted(program.trained_paths) == sorted(expected) and expected
+    x, y, weights = batch()
+    ref_loss = tape_step(reference, set(expected), x, y, weights)
+    out = program.train_step(x, y, sample_weight=weights)
+    assert_close(out["loss"], ref_loss, rtol=1e-5, where="loss")
+    after = {v.path: v.numpy() for v in reference.trainable_variables}
+    for p, value in program.weights().items():
+        assert_close(value, after[p], atol=1e-4, where=f"weight {p}")
+
+
 def test_unknown_sublayer_is_named():
     """A composite layer with a weighted sublayer tfpock has no kind for: the error names the
     sublayer, its class and the composite it is in."""

@@ -76,7 +76,7 @@ WEIGHTED_LAYERS.update(_keras_hub_kinds())
 FROZEN_FORWARD_LAYERS: tuple[type, ...] = (keras.layers.BatchNormalization,)
 
 
-def _table_kind(layer: keras.layers.Layer) -> LayerKind | None:
+def table_kind(layer: keras.layers.Layer) -> LayerKind | None:
     for cls in type(layer).__mro__:   # exact class first, then its bases
         if cls in WEIGHTED_LAYERS:
             return WEIGHTED_LAYERS[cls]
@@ -94,7 +94,7 @@ def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
     """The table entry for ``layer``'s class, or for a composite layer the kind its
     sublayers make (module docstring); None if some weight has no known role
     (:func:`unknown_part` names which)."""
-    kind = _table_kind(layer)
+    kind = table_kind(layer)
     if kind is not None or not layer.weights:
         return kind
     parts = [(sub.name, kind_of(sub)) for sub in sublayers(layer) if sub.weights]
@@ -104,10 +104,23 @@ def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
                      tuple(f"{name}.{b}" for name, k in parts for b in k.bias))
 
 
+def parts(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The table-known layers a composite layer is made of (the deepest with a kind of their
+    own, each addressed by its ``layer.path``, e.g. ``transformer_layer_0/self_attention/
+    query``), and the composite layers between them: what a scheme can name inside it."""
+    found = []
+    for sub in sublayers(layer):
+        if sub.weights:
+            found.append(sub)
+            if table_kind(sub) is None:
+                found.extend(parts(sub))
+    return found
+
+
 def unknown_part(layer: keras.layers.Layer) -> keras.layers.Layer:
     """The innermost layer whose weights have no kind: ``layer`` itself, or the sublayer of a
     composite layer at fault (what an error names)."""
-    if _table_kind(layer) is None:
+    if table_kind(layer) is None:
         for sub in sublayers(layer):
             if sub.weights and kind_of(sub) is None:
                 return unknown_part(sub)
@@ -145,7 +158,7 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 def layer_weights(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
     """Attribute name -> variable for the weights of ``layer`` that exist (bias may be off)."""
-    kind = _table_kind(layer)
+    kind = table_kind(layer)
     if kind is None:   # a composite layer: its sublayers' weights (module docstring)
         return {f"{sub.name}.{key}": var for sub in sublayers(layer)
                 for key, var in layer_weights(sub).items()}
