@@ -9,15 +9,16 @@ A *composite* layer (a layer, not a model, made of sublayers: KerasHub's
 ``LlamaTransformerDecoder``, its ``LlamaAttention``) needs no entry either when every
 sublayer with weights has one: its weights are its sublayers' (keyed
 ``<sublayer>.<attribute>``), its biases their biases, and a scheme treats it as one layer.
-KerasHub's own weighted layers are in the table when ``keras_hub`` is installed
-(:func:`_keras_hub_kinds`). LoRA factors (``enable_lora``) are weights of Dense and
-EinsumDense: once LoRA is on, Keras makes the base kernel non-trainable, so ``full`` trains
-the two factors only.
+KerasHub's own weighted layers join the table once ``keras_hub`` has been imported (a
+KerasHub model exists only then; :func:`_with_keras_hub`), so tfpock itself never imports it.
+LoRA factors (``enable_lora``) are weights of Dense and EinsumDense: once LoRA is on, Keras
+makes the base kernel non-trainable, so ``full`` trains the two factors only.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from typing import Iterable, Iterator
 
 import keras
@@ -55,20 +56,19 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
 
 
 
-def _keras_hub_kinds() -> dict[type, LayerKind]:
-    """KerasHub's weighted layers, where it is installed (an optional dependency, the ``lm``
-    extra): ``ReversibleEmbedding`` (the output projection is the embedding itself when
-    tied, else ``reverse_embeddings``) and Llama's RMS norm."""
-    try:
-        from keras_hub.layers import ReversibleEmbedding
-        from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
-    except ImportError:
-        return {}
-    return {ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
+def _with_keras_hub() -> dict[type, LayerKind]:
+    """:data:`WEIGHTED_LAYERS` plus KerasHub's weighted layers once ``keras_hub`` is
+    imported (an optional dependency, the ``lm`` extra; importing it costs seconds, and a
+    KerasHub model cannot exist before it is): ``ReversibleEmbedding`` (the output
+    projection is the embedding itself when tied, else ``reverse_embeddings``) and Llama's
+    RMS norm (a class KerasHub exports under ``src`` only)."""
+    if "keras_hub" not in sys.modules:
+        return WEIGHTED_LAYERS
+    from keras_hub.layers import ReversibleEmbedding
+    from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
+    return {**WEIGHTED_LAYERS,
+            ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
             LlamaLayerNorm: LayerKind(("scale",))}
-
-
-WEIGHTED_LAYERS.update(_keras_hub_kinds())
 
 
 # Layer kinds whose forward in training depends on ``trainable``: Keras' BatchNormalization
@@ -77,9 +77,11 @@ FROZEN_FORWARD_LAYERS: tuple[type, ...] = (keras.layers.BatchNormalization,)
 
 
 def table_kind(layer: keras.layers.Layer) -> LayerKind | None:
+    """The table's entry for ``layer``'s class itself (None for a composite layer)."""
+    table = _with_keras_hub()
     for cls in type(layer).__mro__:   # exact class first, then its bases
-        if cls in WEIGHTED_LAYERS:
-            return WEIGHTED_LAYERS[cls]
+        if cls in table:
+            return table[cls]
     return None
 
 
@@ -135,7 +137,7 @@ def untracked_weights(layer: keras.layers.Layer) -> list[str]:
 
 
 def supported_names() -> str:
-    return ", ".join(sorted(cls.__name__ for cls in WEIGHTED_LAYERS))
+    return ", ".join(sorted(cls.__name__ for cls in _with_keras_hub()))
 
 
 def kernel_layer_names() -> str:
