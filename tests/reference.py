@@ -93,15 +93,16 @@ def expected_trained(model: keras.Model, scheme: dict) -> dict[str, int | None]:
     out = {}
     for layer in model.layers:
         policy = scheme["layers"].get(layer.name, scheme["default"])
-        names = {w.path.rsplit("/", 1)[-1]: w for w in layer.trainable_weights}
+        # (last path component, weight): MultiHeadAttention has several "kernel"s and "bias"es
+        names = [(w.path.rsplit("/", 1)[-1], w) for w in layer.trainable_weights]
         if policy == "full":
-            out.update({w.path: None for w in names.values()})
+            out.update({w.path: None for _, w in names})
         elif policy == "bias":
-            out.update({w.path: None for n, w in names.items() if n in _BIASES})
+            out.update({w.path: None for n, w in names if n in _BIASES})
         elif isinstance(policy, dict):
             if policy.get("bias", True):
-                out.update({w.path: None for n, w in names.items() if n in _BIASES})
-            for n, w in names.items():
+                out.update({w.path: None for n, w in names if n in _BIASES})
+            for n, w in names:
                 if n in _KERNELS:
                     total = w.shape[-2]
                     k = policy.get("weight_channels") or max(
@@ -133,11 +134,13 @@ class Reference:
                 var.numpy()[..., :k, :], name=path.replace("/", "_") + "_trained"))
         self.optimizer = optimizer
 
-    def step(self, x, y, learning_rate=None) -> float:
+    def step(self, x, y, learning_rate=None, sample_weight=None) -> float:
+        """One step; ``x`` as the model takes it (a dict for several inputs), ``sample_weight``
+        passed to the loss as Keras' ``fit`` does."""
         if learning_rate is not None:
             self.optimizer.learning_rate = learning_rate
         with tf.GradientTape() as tape:
-            loss = self.loss_fn(y, self.model(x, training=True))
+            loss = self.loss_fn(y, self.model(x, training=True), sample_weight=sample_weight)
         grads = tape.gradient(loss, self.watched)
         grads = [g if k is None else g[..., :k, :] for g, k in zip(grads, self.trained.values())]
         self.optimizer.apply(grads, self.targets)

@@ -21,12 +21,15 @@ logger = logging.getLogger(__name__)
 
 def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
              batch_size: int = 32, debug: bool = False, passes=None,
-             frozen_batchnorm: str | None = None, nonfinite: str = "skip") -> Program:
+             frozen_batchnorm: str | None = None, nonfinite: str = "skip",
+             sample_weight: bool = False, input_shapes: dict | None = None) -> Program:
     """Compiles one training step of ``model`` into a builtin-only training program.
 
     Args:
-        model: a built Keras 3 model (TF backend), Functional or Sequential, one input and
-            one output. It is read, never modified.
+        model: a built Keras 3 model (TF backend), Functional or Sequential, one output and
+            one or several inputs (several: ``train`` and ``infer`` take a dict keyed by the
+            input names, e.g. ``token_ids`` and ``padding_mask``). It is read, never
+            modified.
         loss: a Keras loss object or name; defaults to the compiled model's loss.
         optimizer: a Keras optimizer; defaults to the compiled model's optimizer.
         scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"``, a
@@ -51,6 +54,12 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             learning rate that explodes: ``"skip"`` (the default) leaves every variable as
             it was, ``"apply"`` writes it anyway. Either way ``train`` reports it
             (``{"loss": ..., "applied": ..., "finite": ...}``).
+        sample_weight: whether ``train`` takes ``sample_weight``, the loss's weight of each
+            label (``[batch, *output[1:-1]]``, as ``keras.Model.fit`` takes them): next-token
+            cross-entropy weighted by the padding mask, as KerasHub's ``CausalLM`` trains.
+        input_shapes: ``{input name: shape without the batch}`` for inputs the model leaves
+            dynamic, e.g. ``{"token_ids": (64,), "padding_mask": (64,)}`` for KerasHub's
+            models (their inputs are ``(None, None)``); the signatures are static.
 
     Returns:
         A :class:`tfpock.Program`: ``train_step``, ``infer``, ``export``, ``report``.
@@ -83,7 +92,8 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         frozen_forward = frozen_forward_layers(model, {w.layer for w in trained})
 
     with frozen_in_keras(frozen_forward):   # the trace records Keras' frozen forward
-        step = trace(model, loss_obj, compiled_opt, batch_size, trained, nonfinite)
+        step = trace(model, loss_obj, compiled_opt, batch_size, trained, nonfinite,
+                     sample_weight=bool(sample_weight), input_shapes=input_shapes)
     pipeline = build_pipeline(step.frozen, debug=debug, passes=on)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)

@@ -5,8 +5,10 @@ their trained channels, moving statistics of trainable BatchNorms, optimizer slo
 counter), initialised through TFLite's CALL_ONCE initialiser, and these signatures, all
 builtin ops:
 
-* ``train(x, y, learning_rate) -> loss``: one optimiser step; updates the variables;
-* ``infer(x) -> output``: the forward pass in inference mode;
+* ``train(x, y, learning_rate) -> loss``: one optimiser step; updates the variables (a
+  model with several inputs takes each under its name instead of ``x``, and a program
+  compiled with ``sample_weight=True`` takes ``sample_weight`` too);
+* ``infer(x) -> output``: the forward pass in inference mode (inputs as ``train``'s);
 * ``weights() -> w000, w001, ...``: every variable (trained weights whole, BatchNorm
   statistics, optimizer state), for checkpoints;
 * ``load(w000, w001, ...) -> count``: assigns them, for restoring a checkpoint;
@@ -61,9 +63,15 @@ class TrainingModule(tf.Module):
         load_specs = [tf.TensorSpec(step.checkpoint_shape(v), tf.as_dtype(v.value.dtype),
                                     name=variable_key(i)) for i, v in enumerate(step.variables)]
         lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")  # see tracing
-        self.train = tf.function(self._train_fn, autograph=False,
-                                 input_signature=[step.x_spec, step.y_spec, lr_spec])
-        self.infer = tf.function(self._infer_fn, input_signature=[step.x_spec], autograph=False)
+        # signature inputs are named by their specs: the model's inputs, y, maybe
+        # sample_weight, learning_rate (the train graph's input names, in that order)
+        x_specs = list(step.inputs.values())
+        sw_specs = [step.sample_weight_spec] if step.sample_weight_spec is not None else []
+        train_specs = [*x_specs, step.y_spec, *sw_specs, lr_spec]
+        self._train_names = [spec.name for spec in train_specs]
+        self._infer_names = list(step.inputs)
+        self.train = tf.function(self._train_fn, autograph=False, input_signature=train_specs)
+        self.infer = tf.function(self._infer_fn, input_signature=x_specs, autograph=False)
         self.weights = tf.function(self._weights_fn, input_signature=[], autograph=False)
         self.load = tf.function(self._load_fn, input_signature=load_specs, autograph=False)
         self.metadata = tf.function(self._metadata_fn, input_signature=[], autograph=False)
@@ -74,20 +82,21 @@ class TrainingModule(tf.Module):
             feed[ref] = self.variables_[key].read_value()
         return feed
 
-    def _train_fn(self, x, y, learning_rate):
+    def _train_fn(self, *args):
         keys = [k for k in self.train_graph.outputs if k.startswith("new:")]
         outs = tf.graph_util.import_graph_def(
-            self._train_graph, input_map=self._feed(self.train_graph, x=x, y=y,
-                                                    learning_rate=learning_rate),
+            self._train_graph, input_map=self._feed(self.train_graph,
+                                                    **dict(zip(self._train_names, args))),
             return_elements=[self.train_graph.outputs[k] for k in ["loss", "finite"] + keys],
             name="train")
         for key, new in zip(keys, outs[2:]):
             self.variables_[key.removeprefix("new:")].assign(new)
         return {"loss": outs[0], "finite": outs[1]}
 
-    def _infer_fn(self, x):
+    def _infer_fn(self, *args):
         (out,) = tf.graph_util.import_graph_def(
-            self._infer_graph, input_map=self._feed(self.infer_graph, x=x),
+            self._infer_graph, input_map=self._feed(self.infer_graph,
+                                                    **dict(zip(self._infer_names, args))),
             return_elements=[self.infer_graph.outputs["output"]], name="infer")
         return {"output": out}
 
@@ -119,6 +128,9 @@ class TrainingModule(tf.Module):
 def metadata_for(step: TracedStep, extra: dict) -> dict:
     """What the runtime reads from the ``metadata`` signature."""
     owners = {w.path: w for w in step.weights}
+    single = {"x": _spec(step.x_spec)} if list(step.inputs) == ["x"] else {}
+    weighted = ({"sample_weight": _spec(step.sample_weight_spec)}
+                if step.sample_weight_spec is not None else {})
     return {
         "format": FORMAT,
         "variables": [{"key": variable_key(i), "name": v.key, "kind": v.kind,
@@ -126,9 +138,12 @@ def metadata_for(step: TracedStep, extra: dict) -> dict:
                        "shape": list(step.checkpoint_shape(v)), "dtype": str(v.value.dtype),
                        **_trained_slice(v, owners.get(v.key))}
                       for i, v in enumerate(step.variables)],
-        "x": {"shape": list(step.x_spec.shape), "dtype": step.x_spec.dtype.name},
-        "y": {"shape": list(step.y_spec.shape), "dtype": step.y_spec.dtype.name},
-        "output": {"shape": list(step.output_spec.shape), "dtype": step.output_spec.dtype.name},
+        # the model's inputs in signature order; "x" repeats a single input's spec
+        "inputs": [{"name": name, **_spec(spec)} for name, spec in step.inputs.items()],
+        **single,
+        "y": _spec(step.y_spec),
+        **weighted,
+        "output": _spec(step.output_spec),
         "learning_rate": step.learning_rate,
         **extra,
     }
@@ -142,6 +157,10 @@ def _trained_slice(variable, weight) -> dict:
     if variable.kind != "weight" or weight is None or weight.channels is None:
         return {}
     return {"slice": {"axis": int(weight.axis), "channels": [0, int(weight.channels)]}}
+
+
+def _spec(spec: tf.TensorSpec) -> dict:
+    return {"shape": list(spec.shape), "dtype": spec.dtype.name}
 
 
 def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterable[str]) -> bytes:

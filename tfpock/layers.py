@@ -4,11 +4,21 @@ A table over layer classes (not variable names) so that schemes select weights b
 ``bias`` picks the additive bias of a layer. A layer with weights whose class is not here is
 refused with the list of supported kinds, because a scheme could not say what its weights are.
 Layers without weights need no entry: their ops are checked when the graph is lowered.
+
+A *composite* layer (a layer, not a model, made of sublayers: KerasHub's
+``LlamaTransformerDecoder``, its ``LlamaAttention``) needs no entry either when every
+sublayer with weights has one: its weights are its sublayers' (keyed
+``<sublayer>.<attribute>``), its biases their biases, and a scheme treats it as one layer.
+KerasHub's own weighted layers join the table once ``keras_hub`` has been imported (a
+KerasHub model exists only then; :func:`_with_keras_hub`), so tfpock itself never imports it.
+LoRA factors (``enable_lora``) are weights of Dense and EinsumDense: once LoRA is on, Keras
+makes the base kernel non-trainable, so ``full`` trains the two factors only.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from typing import Iterable, Iterator
 
 import keras
@@ -16,13 +26,15 @@ import keras
 
 @dataclasses.dataclass(frozen=True)
 class LayerKind:
-    weights: tuple[str, ...]       # attribute names holding the layer's weights
+    weights: tuple[str, ...]       # attribute names (dotted for a sublayer's) of its weights
     bias: tuple[str, ...] = ()     # the subset that is an additive bias
     kernels: tuple[str, ...] = ()  # the subset with input channels on axis -2
 
 
+_LORA = ("lora_kernel_a", "lora_kernel_b")
+
 WEIGHTED_LAYERS: dict[type, LayerKind] = {
-    keras.layers.Dense: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
+    keras.layers.Dense: LayerKind(("kernel", "bias", *_LORA), ("bias",), ("kernel",)),
     keras.layers.Conv1D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.Conv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.DepthwiseConv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
@@ -31,7 +43,32 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
     keras.layers.BatchNormalization: LayerKind(("gamma", "beta", "moving_mean",
                                                 "moving_variance"), ("beta",)),
     keras.layers.LayerNormalization: LayerKind(("gamma", "beta"), ("beta",)),
+    keras.layers.RMSNormalization: LayerKind(("scale",)),
+    keras.layers.Embedding: LayerKind(("embeddings",)),
+    keras.layers.EinsumDense: LayerKind(("kernel", "bias", *_LORA), ("bias",)),
+    # its projections are EinsumDense sublayers, reached through Keras' public properties
+    keras.layers.MultiHeadAttention: LayerKind(
+        tuple(f"{p}_dense.{w}" for p in ("query", "key", "value", "output")
+              for w in ("kernel", "bias")),
+        tuple(f"{p}_dense.bias" for p in ("query", "key", "value", "output"))),
 }
+
+
+
+
+def _with_keras_hub() -> dict[type, LayerKind]:
+    """:data:`WEIGHTED_LAYERS` plus KerasHub's weighted layers once ``keras_hub`` is
+    imported (an optional dependency, the ``lm`` extra; importing it costs seconds, and a
+    KerasHub model cannot exist before it is): ``ReversibleEmbedding`` (the output
+    projection is the embedding itself when tied, else ``reverse_embeddings``) and Llama's
+    RMS norm (a class KerasHub exports under ``src`` only)."""
+    if "keras_hub" not in sys.modules:
+        return WEIGHTED_LAYERS
+    from keras_hub.layers import ReversibleEmbedding
+    from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
+    return {**WEIGHTED_LAYERS,
+            ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
+            LlamaLayerNorm: LayerKind(("scale",))}
 
 
 # Layer kinds whose forward in training depends on ``trainable``: Keras' BatchNormalization
@@ -39,16 +76,68 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
 FROZEN_FORWARD_LAYERS: tuple[type, ...] = (keras.layers.BatchNormalization,)
 
 
-def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
-    """The table entry for ``layer``'s class (exact class first, then its bases)."""
-    for cls in type(layer).__mro__:
-        if cls in WEIGHTED_LAYERS:
-            return WEIGHTED_LAYERS[cls]
+def table_kind(layer: keras.layers.Layer) -> LayerKind | None:
+    """The table's entry for ``layer``'s class itself (None for a composite layer)."""
+    table = _with_keras_hub()
+    for cls in type(layer).__mro__:   # exact class first, then its bases
+        if cls in table:
+            return table[cls]
     return None
 
 
+def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers ``layer`` holds directly. Keras has no public accessor for a layer's
+    sublayers; ``_flatten_layers`` is what its own ``Layer.weights`` walks, and this is the
+    one place tfpock calls it."""
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def kind_of(layer: keras.layers.Layer) -> LayerKind | None:
+    """The table entry for ``layer``'s class, or for a composite layer the kind its
+    sublayers make (module docstring); None if some weight has no known role
+    (:func:`unknown_part` names which)."""
+    kind = table_kind(layer)
+    if kind is not None or not layer.weights:
+        return kind
+    parts = [(sub.name, kind_of(sub)) for sub in sublayers(layer) if sub.weights]
+    if not parts or any(k is None for _, k in parts):
+        return None
+    return LayerKind(tuple(f"{name}.{w}" for name, k in parts for w in k.weights),
+                     tuple(f"{name}.{b}" for name, k in parts for b in k.bias))
+
+
+def parts(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The table-known layers a composite layer is made of (the deepest with a kind of their
+    own, each addressed by its ``layer.path``, e.g. ``transformer_layer_0/self_attention/
+    query``), and the composite layers between them: what a scheme can name inside it."""
+    found = []
+    for sub in sublayers(layer):
+        if sub.weights:
+            found.append(sub)
+            if table_kind(sub) is None:
+                found.extend(parts(sub))
+    return found
+
+
+def unknown_part(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The innermost layer whose weights have no kind: ``layer`` itself, or the sublayer of a
+    composite layer at fault (what an error names)."""
+    if table_kind(layer) is None:
+        for sub in sublayers(layer):
+            if sub.weights and kind_of(sub) is None:
+                return unknown_part(sub)
+    return layer
+
+
+def untracked_weights(layer: keras.layers.Layer) -> list[str]:
+    """Paths of trainable weights of ``layer`` that its kind does not name: a scheme could
+    neither train nor freeze them knowingly, so a model with any is refused."""
+    known = {id(v) for v in layer_weights(layer).values()}
+    return [v.path for v in layer.trainable_weights if id(v) not in known]
+
+
 def supported_names() -> str:
-    return ", ".join(sorted(cls.__name__ for cls in WEIGHTED_LAYERS))
+    return ", ".join(sorted(cls.__name__ for cls in _with_keras_hub()))
 
 
 def kernel_layer_names() -> str:
@@ -63,17 +152,23 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
             out.extend(leaf_layers(layer))
         else:
             out.append(layer)
-    return out
+    # a layer a model calls twice or shares with a nested model (KerasHub's CausalLM calls
+    # its backbone's token embedding again as the output projection) counts once
+    unique = {id(layer): layer for layer in out}
+    return list(unique.values())
 
 
 def layer_weights(layer: keras.layers.Layer) -> dict[str, keras.Variable]:
     """Attribute name -> variable for the weights of ``layer`` that exist (bias may be off)."""
-    kind = kind_of(layer)
-    if kind is None:
-        return {}
+    kind = table_kind(layer)
+    if kind is None:   # a composite layer: its sublayers' weights (module docstring)
+        return {f"{sub.name}.{key}": var for sub in sublayers(layer)
+                for key, var in layer_weights(sub).items()}
     found = {}
     for attr in kind.weights:
-        var = getattr(layer, attr, None)
+        var = layer
+        for part in attr.split("."):   # "query_dense.kernel": a sublayer's weight
+            var = getattr(var, part, None)
         if isinstance(var, keras.Variable):
             found[attr] = var
     return found

@@ -13,7 +13,8 @@ import tensorflow as tf
 from tfpock.errors import UnsupportedModelError
 
 # y spec from (batch size, model output shape without batch)
-_SPARSE = lambda b, out: tf.TensorSpec((b,), tf.int32, name="y")
+# sparse: one class index per output row (per token for a sequence of logits)
+_SPARSE = lambda b, out: tf.TensorSpec((b, *out[:-1]), tf.int32, name="y")
 _DENSE = lambda b, out: tf.TensorSpec((b, *out), tf.float32, name="y")
 
 LABEL_SPECS: dict[type, Callable[[int, tuple], tf.TensorSpec]] = {

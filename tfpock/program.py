@@ -14,7 +14,7 @@ from tfpock.tflite import memory, model_file
 from tfpock.tflite.ir import TfliteFile
 from tfpock.provenance import layer_of_node
 from tfpock.runtime.trainer import step_result
-from tfpock.runtime.validate import check_batch, check_labels
+from tfpock.runtime.validate import check_batch, check_inputs, check_labels, sample_weights
 from tfpock.tracing import TracedStep
 
 
@@ -64,28 +64,33 @@ class Program:
         """Paths of the weights the step never changes (constants of the exported model)."""
         return [w.path for w in self._step.weights if w.path in self._step.frozen]
 
-    def _x(self, x, signature):
-        spec = self._step.x_spec
-        return check_batch("x", x, tuple(spec.shape), spec.dtype.as_numpy_dtype, signature)
+    def _x(self, x, signature) -> list[np.ndarray]:
+        specs = {k: (tuple(s.shape), s.dtype.as_numpy_dtype) for k, s in self._step.inputs.items()}
+        return list(check_inputs(x, specs, signature).values())
 
-    def train_step(self, x, y, learning_rate: float | None = None) -> dict:
+    def train_step(self, x, y, sample_weight=None, learning_rate: float | None = None) -> dict:
         """One step of the optimised graph in TensorFlow; updates the training state.
-        ``learning_rate`` defaults to the optimizer's. Returns ``loss``, ``finite`` (the loss
-        and every value the step writes are finite) and ``applied`` (whether the step
-        changed the state: a step that is not finite is skipped unless compiled with
-        ``nonfinite="apply"``)."""
+        ``x``: an array, or for a model with several inputs a dict keyed by their names;
+        ``sample_weight``: the loss's weight of each label (programs compiled with
+        ``sample_weight=True``; None weighs every label 1). ``learning_rate`` defaults to the
+        optimizer's. Returns ``loss``, ``finite`` (the loss and every value the step writes
+        are finite) and ``applied`` (whether the step changed the state: a step that is not
+        finite is skipped unless compiled with ``nonfinite="apply"``)."""
         spec = self._step.y_spec
         y = check_labels(check_batch("y", y, tuple(spec.shape), spec.dtype.as_numpy_dtype,
                                      "train_step"), self._step.output_spec.shape[-1],
                          "train_step")
+        sw_spec = self._step.sample_weight_spec
+        weights = sample_weights(sample_weight, None if sw_spec is None else tuple(sw_spec.shape),
+                                 "train_step")
         lr = np.array([self._step.learning_rate if learning_rate is None else learning_rate],
                       np.float32)
-        out = self._module.train(self._x(x, "train_step"), y, lr)
+        out = self._module.train(*self._x(x, "train_step"), y, *weights, lr)
         return step_result(out["loss"].numpy(), out["finite"].numpy(),
                            self._metadata.get("nonfinite"))
 
     def infer(self, x) -> np.ndarray:
-        return self._module.infer(self._x(x, "infer"))["output"].numpy()
+        return self._module.infer(*self._x(x, "infer"))["output"].numpy()
 
     def state(self) -> dict[str, np.ndarray]:
         """Every variable (what a checkpoint holds), keyed by checkpoint key; partial-channel
@@ -128,8 +133,9 @@ class Program:
     def report(self) -> str:
         """What each pass did, per graph (ops and peak live activations before -> after), the
         exported file's peak per signature once converted, and what the scheme trains."""
-        lines = [f"tfpock program: batch {self._step.x_spec.shape[0]}, "
-                 f"x {tuple(self._step.x_spec.shape)}, y {tuple(self._step.y_spec.shape)}",
+        inputs = ", ".join(f"{k} {tuple(s.shape)}" for k, s in self._step.inputs.items())
+        lines = [f"tfpock program: batch {self._step.y_spec.shape[0]}, "
+                 f"{inputs}, y {tuple(self._step.y_spec.shape)}",
                  f"trained weights: {len(self.trained_paths)} "
                  f"({sum(w.trained_value.size for w in self._step.weights if w.trained):,} "
                  f"parameters); frozen: {len(self.frozen_paths)} "

@@ -14,6 +14,12 @@ by name; layers not named get ``default``. A policy is one of:
   saved activation. ``bias`` (default true) says whether the bias is updated too (where the
   layer has one; ``"bias"`` alone on a layer without a bias is an error).
 
+A layer made of sublayers (KerasHub's ``transformer_layer_0``, ``tfpock/layers.py``) takes
+one policy for all of it by its name, or policies part by part by the parts' Keras paths:
+``"transformer_layer_0/self_attention"`` (attention only),
+``"transformer_layer_0/feedforward_layernorm"`` (a norm); a part takes the policy of the most
+specific name the scheme gives it, else its layer's.
+
 Schemes read and write JSON a person can edit::
 
     {"default": "frozen",
@@ -180,7 +186,8 @@ class Scheme:
                 if match.group(0) not in members:
                     blocks.append(match.group(0))
                     members[match.group(0)] = []
-                members[match.group(0)].append(layer.name)
+                if layer.weights:   # a residual Add or an activation has nothing to train
+                    members[match.group(0)].append(layer.name)
                 tail = []
             elif layer.trainable_weights and blocks:
                 tail.append(layer.name)
@@ -260,27 +267,56 @@ class Scheme:
         nothing would be trained."""
         leaves = layer_table.leaf_layers(model)
         by_name = {l.name: l for l in leaves}
+        inner = {part.path: layer for layer in leaves if layer_table.table_kind(layer) is None
+                 for part in layer_table.parts(layer)}   # composite layers' parts, by path
         for name in self.layers:
-            if name not in by_name:
-                close = difflib.get_close_matches(name, list(by_name), n=3)
+            if name not in by_name and name not in inner:
+                close = difflib.get_close_matches(name, list(by_name) + list(inner), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise SchemeError(f"scheme names layer {name!r}, which the model does not "
                                   f"have{hint}")
         chosen: dict[int, TrainedWeight] = {}
         for layer in leaves:
             if layer.trainable_weights and layer_table.kind_of(layer) is None:
+                part = layer_table.unknown_part(layer)
+                inside = (f" (in {layer.name!r}, {type(layer).__name__})"
+                          if part is not layer else "")
                 raise UnsupportedModelError(
-                    f"layer {layer.name!r} ({type(layer).__name__}) has weights tfpock does not "
-                    f"know how to train; supported layers with weights: "
-                    f"{layer_table.supported_names()}")
+                    f"layer {part.name!r} ({type(part).__name__}){inside} has weights tfpock "
+                    f"does not know how to train; supported layers with weights: "
+                    f"{layer_table.supported_names()}, and layers made of them")
+            untracked = layer_table.untracked_weights(layer) if layer.trainable_weights else []
+            if untracked:
+                raise UnsupportedModelError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) has trainable weights "
+                    f"{untracked} that tfpock does not know the role of")
             explicit = layer.name in self.layers
             policy = self.layers.get(layer.name, self.default)
-            for var, trained in _apply(policy, layer, explicit):
+            named_inside = [k for k, owner in inner.items() if owner is layer and k in self.layers]
+            if not named_inside:
+                picked = _apply(policy, layer, explicit)
+            else:   # the scheme names parts of this composite layer: policies part by part
+                picked = [(var, dataclasses.replace(trained, layer=layer.name))
+                          for var, trained in self._apply_parts(layer, policy)]
+            for var, trained in picked:
                 chosen[id(var)] = trained
         result = [chosen[id(v)] for v in model.trainable_variables if id(v) in chosen]
         if not result:
             raise SchemeError(f"scheme {self} leaves nothing to train in model {model.name!r}")
         return result
+
+    def _apply_parts(self, layer, policy: Policy):
+        """Each table-known part of a composite ``layer`` with the policy of the most specific
+        name the scheme gives it (its own path, a composite part around it, else ``layer``'s
+        ``policy``); a named part that is a composite passes its policy to what it holds."""
+        picked = []
+        for part in layer_table.parts(layer):
+            if layer_table.table_kind(part) is None:
+                continue
+            names = [k for k in self.layers if part.path == k or part.path.startswith(k + "/")]
+            own = max(names, key=len, default=None)
+            picked += _apply(self.layers[own] if own else policy, part, own == part.path)
+        return picked
 
     def trained_paths(self, model: keras.Model) -> list[str]:
         return [w.path for w in self.resolve(model)]

@@ -8,6 +8,10 @@ and the exporter can turn the rest into variables:
     train(x, y, learning_rate, params...) -> loss, new value of every variable it changes
     infer(x, params...)                    -> model output
 
+``x`` is the model's one input, or its several inputs one by one, each under its name
+(:func:`input_specs`); with ``sample_weight=True`` the train graph also takes
+``sample_weight`` (one weight per label, what Keras' ``fit`` takes), passed to the loss.
+
 Parameter keys (also the checkpoint keys of the variables they become):
 
 * ``<path>``: a model weight by Keras ``variable.path``. For a weight trained on its first k
@@ -40,6 +44,9 @@ from tfpock.optimizers import CompiledOptimizer
 from tfpock.scheme import TrainedWeight
 
 FROZEN_CHANNELS = ":frozen_channels"
+X = "x"   # the signature name of a single-input model's input
+# Names the train signature gives its other inputs; a model input may not take one.
+RESERVED_NAMES = ("y", "sample_weight", "learning_rate")
 ITERATIONS = "optimizer/iterations"
 
 
@@ -84,10 +91,18 @@ class TracedStep:
     params: dict[str, np.ndarray]      # every param key -> its value at compile time
     variables: list[Variable]          # what the exported model holds as variables
     frozen: dict[str, np.ndarray]      # param key -> value, for the freeze pass
-    x_spec: tf.TensorSpec
+    inputs: dict[str, tf.TensorSpec]   # signature input name -> spec (input_specs)
     y_spec: tf.TensorSpec
     output_spec: tf.TensorSpec
     learning_rate: float
+    sample_weight_spec: tf.TensorSpec | None = None   # None: the loss takes no weights
+
+    @property
+    def x_spec(self) -> tf.TensorSpec:
+        """The spec of a single-input model's input."""
+        if list(self.inputs) != [X]:
+            raise AttributeError(f"the model has inputs {list(self.inputs)}, not one x")
+        return self.inputs[X]
 
     def checkpoint_shape(self, variable: Variable) -> tuple[int, ...]:
         """A partial-channel weight is checkpointed whole, as Keras holds it."""
@@ -105,10 +120,10 @@ def _take(value: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
 
 def check_model(model: keras.Model) -> None:
     """Refuses what this version cannot compile, naming the layer or property at fault."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if len(model.outputs) != 1:
         raise UnsupportedModelError(
-            f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} "
-            "outputs; only single-input single-output models are supported")
+            f"model {model.name!r} has {len(model.outputs)} outputs; only single-output "
+            "models are supported")
     for layer in layer_table.leaf_layers(model):
         dtype = getattr(layer, "compute_dtype", "float32")
         if dtype != "float32":
@@ -232,6 +247,81 @@ def param_layout(model: keras.Model, trained: list[TrainedWeight],
     return ParamLayout(weights, len(trainable), params, variables, frozen)
 
 
+def _input_structure(model: keras.Model):
+    """``model.input`` (a tensor, a dict, a list); a Sequential model built from an
+    ``Input`` but never called has none, only its list ``model.inputs``."""
+    try:
+        return model.input
+    except AttributeError:
+        return list(model.inputs)
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """The signature names of the model's inputs, in ``keras.tree.flatten(model.input)``
+    order: ``["x"]`` for one input; for several, the keys of a dict input (KerasHub's
+    ``token_ids``, ``padding_mask``) or else the ``keras.Input`` names. A name that is not an
+    identifier (TFLite signature names must be), repeats or is one of
+    :data:`RESERVED_NAMES` is refused."""
+    structure = _input_structure(model)
+    flat = keras.tree.flatten(structure)
+    if len(flat) == 1:
+        return [X]
+    if isinstance(structure, dict) and all(not isinstance(v, (dict, list, tuple))
+                                           for v in structure.values()):
+        names = sorted(structure)   # keras.tree flattens a dict in sorted key order
+    else:
+        names = [t.name for t in flat]
+    bad = [n for n in names if not n.isidentifier() or n in RESERVED_NAMES]
+    if bad or len(set(names)) != len(names):
+        raise UnsupportedModelError(
+            f"model {model.name!r} has inputs named {names}; tfpock names the signature's "
+            f"inputs by them, so they must be distinct identifiers other than "
+            f"{', '.join(RESERVED_NAMES)}")
+    return names
+
+
+def input_specs(model: keras.Model, batch_size: int,
+                shapes: dict | None = None) -> dict[str, tf.TensorSpec]:
+    """Signature name -> static spec of each model input (:func:`input_names`). ``shapes``
+    (name -> shape without the batch) fixes what the model leaves dynamic, e.g. the sequence
+    length of KerasHub's ``(None,)`` token ids; it must agree with the static dimensions."""
+    shapes = dict(shapes or {})
+    names = input_names(model)
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise UnsupportedModelError(f"input_shapes names {unknown}; the model's inputs are "
+                                    f"{', '.join(names)}")
+    specs = {}
+    for name, tensor in zip(names, keras.tree.flatten(_input_structure(model))):
+        shape = tuple(tensor.shape[1:])
+        given = tuple(shapes.get(name, shape))
+        if len(given) != len(shape) or any(d is not None and d != g
+                                           for d, g in zip(shape, given)):
+            raise UnsupportedModelError(f"input_shapes[{name!r}] = {given} does not fit the "
+                                        f"model's input shape {shape}")
+        if any(d is None for d in given):
+            raise UnsupportedModelError(
+                f"model {model.name!r} input {name!r} has dynamic dimensions {shape}; tfpock "
+                f"compiles static shapes: pass input_shapes={{{name!r}: (...)}} without the "
+                "batch dimension")
+        specs[name] = tf.TensorSpec((batch_size, *given), tf.as_dtype(tensor.dtype), name=name)
+    return specs
+
+
+def output_shape(model: keras.Model, specs: dict[str, tf.TensorSpec]) -> tuple:
+    """The model's output shape without the batch, at the static input ``specs``."""
+    inputs = [keras.KerasTensor(s.shape, s.dtype.name) for s in specs.values()]
+    return tuple(model.compute_output_spec(model_input(model, inputs)).shape[1:])
+
+
+def model_input(model: keras.Model, inputs: list):
+    """What the model is called with: the one tensor, or the flat list packed as
+    ``model.input`` is structured (a dict, a list)."""
+    if len(inputs) == 1:
+        return inputs[0]
+    return keras.tree.pack_sequence_as(_input_structure(model), inputs)
+
+
 class TrainFunction:
     """The function traced as the train graph: forward, loss, tape, optimizer update.
 
@@ -249,9 +339,11 @@ class TrainFunction:
         self.seed_states = _seed_states(model)
         self.backward: set[str] = set()
 
-    def train_step(self, x, y, learning_rate, *values) -> dict[str, tf.Tensor]:
+    def train_step(self, inputs: list, y, sample_weight, learning_rate,
+                   *values) -> dict[str, tf.Tensor]:
         """``loss``, ``finite`` and ``new:<key>`` of every variable the step changes (held
-        back by :func:`guard_nonfinite` where the step is not finite)."""
+        back by :func:`guard_nonfinite` where the step is not finite). ``inputs``: the model's
+        inputs in :func:`input_names` order; ``sample_weight``: None or the loss's weights."""
         layout, optimizer = self.layout, self.optimizer
         weights, n_train = layout.weights, layout.n_trainable
         learning_rate = tf.reshape(learning_rate, [])
@@ -260,9 +352,10 @@ class TrainFunction:
         with tf.GradientTape() as tape:
             tape.watch(sources)
             t, n = layout.weight_tensors(p)
-            out, new_n, reg = self.model.stateless_call(t, n, x, training=True,
-                                                        return_losses=True)
-            value = self.loss(y, out)
+            out, new_n, reg = self.model.stateless_call(
+                t, n, model_input(self.model, inputs), training=True, return_losses=True)
+            value = (self.loss(y, out) if sample_weight is None
+                     else self.loss(y, out, sample_weight=sample_weight))
             if reg:
                 value = value + tf.add_n(reg)
         graph = tf.compat.v1.get_default_graph()
@@ -330,42 +423,48 @@ def guard_nonfinite(outputs: dict[str, tf.Tensor], params: dict[str, tf.Tensor],
 
 def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
           batch_size: int, trained: list[TrainedWeight],
-          nonfinite: str = "skip") -> TracedStep:
+          nonfinite: str = "skip", sample_weight: bool = False,
+          input_shapes: dict | None = None) -> TracedStep:
     """Traces the training and inference steps of ``model`` at a fixed ``batch_size``;
     ``nonfinite`` says what a step whose loss or updates are not finite does
-    (:func:`guard_nonfinite`)."""
+    (:func:`guard_nonfinite`); ``sample_weight`` whether the train step takes per-label
+    weights for the loss (shaped like the labels' loss, ``[batch, *output[1:-1]]``);
+    ``input_shapes`` fixes dynamic input dimensions (:func:`input_specs`)."""
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
     check_model(model)
     layout = param_layout(model, trained, optimizer)
 
-    in_shape = tuple(model.inputs[0].shape[1:])
-    out_shape = tuple(model.outputs[0].shape[1:])
-    if any(d is None for d in in_shape + out_shape):
-        raise UnsupportedModelError(f"model {model.name!r} has dynamic dimensions (input "
-                                    f"{in_shape}, output {out_shape}); tfpock compiles static "
-                                    "shapes")
-    x_spec = tf.TensorSpec((batch_size, *in_shape), model.inputs[0].dtype, name="x")
+    specs = input_specs(model, batch_size, input_shapes)
+    out_shape = output_shape(model, specs)
+    if any(d is None for d in out_shape):
+        raise UnsupportedModelError(f"model {model.name!r} has dynamic dimensions (output "
+                                    f"{out_shape}); tfpock compiles static shapes")
     y_spec = label_spec(loss, batch_size, out_shape)
+    sw_spec = (tf.TensorSpec((batch_size, *out_shape[:-1]), tf.float32, name="sample_weight")
+               if sample_weight else None)
     # shape [1], not a scalar: the aarch64 ai-edge-litert wheels crash resizing a signature
     # input to an empty shape (memset of -4 bytes; found by tests/portability/aarch64_check.py)
     lr_spec = tf.TensorSpec((1,), tf.float32, name="learning_rate")
     output_spec = tf.TensorSpec((batch_size, *out_shape), tf.float32, name="output")
 
-    def infer_step(x, *values):
+    def infer_step(inputs, *values):
         t, n = layout.weight_tensors(dict(zip(layout.model_keys, values)))
-        out, _ = model.stateless_call(t, n, x, training=False)
+        out, _ = model.stateless_call(t, n, model_input(model, inputs), training=False)
         return {"output": out}
 
     train = TrainFunction(model, loss, optimizer, layout, nonfinite)
+    x_specs = list(specs.values())
     train_fn = tf.function(train.train_step, autograph=False).get_concrete_function(
-        x_spec, y_spec, lr_spec, *layout.specs(layout.keys))
+        x_specs, y_spec, sw_spec, lr_spec, *layout.specs(layout.keys))
     infer_fn = tf.function(infer_step, autograph=False).get_concrete_function(
-        x_spec, *layout.specs(layout.model_keys))
-    train_graph = _graph_of(train_fn, ["x", "y", "learning_rate"], layout.keys, train.backward)
-    infer_graph = _graph_of(infer_fn, ["x"], layout.model_keys, ())
+        x_specs, *layout.specs(layout.model_keys))
+    train_inputs = [*specs, "y", *(["sample_weight"] if sample_weight else []), "learning_rate"]
+    train_graph = _graph_of(train_fn, train_inputs, layout.keys, train.backward)
+    infer_graph = _graph_of(infer_fn, list(specs), layout.model_keys, ())
     return TracedStep(train_graph, infer_graph, layout.weights, layout.params, layout.variables,
-                      layout.frozen, x_spec, y_spec, output_spec, optimizer.learning_rate)
+                      layout.frozen, specs, y_spec, output_spec, optimizer.learning_rate,
+                      sw_spec)
 
 
 def _graph_of(concrete, input_names, keys, backward) -> Graph:

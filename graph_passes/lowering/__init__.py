@@ -4,7 +4,8 @@ Each module lists its rules in a module-level ``RULES`` list; this table is the 
 the lower pass looks. An op type with no entry here and no TFLite builtin is reported by the
 export check with the layer it came from.
 """
-from graph_passes.lowering import activations, conv, depthwise, pooling, random_ops
+from graph_passes.lowering import (activations, conv, depthwise, embedding, pooling,
+                                   random_ops, reductions)
 from graph_passes.lowering.base import LoweringRule
 
 
@@ -18,4 +19,5 @@ def _table(*modules) -> dict[str, LoweringRule]:
     return table
 
 
-RULES: dict[str, LoweringRule] = _table(activations, conv, depthwise, pooling, random_ops)
+RULES: dict[str, LoweringRule] = _table(activations, conv, depthwise, embedding, pooling,
+                                         random_ops, reductions)

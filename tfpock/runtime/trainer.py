@@ -13,7 +13,8 @@ import numpy as np
 from tfpock.runtime import checkpoint, slices
 from tfpock.runtime import fit as _fit
 from tfpock.runtime.interpreter import load_interpreter_class
-from tfpock.runtime.validate import InputError, check_batch, check_labels
+from tfpock.runtime.validate import (InputError, check_batch, check_inputs, check_labels,
+                                     sample_weights)
 
 FORMAT = "tfpock-training-model/5"   # /5: a partial-channel weight's "slice" in the metadata
 READS = ("tfpock-training-model/4", FORMAT)   # /4: train returns "finite" (non-finite guard)
@@ -92,27 +93,44 @@ class Trainer:
         return tuple(spec["shape"]), np.dtype(spec["dtype"])
 
     @property
+    def input_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Input name -> (shape, dtype) of the model's inputs, in signature order (``{"x":
+        ...}`` for a model with one input)."""
+        return _input_specs(self.metadata)
+
+    @property
     def learning_rate(self) -> float:
         """The optimizer's learning rate, used when ``train`` is given none."""
         return float(self.metadata["learning_rate"])
 
-    def train(self, x, y, learning_rate: float | None = None) -> dict:
-        """One training step on the batch. Returns ``{"loss": float, "finite": bool,
-        "applied": bool}``: ``finite`` says whether the loss and every value the step wrote
-        are finite; a step that is not finite leaves the weights and optimizer state as they
-        were (``applied`` False) unless the model was compiled with ``nonfinite="apply"``."""
-        x = check_batch("x", x, *self._spec("x"), signature="Trainer.train")
+    def train(self, x, y, sample_weight=None, learning_rate: float | None = None) -> dict:
+        """One training step on the batch. ``x``: an array, or for a model with several
+        inputs a dict keyed by their names (:attr:`input_specs`); ``sample_weight``: the
+        loss's weight of each label (models compiled with ``sample_weight=True``; None
+        weighs every label 1), e.g. a padding mask. Returns ``{"loss": float, "finite":
+        bool, "applied": bool}``: ``finite`` says whether the loss and every value the step
+        wrote are finite; a step that is not finite leaves the weights and optimizer state as
+        they were (``applied`` False) unless the model was compiled with
+        ``nonfinite="apply"``."""
+        inputs = check_inputs(x, self.input_specs, "Trainer.train")
         y = check_labels(check_batch("y", y, *self._spec("y"), signature="Trainer.train"),
                          self.metadata["output"]["shape"][-1], "Trainer.train")
+        sw = self.metadata.get("sample_weight")
+        weights = sample_weights(sample_weight, None if sw is None else tuple(sw["shape"]),
+                                 "Trainer.train")
+        if weights:
+            inputs["sample_weight"] = weights[0]
         lr = self.learning_rate if learning_rate is None else learning_rate
         if not np.isfinite(lr) or lr < 0:
             raise InputError(f"Trainer.train: learning_rate must be finite and >= 0, got {lr}")
-        out = self._runners["train"](x=x, y=y, learning_rate=np.array([lr], np.float32))
+        out = self._runners["train"](**inputs, y=y, learning_rate=np.array([lr], np.float32))
         return step_result(out["loss"], out["finite"], self.metadata.get("nonfinite"))
 
     def infer(self, x) -> np.ndarray:
-        x = check_batch("x", x, *self._spec("x"), signature="Trainer.infer")
-        return self._runners["infer"](x=x)["output"]
+        """The model's output on ``x`` (an array, or a dict by input name, as for
+        :meth:`train`)."""
+        return self._runners["infer"](**check_inputs(x, self.input_specs,
+                                                     "Trainer.infer"))["output"]
 
     def fit(self, x, y, epochs: int = 1, **options) -> dict[str, list]:
         """Keras-like training over any number of rows, with callbacks; returns the history.
@@ -238,7 +256,20 @@ def _read_metadata(model_path: str, raw) -> dict:
         raise ModelFileError(f"{model_path!r} has format {metadata.get('format')!r}; "
                              f"this runtime reads {' and '.join(map(repr, READS))}")
     problems = []
-    for key in ("x", "y", "output"):
+    # "inputs" lists the model's inputs by name; a single-input model's is "x", which is
+    # also its own key (what readers of the format before several inputs read)
+    inputs = metadata.get("inputs")
+    if inputs is not None and not (isinstance(inputs, list) and inputs and all(
+            _is_spec(s) and isinstance(s.get("name"), str) for s in inputs)):
+        problems.append("'inputs' is not a non-empty list of named {shape, dtype} specs")
+    elif inputs is None or [s["name"] for s in inputs] == ["x"]:
+        if not _is_spec(metadata.get("x")):
+            problems.append("'x' is not a {shape, dtype} spec")
+        elif inputs is not None and {**inputs[0], "name": None} != {**metadata["x"],
+                                                                  "name": None}:
+            problems.append("'x' and 'inputs' disagree")
+    for key in ("y", "output") + (("sample_weight",) if metadata.get("sample_weight") is not None
+                                  else ()):
         if not _is_spec(metadata.get(key)):
             problems.append(f"{key!r} is not a {{shape, dtype}} spec")
     variables = metadata.get("variables")
@@ -282,9 +313,13 @@ def _check_signatures(model_path: str, metadata: dict, runners: dict) -> None:
     def spec(s):
         return tuple(s["shape"]), np.dtype(s["dtype"])
 
+    inputs = _input_specs(metadata)
+    weighted = ({"sample_weight": spec(metadata["sample_weight"])}
+                if metadata.get("sample_weight") is not None else {})
     wanted = {
-        ("train", "input"): {"x": spec(metadata["x"]), "y": spec(metadata["y"]),
+        ("train", "input"): {**inputs, "y": spec(metadata["y"]), **weighted,
                              "learning_rate": ((1,), np.dtype(np.float32))},
+        ("infer", "input"): inputs,
         ("infer", "output"): {"output": spec(metadata["output"])},
         ("load", "input"): {v["key"]: spec(v) for v in metadata["variables"]},
         ("weights", "output"): {v["key"]: spec(v) for v in metadata["variables"]},
@@ -300,6 +335,13 @@ def _check_signatures(model_path: str, metadata: dict, runners: dict) -> None:
                 f"{model_path!r}: signature {signature!r} {which}s are "
                 f"{_show(found)}, its metadata says {_show(expected)}; the file is damaged or "
                 f"not a tfpock model")
+
+
+def _input_specs(metadata: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Input name -> (shape, dtype), from ``inputs`` (files of models with several inputs)
+    or ``x``."""
+    listed = metadata.get("inputs") or [{"name": "x", **metadata["x"]}]
+    return {s["name"]: (tuple(s["shape"]), np.dtype(s["dtype"])) for s in listed}
 
 
 def _show(specs: dict) -> str:

@@ -51,3 +51,37 @@ def check_labels(y: np.ndarray, classes: int, signature: str) -> np.ndarray:
             raise InputError(f"{signature}: y holds label {int(y.flat[bad[0]])} at flat index "
                              f"{int(bad[0])}; labels must be in [0, {classes})")
     return y
+
+
+def check_inputs(x, specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+                 signature: str) -> dict[str, np.ndarray]:
+    """The model's inputs as ``{signature name: array}`` checked against ``specs`` (name ->
+    shape, dtype): ``x`` is an array for a model with one input (named ``x``) and a dict keyed
+    by the input names for a model with several; a missing or unknown name is refused,
+    naming what the signature takes."""
+    if list(specs) == ["x"]:
+        return {"x": check_batch("x", x, *specs["x"], signature)}
+    if not isinstance(x, dict):
+        raise InputError(f"{signature}: the model has inputs {', '.join(specs)}; pass x as a "
+                         f"dict keyed by them, got {type(x).__name__}")
+    if set(x) != set(specs):
+        raise InputError(f"{signature}: x has keys {sorted(x)}, the model's inputs are "
+                         f"{', '.join(specs)}")
+    return {name: check_batch(name, x[name], *spec, signature) for name, spec in specs.items()}
+
+
+def sample_weights(value, shape: tuple[int, ...] | None, signature: str) -> list[np.ndarray]:
+    """The ``sample_weight`` input of a train signature as a list of what to pass: [] for a
+    model compiled without one (where a given value is refused: it would be ignored), else
+    the checked float32 array, all ones when ``value`` is None."""
+    if shape is None:
+        if value is not None:
+            raise InputError(f"{signature}: sample_weight given, but the model was compiled "
+                             "without one; compile with tfpock.optimize(..., "
+                             "sample_weight=True)")
+        return []
+    if value is None:
+        return [np.ones(shape, np.float32)]
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biu":
+        value = value.astype(np.float32)   # a padding mask (0/1 integers) as the weights
+    return [check_batch("sample_weight", value, shape, np.dtype(np.float32), signature)]

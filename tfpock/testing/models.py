@@ -129,3 +129,41 @@ def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
     for l, (trainable, momentum) in zip(bns, saved):
         l.trainable, l.momentum = trainable, momentum
         l.beta.assign(rng.normal(0, 0.1, l.beta.shape).astype(np.float32))
+
+
+def decoder(seed: int = 0, vocab: int = 64, seq: int = 8, hidden: int = 16, heads: int = 2,
+            blocks: int = 2, mlp: str = "gelu", norm: str = "layer") -> keras.Model:
+    """A plain Keras causal language model: ``{"token_ids", "padding_mask"}`` (int32
+    ``[batch, seq]``) -> next-token logits ``[batch, seq, vocab]``.
+
+    Pre-norm blocks ``block_<i>_...``: a norm, causal ``MultiHeadAttention`` whose mask also
+    hides padding, a residual, a norm, an MLP, a residual; then a final norm and a Dense head.
+    ``mlp``: ``"gelu"`` (Dense -> GELU -> Dense) or ``"swiglu"`` (an EinsumDense gate through
+    SiLU times a Dense up projection, then Dense down); ``norm``: ``"layer"``
+    (LayerNormalization) or ``"rms"`` (RMSNormalization)."""
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((seq,), dtype="int32", name="token_ids")
+    mask = keras.Input((seq,), dtype="int32", name="padding_mask")
+    norms = {"layer": lambda name: layers.LayerNormalization(epsilon=1e-5, name=name),
+             "rms": lambda name: layers.RMSNormalization(epsilon=1e-5, name=name)}
+    attention_mask = keras.ops.expand_dims(keras.ops.cast(mask, "bool"), 1)  # [b, 1, seq]
+    h = layers.Embedding(vocab, hidden, name="token_embedding")(ids)
+    for i in range(blocks):
+        x = norms[norm](f"block_{i}_attention_norm")(h)
+        x = layers.MultiHeadAttention(heads, hidden // heads, name=f"block_{i}_attention")(
+            x, x, attention_mask=attention_mask, use_causal_mask=True)
+        h = layers.Add(name=f"block_{i}_attention_residual")([h, x])
+        x = norms[norm](f"block_{i}_mlp_norm")(h)
+        if mlp == "gelu":
+            x = layers.Dense(2 * hidden, activation="gelu", name=f"block_{i}_mlp_up")(x)
+        else:
+            gate = layers.EinsumDense("btd,df->btf", (seq, 2 * hidden), activation="silu",
+                                      name=f"block_{i}_mlp_gate")(x)
+            x = layers.Multiply(name=f"block_{i}_mlp_glu")(
+                [gate, layers.Dense(2 * hidden, use_bias=False, name=f"block_{i}_mlp_up")(x)])
+        x = layers.Dense(hidden, name=f"block_{i}_mlp_down")(x)
+        h = layers.Add(name=f"block_{i}_mlp_residual")([h, x])
+    h = norms[norm]("final_norm")(h)
+    logits = layers.Dense(vocab, name="lm_head")(h)
+    return keras.Model({"token_ids": ids, "padding_mask": mask}, logits,
+                       name=f"decoder_{mlp}_{norm}")

@@ -1,0 +1,135 @@
+"""Language models: a plain Keras decoder (token ids and a padding mask in, next-token logits
+out) trained one step on ai-edge-litert and in the host program equals one GradientTape step.
+
+The decoder (``tfpock.testing.models.decoder``) has every transformer piece the lowering has
+to carry: ``Embedding`` (its gradient is a gather's: UNSORTED_SEGMENT_SUM), causal
+``MultiHeadAttention`` with a padding mask (EinsumDense projections: batch-matmul gradients;
+softmax), ``LayerNormalization`` or ``RMSNormalization`` (Rsqrt gradients), GELU or a SiLU
+gate through an ``EinsumDense``, residual adds. The loss is next-token cross-entropy weighted
+by the padding mask (``sample_weight``), as KerasHub's ``CausalLM`` trains. Tolerances are the
+acceptance's: loss 1e-5 relative, every weight 1e-4.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import tfpock
+from tests.numerics import assert_close
+from tests.reference import Reference
+from tfpock.runtime import Trainer
+from tfpock.runtime.validate import InputError
+from tfpock.tflite import model_file
+from tfpock.testing import models
+
+LR = 0.05
+BATCH, SEQ, VOCAB = 2, 8, 64
+
+
+def norms_and_biases(model: keras.Model) -> dict:
+    """Every norm's scale and offset and every bias (a scheme issue 13 names)."""
+    norms = [l.name for l in model.layers
+             if isinstance(l, (keras.layers.LayerNormalization, keras.layers.RMSNormalization))]
+    return {"default": "bias", "layers": {name: "full" for name in norms}}
+
+
+def last_block(model: keras.Model) -> dict:
+    return tfpock.Scheme.last_blocks(model, 1, pattern=r"block_\d+").to_dict()
+
+
+SCHEMES = {"full": lambda model: {"default": "full", "layers": {}},
+           "last_block": last_block, "norms_and_biases": norms_and_biases}
+# (mlp, norm, scheme): each scheme once, to keep the file fast (GELU and LayerNormalization
+# are differentiated by the norms-and-biases case: its biases reach back to the embedding's
+# block 0; tests/test_keras_hub.py trains RMS norms and SiLU gates fully too)
+CASES = [("swiglu", "rms", "full"), ("swiglu", "rms", "last_block"),
+         ("gelu", "layer", "norms_and_biases")]
+
+
+def batch(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((BATCH, SEQ), np.int32)
+    mask[1, 5:] = 0   # the second sequence is padded: its last 3 tokens weigh nothing
+    x = {"token_ids": rng.integers(1, VOCAB, (BATCH, SEQ)).astype(np.int32) * mask,
+         "padding_mask": mask}
+    y = rng.integers(0, VOCAB, (BATCH, SEQ)).astype(np.int32)
+    return x, y, mask.astype(np.float32)
+
+
+def loss_fn():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.fixture(scope="module", params=CASES, ids="-".join)
+def compiled(request, tmp_path_factory):
+    mlp, norm, scheme_name = request.param
+    model = models.decoder(mlp=mlp, norm=norm, vocab=VOCAB, seq=SEQ)
+    scheme = SCHEMES[scheme_name](model)
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                              scheme=scheme, batch_size=BATCH, sample_weight=True)
+    path = tmp_path_factory.mktemp("lm") / "model.tflite"
+    program.export(path)
+    return request.param, scheme, program, path
+
+
+def test_step_matches_gradient_tape(compiled):
+    (mlp, norm, _), scheme, program, path = compiled
+    x, y, weights = batch()
+    reference = Reference(models.decoder(mlp=mlp, norm=norm, vocab=VOCAB, seq=SEQ), scheme,
+                          keras.optimizers.SGD(LR), loss_fn())
+    before = reference.weights()
+    assert sorted(reference.trained) == sorted(program.trained_paths)
+    trainer = Trainer(path)
+    assert_close(trainer.infer(x), reference.model(x, training=False).numpy(), rtol=1e-4,
+                 atol=1e-5, where="infer before the step")
+    ref_loss = reference.step(x, y, sample_weight=weights)
+    after = reference.weights()
+    for engine, out, state in [
+            ("ai-edge-litert", trainer.train(x, y, sample_weight=weights), trainer.weights),
+            ("TF program", program.train_step(x, y, sample_weight=weights), program.weights)]:
+        assert out["applied"]
+        assert_close(out["loss"], ref_loss, rtol=1e-5, where=f"{engine}: loss")
+        new = state()
+        assert sorted(new) == sorted(program.trained_paths)
+        moved = [p for p in new if not np.array_equal(new[p], before[p])]
+        assert len(moved) >= len(new) // 2, f"{engine}: only {moved} changed"
+        for p, value in new.items():
+            assert_close(value, after[p], atol=1e-4, where=f"{engine}: weight {p}")
+    assert_close(trainer.infer(x), reference.model(x, training=False).numpy(), rtol=1e-4,
+                 atol=1e-5, where="infer after the step")
+
+
+def test_file_is_builtin_only_with_named_inputs(compiled):
+    _, _, program, path = compiled
+    parsed = model_file.read(path.read_bytes())
+    assert parsed.custom_ops() == []
+    trainer = Trainer(path)
+    assert list(trainer.input_specs) == ["padding_mask", "token_ids"]
+    assert program.metadata["sample_weight"]["shape"] == [BATCH, SEQ]
+    assert "x" not in program.metadata
+
+
+def test_padding_weighs_nothing(compiled):
+    """Changing a label the padding mask hides changes neither the loss nor the update."""
+    _, _, _, path = compiled
+    x, y, weights = batch()
+    flipped = y.copy()
+    flipped[1, 6] = (y[1, 6] + 1) % VOCAB
+    first, second = Trainer(path), Trainer(path)
+    assert first.train(x, y, sample_weight=weights)["loss"] == \
+        second.train(x, flipped, sample_weight=weights)["loss"]
+    for p, value in first.weights().items():
+        np.testing.assert_array_equal(value, second.weights()[p], err_msg=p)
+
+
+def test_inputs_must_be_a_dict_of_the_input_names(compiled):
+    _, _, program, path = compiled
+    x, y, _ = batch()
+    trainer = Trainer(path)
+    with pytest.raises(InputError, match="padding_mask, token_ids"):
+        trainer.train(x["token_ids"], y)
+    with pytest.raises(InputError, match="keys"):
+        trainer.infer({"token_ids": x["token_ids"]})
+    with pytest.raises(InputError, match="keys"):
+        program.train_step({**x, "segment_ids": x["token_ids"]}, y)
