@@ -232,3 +232,31 @@ def test_fit_tracks_keras_fit(compiled):
     keras_loss, keras_accuracy = reference.evaluate(x, y, verbose=0, batch_size=16)
     assert_close(history["val_loss"][-1], keras_loss, rtol=1e-5)
     assert history["val_accuracy"][-1] == pytest.approx(keras_accuracy)
+
+
+def test_partial_batch_on_a_sample_weighted_file_equals_keras_fit(tmp_path):
+    """A file compiled with ``sample_weight=True``: the final partial batch (2 of 4 rows) is
+    padded and weighted B/r, so its step is Keras' step on those 2 rows alone; after 2 epochs
+    of 18 rows (shuffle off) the weights equal Keras' fit of the same model."""
+    model = models.mlp()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    program = tfpock.optimize(model, loss=loss, optimizer=keras.optimizers.SGD(0.1),
+                              batch_size=B, sample_weight=True)
+    path = str(tmp_path / "weighted.tflite")
+    program.export(path)
+    x, y = data(18, seed=3)
+    reference = models.mlp()
+    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    reference.fit(x, y, batch_size=B, epochs=2, shuffle=False, verbose=0)
+    t = Trainer(path)
+    history = t.fit(x, y, epochs=2, shuffle=False)
+    assert history["rows_skipped"] == [0, 0]
+    weights = {v.path: v.numpy() for v in reference.weights}
+    assert set(t.weights()) == {v.path for v in model.trainable_weights}
+    assert_close(t.weights(), {k: weights[k] for k in t.weights()}, atol=1e-6)
+    # the partial batch counted: without its 2 rows Keras ends elsewhere
+    without = models.mlp()
+    without.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    without.fit(x[:16], y[:16], batch_size=B, epochs=2, shuffle=False, verbose=0)
+    apart = max(float(np.abs(v.numpy() - weights[v.path]).max()) for v in without.weights)
+    assert apart > 1e-4

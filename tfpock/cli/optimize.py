@@ -3,7 +3,7 @@
     tfpock optimize MODEL.keras -o OUT.tflite [--loss NAME] [--from-logits]
         [--optimizer sgd|adam|adamw] [--learning-rate LR] [--scheme full|last:N|bias|S.json]
         [--batch-size N] [--report report.txt|report.json] [--unsafe]
-        [--custom-objects MODULE]
+        [--custom-objects MODULE] [--sample-weight]
 
 MODEL is Keras' own ``.keras`` format (``model.save("model.keras")``), loaded in Keras' safe
 mode: a Lambda layer (arbitrary Python in the file) is refused unless ``--unsafe`` says you
@@ -57,6 +57,9 @@ def define_flags() -> None:
     flags.DEFINE_string("custom-objects", None, "A module with the model's custom layers.")
     flags.DEFINE_enum("nonfinite", "skip", ("skip", "apply"), "A step with NaN/inf: skip or "
                       "apply it.")
+    flags.DEFINE_bool("sample-weight", False, "The train signature takes a weight per row: "
+                      "fit and tfpock train then pad and mask a final partial batch instead "
+                      "of leaving it out of the epoch (docs/concepts.md).")
 
 
 def _flag(name):
@@ -91,7 +94,8 @@ def main(args: list[str]) -> int:
                              f"compiled {what}")
     program = tfpock.optimize(model, loss=_loss(keras), optimizer=_optimizer(keras, model),
                               scheme=_flag("scheme"), batch_size=_flag("batch-size"),
-                              nonfinite=_flag("nonfinite"))
+                              nonfinite=_flag("nonfinite"),
+                              sample_weight=_flag("sample-weight"))
     program.export(out)
     if report:
         _write_report(report, program)

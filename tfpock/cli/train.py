@@ -8,7 +8,8 @@ FILE is a training model ``tfpock optimize`` wrote. Data: ``data.npz`` with arra
 and ``y``; ``x.npy,y.npy``; or ``data.csv`` (label in the last column); shapes and dtypes are
 checked against the model first (``tfpock inspect FILE`` shows what it takes). Batches are
 the model's compiled batch size, each epoch in a new order (``--seed``); a final partial
-batch is left out of the epoch and counted (``rows_skipped``, docs/concepts.md).
+batch is padded and masked for a model compiled with ``tfpock optimize --sample-weight``,
+else left out of the epoch and counted (``rows_skipped``, docs/concepts.md).
 
 Each epoch prints its loss (and, for classifiers, accuracy; with ``--val``, val_loss and
 val_accuracy); on a terminal a progress bar runs under it. ``--checkpoint`` saves every

@@ -15,7 +15,9 @@ rows ends with ``r = n mod B`` rows left over. The rule:
   that the step's loss, a mean over ``B`` rows as Keras' ``sum_over_batch_size`` reduces it,
   equals the mean over the ``r`` real rows: the step Keras takes on a batch of ``r`` rows (a
   BatchNorm trained on batch statistics still sees the padded rows: exact only without one).
-* ``fit``, when it does not (every model this version of ``tfpock.optimize`` exports): a
+  Compile with ``tfpock.optimize(..., sample_weight=True)`` (``tfpock optimize
+  --sample-weight``) for it; ``tests/runtime/test_fit.py`` checks it against Keras' ``fit``.
+* ``fit``, when it does not (``sample_weight=False``, the default): a
   padded row would be trained as a real one, so the ``r`` rows are not trained in that epoch,
   and not silently: the epoch's history counts them (``rows_skipped``), a warning says so
   once, and with ``shuffle=True`` (the default) each epoch leaves out other rows.
