@@ -228,3 +228,28 @@ def test_bench_runs_the_checkout_script_and_says_when_there_is_none(tmp_path,
     assert calls == [([sys.executable, bench.script(), "--quick", "--models", "mobilenet_v2"],
                       os.path.dirname(os.path.dirname(bench.script())))]
     assert "bench/run.py" in tfpock("bench", "--help", cwd=tmp_path, device=False).stdout
+
+
+def test_search_writes_a_scheme_optimize_takes_and_refuses_a_budget_nothing_fits(work,
+                                                                                  tmp_path):
+    """``tfpock search`` (issue 12's search behind issue 14's command): its scheme.json is
+    what ``optimize --scheme`` takes; a budget below the base alone, or a missing --val, is
+    one line and no folder."""
+    data = np.load(work.dir / "big.npz")
+    np.savez(tmp_path / "tr.npz", x=data["x"][:160], y=data["y"][:160])
+    np.savez(tmp_path / "va.npz", x=data["x"][160:200], y=data["y"][160:200])
+    common = ["model.keras", "--custom-objects", "mycustom", "--data", tmp_path / "tr.npz",
+              "--val", tmp_path / "va.npz", "--batch-size", "4", "--steps", "5", "--seeds", "1"]
+    result = tfpock("search", *common, "-o", tmp_path / "found", cwd=work.dir, device=False)
+    assert result.returncode == 0, result.stderr
+    scheme = json.loads((tmp_path / "found" / "scheme.json").read_text())
+    assert scheme["layers"], scheme
+    assert {"table.csv", "report.md", "summary.json"} <= {p.name for p in
+                                                          (tmp_path / "found").iterdir()}
+    refused = tfpock("search", *common, "--memory-budget", "10", "-o", tmp_path / "none",
+                     cwd=work.dir, device=False)
+    assert_refused(refused, "search", "fits no scheme", "needs")
+    no_val = tfpock("search", "model.keras", "--data", tmp_path / "tr.npz", "-o",
+                    tmp_path / "none", cwd=work.dir, device=False)
+    assert_refused(no_val, "search", "--val is required")
+    assert not (tmp_path / "none").exists()

@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 import zipfile
 
 from absl import flags
@@ -41,6 +42,18 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 def define_flags() -> None:
     flags.DEFINE_string("output", None, "The .tflite to write.", short_name="o")
+    define_model_flags()
+    flags.DEFINE_string("scheme", "full", "full, last:N, bias or a SCHEME.json.")
+    flags.DEFINE_string("report", None, "Write the pass report here (.txt or .json).")
+    flags.DEFINE_enum("nonfinite", "skip", ("skip", "apply"), "A step with NaN/inf: skip or "
+                      "apply it.")
+    flags.DEFINE_bool("sample-weight", False, "The train signature takes a weight per row: "
+                      "fit and tfpock train then pad and mask a final partial batch instead "
+                      "of leaving it out of the epoch (docs/concepts.md).")
+
+
+def define_model_flags() -> None:
+    """The flags of the Keras model and its training (also ``tfpock search``'s)."""
     flags.DEFINE_string("loss", None, "A loss name, e.g. sparse_categorical_crossentropy, "
                         "categorical_crossentropy, binary_crossentropy, mse, mae, huber "
                         "(default: the model's compiled loss).")
@@ -48,18 +61,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("optimizer", None, OPTIMIZERS, "Default: the model's compiled one.")
     flags.DEFINE_float("learning-rate", None, "The optimizer's learning rate (the device may "
                        "follow a schedule: tfpock train --lr-schedule).", lower_bound=0.0)
-    flags.DEFINE_string("scheme", "full", "full, last:N, bias or a SCHEME.json.")
     flags.DEFINE_integer("batch-size", 32, "The static batch size of the signatures.",
                          lower_bound=1)
-    flags.DEFINE_string("report", None, "Write the pass report here (.txt or .json).")
     flags.DEFINE_bool("unsafe", False, "Load the model with Keras' safe mode off (Lambda "
                       "layers run code from the file: only for files you trust).")
     flags.DEFINE_string("custom-objects", None, "A module with the model's custom layers.")
-    flags.DEFINE_enum("nonfinite", "skip", ("skip", "apply"), "A step with NaN/inf: skip or "
-                      "apply it.")
-    flags.DEFINE_bool("sample-weight", False, "The train signature takes a weight per row: "
-                      "fit and tfpock train then pad and mask a final partial batch instead "
-                      "of leaving it out of the epoch (docs/concepts.md).")
 
 
 def _flag(name):
@@ -74,6 +80,25 @@ def main(args: list[str]) -> int:
     report = _flag("report")
     if report:
         output_path(report, "--report", (".txt", ".json"))
+    model, loss, optimizer = load_for_training(path)
+    import tfpock
+    program = tfpock.optimize(model, loss=loss, optimizer=optimizer,
+                              scheme=_flag("scheme"), batch_size=_flag("batch-size"),
+                              nonfinite=_flag("nonfinite"),
+                              sample_weight=_flag("sample-weight"))
+    program.export(out)
+    if report:
+        _write_report(report, program)
+    sys.stdout.write(f"wrote {out} ({os.path.getsize(out)} bytes): "
+                     f"{len(program.trained_paths)} weights trained, "
+                     f"{len(program.frozen_paths)} frozen"
+                     + (f"; report {report}" if report else "") + "\n")
+    return 0
+
+
+def load_for_training(path: str):
+    """(model, loss, optimizer) of ``MODEL.keras`` and the model flags (loss/optimizer
+    None: the model's compiled ones); every refusal a :class:`UsageError`."""
     if not path.endswith(".keras"):
         raise UsageError(f"MODEL {path!r}: expected a .keras file (model.save('m.keras'))")
     if not os.path.isfile(path):
@@ -86,24 +111,12 @@ def main(args: list[str]) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    import tfpock
     model = _load(keras, path, custom, _flag("unsafe"))
     for what, given in (("loss", _flag("loss")), ("optimizer", _flag("optimizer"))):
         if given is None and getattr(model, what, None) is None:
             raise UsageError(f"--{what} is required: MODEL {path!r} was saved without a "
                              f"compiled {what}")
-    program = tfpock.optimize(model, loss=_loss(keras), optimizer=_optimizer(keras, model),
-                              scheme=_flag("scheme"), batch_size=_flag("batch-size"),
-                              nonfinite=_flag("nonfinite"),
-                              sample_weight=_flag("sample-weight"))
-    program.export(out)
-    if report:
-        _write_report(report, program)
-    sys.stdout.write(f"wrote {out} ({os.path.getsize(out)} bytes): "
-                     f"{len(program.trained_paths)} weights trained, "
-                     f"{len(program.frozen_paths)} frozen"
-                     + (f"; report {report}" if report else "") + "\n")
-    return 0
+    return model, _loss(keras), _optimizer(keras, model)
 
 
 def _custom_objects(module_name: str | None) -> dict:
@@ -126,7 +139,10 @@ def _custom_objects(module_name: str | None) -> dict:
 
 def _load(keras, path: str, custom: dict, unsafe: bool):
     try:
-        return keras.saving.load_model(path, custom_objects=custom, safe_mode=not unsafe)
+        with warnings.catch_warnings():
+            # tfpock builds its own optimizer state: a saved one's variables do not matter
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            return keras.saving.load_model(path, custom_objects=custom, safe_mode=not unsafe)
     except Exception as exc:   # Keras raises ValueError, TypeError, zip and JSON errors
         text = " ".join(str(exc).split())
         if "safe_mode" in text or "Lambda" in text and "unsafe" in text.lower():
