@@ -498,9 +498,8 @@ class WeightConv2DRule(LoweringRule):
         kh, kw, ci, _ = w.shape
         win = window(graph, node, (kh, kw), tuple(x.shape[1:3]), (ho, wo))
         xp = pad_spatial(x, win.pads)
-        patches = filter_patches(xp, win, (ho, wo))
         if (kh, kw) == (1, 1):  # the kernel as it is, [1, 1, Ci, Co]: batch dims broadcast
-            y = tf.matmul(tf.reshape(patches, [1, 1, -1, ci]), w)
+            y = tf.matmul(tf.reshape(filter_patches(xp, win, (ho, wo)), [1, 1, -1, ci]), w)
         else:   # the kernel as it is too: one batch matmul per offset, summed
             y = kernel_as_is_matmul(offset_patches(xp, win, (ho, wo)), w, transpose_b=False)
         return [tf.reshape(y, [n, ho, wo, co])]
