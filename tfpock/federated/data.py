@@ -48,19 +48,12 @@ def local_batches(examples: int, steps: int, batch: int, seed) -> list[np.ndarra
 
 
 def predict(trainer, x) -> np.ndarray:
-    """``trainer.infer`` over any number of examples: batches of the compiled size, the last
-    one padded with zeros (their outputs dropped)."""
+    """``trainer.infer`` over any number of examples (:meth:`Trainer.predict`: batches of the
+    compiled size, the last one padded and its outputs dropped); no examples, no outputs."""
     x = np.asarray(x)
-    batch = trainer.metadata["x"]["shape"][0]
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        pad = batch - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        outs.append(trainer.infer(chunk)[:batch - pad])
-    return np.concatenate(outs) if outs else np.zeros((0,) + tuple(
-        trainer.metadata["output"]["shape"][1:]), np.float32)
+    if len(x) == 0:
+        return np.zeros((0,) + tuple(trainer.metadata["output"]["shape"][1:]), np.float32)
+    return trainer.predict(x)
 
 
 def accuracy(trainer, x, y) -> float:
