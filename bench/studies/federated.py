@@ -15,7 +15,9 @@ Accuracy (test digits, 360): per scheme, a FedAvg Flower simulation (``--rounds`
 * alone: each non-empty client training on its own data only for rounds x local steps steps
   (the mean and the range over clients);
 
-and, for ``--strategy_scheme`` (last:2), FedProx (mu 0.1) and FedAdam too. Bytes: what each
+and, for ``--strategy_scheme`` (last:2), FedProx, FedAdam and FedAvgM too (their options:
+``examples/federated_digits.py``'s ``STRATEGY_OPTIONS``), and FedAvg and FedAvgM again on
+``--split_seeds`` other client splits. Bytes: what each
 client sent per round as Flower counts it (``ArrayRecord.count_bytes``), the trained slice,
 and what whole kernels would weigh (``Trainer.weights()`` of the trained variables).
 
@@ -166,17 +168,42 @@ def run_all(f) -> dict:
             "alone_mean": float(np.mean(alone)), "alone_min": min(alone),
             "alone_max": max(alone), "seconds": time.perf_counter() - started}
     if f.strategy_scheme in paths:
-        for strategy in ("fedprox", "fedadam"):
+        for strategy in ("fedprox", "fedadam", "fedavgm"):
             history = fd.federate(paths[f.strategy_scheme], partitions, test, f.clients,
                                   f.rounds, f.local_steps, strategy)
             doc["strategies"][strategy] = [history["rounds"][r]["accuracy"]
                                            for r in range(f.rounds + 1)]
+    if f.split_seeds and f.strategy_scheme in paths:
+        doc["split_seeds"] = split_seeds(paths[f.strategy_scheme], pool, test, f, folder)
     scale_model = paths.get(f.scale_scheme) or fd.export(
         model, f.scale_scheme, os.path.join(folder, "scale.tflite"), f.learning_rate)
     for n in [int(c) for c in f.scale.split(",") if c]:
         doc["scale"].append(scale(scale_model, pool, test, n, f.rounds, f.local_steps,
                                   f.alpha, folder))
     return doc
+
+
+def split_seeds(model: str, pool, test, f, folder: str) -> list[dict]:
+    """The accuracy target on other client splits: for each Dirichlet split seed (the
+    pre-trained model fixed), FedAvg and FedAvgM (``STRATEGY_OPTIONS``) after ``--rounds``
+    against centralised training with all the clients' steps (batches seeded likewise) and
+    the mean of clients alone."""
+    import examples.federated_digits as fd
+
+    rows = []
+    for seed in range(1, f.split_seeds + 1):   # seed 0 is the main table's split
+        parts = fd.split(pool, f.clients, os.path.join(folder, f"seed-{seed}.npz"), f.alpha,
+                         seed)
+        row = {"seed": seed, "centralised": fd.centralised(
+            model, pool, test, f.rounds * f.clients * f.local_steps, seed),
+            "alone_mean": float(np.mean(fd.alone(model, parts, test,
+                                                 f.rounds * f.local_steps, seed)))}
+        for strategy in ("fedavg", "fedavgm"):
+            history = fd.federate(model, parts, test, f.clients, f.rounds, f.local_steps,
+                                  strategy)
+            row[strategy] = history["rounds"][f.rounds]["accuracy"]
+        rows.append(row)
+    return rows
 
 
 def targets(doc: dict) -> list[tuple[str, str, bool]]:
@@ -197,6 +224,14 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
         out.append(("... and >= 0.05 above the mean of clients alone",
                     f"{final:.3f} vs alone {s['alone_mean']:.3f} "
                     f"({final - s['alone_mean']:+.3f})", final - s["alone_mean"] >= 0.05))
+    rows = doc.get("split_seeds") or []
+    for strategy in ("fedavg", "fedavgm") if rows else ():
+        gaps = [r[strategy] - r["centralised"] for r in rows]
+        out.append((f"the same, {strategy}, mean over {len(rows)} client splits",
+                    f"{np.mean([r[strategy] for r in rows]):.3f} vs centralised "
+                    f"{np.mean([r['centralised'] for r in rows]):.3f} (difference "
+                    f"{np.mean(gaps):+.3f}, per split {' '.join(f'{g:+.3f}' for g in gaps)})",
+                    abs(np.mean(gaps)) <= 0.01))
     if doc["schemes"]:
         worst = max(max(v["bytes_up_per_client"]) - v["slice_bytes"]
                     for v in doc["schemes"].values())
@@ -244,6 +279,14 @@ def report(doc: dict) -> str:
     if doc["strategies"]:
         lines += ["", f"Strategies on {doc['strategy_scheme']} (accuracy by round): " + "; ".join(
             f"{k} {' '.join(f'{a:.3f}' for a in v)}" for k, v in doc["strategies"].items())]
+    if doc.get("split_seeds"):
+        lines += ["", f"{doc['strategy_scheme']} on other client splits (Dirichlet seeds; the "
+                  "pre-trained model fixed; FedAvgM's options were chosen on split 0): final "
+                  "accuracy", "",
+                  "| split seed | FedAvg | FedAvgM | centralised (all steps) | alone mean |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['seed']} | {r['fedavg']:.3f} | {r['fedavgm']:.3f} | "
+                  f"{r['centralised']:.3f} | {r['alone_mean']:.3f} |" for r in doc["split_seeds"]]
     lines += ["", "| clients | rounds | run s (Ray start/stop included) | rounds s (sum) | "
               "s per round (median) | peak RSS (driver + Ray) | Ray processes / largest | "
               "accuracy | left behind |", "|---|---|---|---|---|---|---|---|---|"]
@@ -322,6 +365,8 @@ def define_flags() -> None:
     flags.DEFINE_float("alpha", 0.3, "Dirichlet concentration.")
     flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate on the devices.")
     flags.DEFINE_string("strategy_scheme", "last:2", "Scheme FedProx and FedAdam run on.")
+    flags.DEFINE_integer("split_seeds", 3, "Client splits on which FedAvg and FedAvgM of "
+                         "--strategy_scheme are compared with centralised training (0: none).")
     flags.DEFINE_string("scale", "10,50,100", "Client counts of the time and memory runs.")
     flags.DEFINE_string("scale_scheme", "last:2", "Scheme of the time and memory runs.")
     flags.DEFINE_string("name", "federated", "What the result files are called after the "

@@ -159,7 +159,7 @@ def reply(values, n):
                              "metrics": MetricRecord({"num-examples": n})}))
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam"])
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam", "fedavgm"])
 def test_the_server_refuses_malformed_replies_and_keeps_the_model_dtype(fed_models, name):
     t = Trainer(fed_models["tiny"])
     parts = slices.layout(t.metadata)
@@ -167,9 +167,12 @@ def test_the_server_refuses_malformed_replies_and_keeps_the_model_dtype(fed_mode
     nudged = {k: v + np.float32(0.25) for k, v in good.items()}
     nan = dict(nudged, **{"tiny/head/bias": np.array([0, np.nan, 0], np.float32)})
     wide = dict(nudged, **{"tiny/fc/kernel": np.zeros((12, 8), np.float32)})
-    strategy = federated.strategy(name, parts)
+    options = {"server_learning_rate": 2.0, "server_momentum": 0.5} if name == "fedavgm" else {}
+    strategy = federated.strategy(name, parts, **options)
     if name == "fedadam":
         strategy.current_arrays = dict(good)          # what configure_train would have set
+    if name == "fedavgm":
+        strategy.current_arrays = records.to_record(good)
     arrays, _ = strategy.aggregate_train(1, [reply(nudged, 5), reply(nan, 5), reply(wide, 5),
                                              reply(nudged, -1)])
     refused = strategy.traffic[1]["refused"]
@@ -178,7 +181,9 @@ def test_the_server_refuses_malformed_replies_and_keeps_the_model_dtype(fed_mode
     assert "tiny/fc/kernel has shape (12, 8), the model's slice is (3, 8)" in refused[1]
     assert "num-examples is -1" in refused[2]
     out = records.from_record(arrays, parts, "test")          # float32, finite, this slice
-    if name != "fedadam":
+    if name == "fedavgm":   # the server's SGD step: twice the average's move (first round)
+        assert_close(out, {k: v + np.float32(0.5) for k, v in good.items()})
+    elif name != "fedadam":
         assert_close(out, nudged)                             # the one good reply, alone
     else:
         assert all(np.all(out[k] > good[k]) for k in out)     # a step towards it

@@ -1,6 +1,6 @@
 """The server side: a Flower ServerApp averaging trained slices, evaluated with ``Trainer.infer``.
 
-The strategies are Flower's (FedAvg, FedProx, FedAdam), each wrapped by :func:`strategy` so
+The strategies are Flower's (FedAvg, FedAvgM, FedProx, FedAdam), each wrapped by :func:`strategy` so
 that what it averages is the model's trained slice and nothing else:
 
 * a client reply that is not this model's slice (names, shapes, exact dtypes, finite, one
@@ -24,7 +24,7 @@ import time
 import numpy as np
 from flwr.app import ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from tfpock.federated import records
 from tfpock.federated.data import accuracy
@@ -33,7 +33,7 @@ from tfpock.runtime.atomic import write_atomically
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx, "fedadam": FedAdam}
 
 
 def strategy(name: str, parts: dict[str, slices.Part], **options):
