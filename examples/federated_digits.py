@@ -62,14 +62,16 @@ def pretrain(data, epochs: int = 4, seed: int = 0):
 
 
 def export(model, scheme, path: str, learning_rate: float = LEARNING_RATE) -> str:
-    """The training model of ``scheme`` (SGD at ``learning_rate``, batch BATCH)."""
+    """The training model of ``scheme`` (a name of SCHEMES, a scheme string or a
+    ``tfpock.Scheme`` spec; SGD at ``learning_rate``, batch BATCH)."""
     import keras
 
     import tfpock
 
     program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), optimizer=keras.optimizers.SGD(learning_rate),
-        scheme=SCHEMES.get(scheme, scheme), batch_size=BATCH)
+        scheme=SCHEMES.get(scheme, scheme) if isinstance(scheme, str) else scheme,
+        batch_size=BATCH)
     return program.export(path)
 
 

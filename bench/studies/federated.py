@@ -1,9 +1,12 @@
-"""Federated fine-tuning on the digits (issue 16): accuracy, bytes, time and memory.
+"""Federated fine-tuning on the digits and on BasicMotions (issue 16): accuracy, bytes, time
+and memory.
 
 The host pre-trains ``examples/federated_digits.py``'s CNN (38k parameters) on 15% of the
 training digits and exports it once per scheme (full, last:1, last:2, bias, and a
 partial-channel one: a quarter of the hidden layer's input rows). The rest of the training
 digits is split among ``--clients`` clients by label skew, Dirichlet(``--alpha`` 0.3).
+``--task sensors`` does the same with BasicMotions (``task``): the 1-D CNN of
+``bench.studies.search_tasks``, its 40 training series split among the clients.
 
 Accuracy (test digits, 360): per scheme, a FedAvg Flower simulation (``--rounds`` rounds,
 ``--local_steps`` steps per client a round, every client every round) against
@@ -134,21 +137,46 @@ def whole_kernel_bytes(model_path: str) -> int:
     return int(sum(v.nbytes for v in Trainer(model_path).weights().values()))
 
 
+# The sensor task's partial-channel scheme: a quarter of the last convolution's input
+# channels and its bias, the new head whole (the digits' is examples/federated_digits.py's).
+SENSOR_SCHEMES = {"partial": {"default": "frozen",
+                              "layers": {"conv3": {"weight_fraction": 0.25, "bias": True},
+                                         "head": "full"}}}
+
+
+def task(f):
+    """(model, client pool, test set, pre-training examples, named schemes) of ``--task``:
+    the digits CNN pre-trained on 15% of the training digits, or the BasicMotions 1-D CNN of
+    ``bench.studies.search_tasks`` (pre-trained on a pretext task of the training series,
+    head replaced; its 40 training series are the clients' pool, the 40 test series the
+    test set)."""
+    import examples.federated_digits as fd
+
+    if f.task == "digits":
+        pre, pool, test = fd.load_data()
+        return fd.pretrain(pre), pool, test, len(pre[0]), fd.SCHEMES
+    from bench.studies.search_tasks import sensor_task
+
+    model, train, val, test = sensor_task(0, f.aeon_wheel, {})
+    pool = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+    return model, pool, test, 4 * len(pool[0]), SENSOR_SCHEMES
+
+
 def run_all(f) -> dict:
     import examples.federated_digits as fd
 
-    pre, pool, test = fd.load_data()
+    model, pool, test, pretrain_examples, named = task(f)
     folder = tempfile.mkdtemp(prefix="tfpock-bench-fed-")
-    model = fd.pretrain(pre)
     schemes = [s for s in f.schemes.split(",") if s]
-    paths = {s: fd.export(model, s, os.path.join(folder, f"{s.replace(':', '')}.tflite"),
-                          f.learning_rate) for s in schemes}
+    paths = {s: fd.export(model, named.get(s, s),
+                          os.path.join(folder, f"{s.replace(':', '')}.tflite"), f.learning_rate)
+             for s in schemes}
     partitions = fd.split(pool, f.clients, os.path.join(folder, "clients.npz"), f.alpha)
     sizes = [len(partitions(i)[0]) for i in range(f.clients)]
     steps_total = f.rounds * f.clients * f.local_steps
-    doc = {"clients": f.clients, "rounds": f.rounds, "local_steps": f.local_steps,
+    doc = {"task": f.task, "clients": f.clients, "rounds": f.rounds, "local_steps": f.local_steps,
            "alpha": f.alpha, "batch": fd.BATCH, "learning_rate": f.learning_rate,
-           "client_sizes": sizes, "pretrain_examples": len(pre[0]), "test_examples":
+           "client_sizes": sizes, "pretrain_examples": pretrain_examples, "test_examples":
            len(test[0]), "schemes": {}, "strategies": {}, "scale": []}
     for s in schemes:
         started = time.perf_counter()
@@ -176,7 +204,8 @@ def run_all(f) -> dict:
     if f.split_seeds and f.strategy_scheme in paths:
         doc["split_seeds"] = split_seeds(paths[f.strategy_scheme], pool, test, f, folder)
     scale_model = paths.get(f.scale_scheme) or fd.export(
-        model, f.scale_scheme, os.path.join(folder, "scale.tflite"), f.learning_rate)
+        model, named.get(f.scale_scheme, f.scale_scheme), os.path.join(folder, "scale.tflite"),
+        f.learning_rate)
     for n in [int(c) for c in f.scale.split(",") if c]:
         doc["scale"].append(scale(scale_model, pool, test, n, f.rounds, f.local_steps,
                                   f.alpha, folder))
@@ -261,11 +290,12 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
 
 
 def report(doc: dict) -> str:
-    lines = [f"# Federated fine-tuning on the digits ({doc['date'][:10]}, {doc['machine']})", "",
+    what = {"digits": "the digits", "sensors": "BasicMotions"}[doc.get("task", "digits")]
+    lines = [f"# Federated fine-tuning on {what} ({doc['date'][:10]}, {doc['machine']})", "",
              f"{doc['clients']} clients, Dirichlet alpha {doc['alpha']} (sizes "
              f"{doc['client_sizes']}), {doc['rounds']} rounds x {doc['local_steps']} local steps, "
              f"batch {doc['batch']}, SGD {doc['learning_rate']}; pre-trained on "
-             f"{doc['pretrain_examples']} digits, tested on {doc['test_examples']}. "
+             f"{doc['pretrain_examples']} examples, tested on {doc['test_examples']}. "
              f"Machine: {doc['load_note']}", "",
              "| scheme | accuracy by round (0 = pre-trained) | centralised (all steps / "
              "sequential) | alone mean (min-max) | KB up per client per round | slice KB | "
@@ -325,7 +355,8 @@ def plot(doc: dict, stem: str) -> None:
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("KB sent by each client (cumulative over rounds)")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"digits, {doc['clients']} non-IID clients (alpha {doc['alpha']}), FedAvg")
+    ax.set_title(f"{doc.get('task', 'digits')}, {doc['clients']} non-IID clients "
+                 f"(alpha {doc['alpha']}), FedAvg")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(stem + ".png", dpi=120)
@@ -358,6 +389,9 @@ def define_flags() -> None:
     from absl import flags
 
     cli.define_output_flags()
+    flags.DEFINE_enum("task", "digits", ["digits", "sensors"], "The data and model.")
+    flags.DEFINE_string("aeon_wheel", None, "--task sensors: the aeon wheel holding "
+                        "BasicMotions, when aeon is not installed (search_tasks' loader).")
     flags.DEFINE_string("schemes", ",".join(SCHEME_ORDER), "Schemes, comma-separated.")
     flags.DEFINE_integer("clients", 10, "Clients of the accuracy runs.")
     flags.DEFINE_integer("rounds", 5, "Rounds.")
