@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -317,9 +318,10 @@ def report(doc: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['seed']} | {r['fedavg']:.3f} | {r['fedavgm']:.3f} | "
                   f"{r['centralised']:.3f} | {r['alone_mean']:.3f} |" for r in doc["split_seeds"]]
-    lines += ["", "| clients | rounds | run s (Ray start/stop included) | rounds s (sum) | "
-              "s per round (median) | peak RSS (driver + Ray) | Ray processes / largest | "
-              "accuracy | left behind |", "|---|---|---|---|---|---|---|---|---|"]
+    if doc["scale"]:
+        lines += ["", "| clients | rounds | run s (Ray start/stop included) | rounds s (sum) | "
+                  "s per round (median) | peak RSS (driver + Ray) | Ray processes / largest | "
+                  "accuracy | left behind |", "|---|---|---|---|---|---|---|---|---|"]
     for row in doc["scale"]:
         lines.append(f"| {row['clients']} | {row['rounds']} | {row['seconds']:.1f} | "
                      f"{sum(row['round_seconds']):.1f} | "
@@ -334,7 +336,7 @@ def report(doc: dict) -> str:
               "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in targets(doc)]
     lines += ["", "Reproduce: `python -m bench.studies.federated` "
-              f"({' '.join(doc['argv'][1:]) or 'default flags'})."]
+              f"({shlex.join(doc['argv'][1:]) or 'default flags'})."]
     return "\n".join(lines) + "\n"
 
 
