@@ -111,6 +111,7 @@ def device_run(request: dict) -> dict:
             "final_accuracy": history["rounds"][request["rounds"]]["accuracy"],
             "tensorflow_in_driver": any(m.split(".")[0] == "tensorflow" for m in sys.modules),
             "left_after": simulation.run.leftovers,
+            "stopped_after_grace": simulation.run.stopped,
             "left_now": simulation.processes_naming([simulation.run.last_session])}
 
 
@@ -284,7 +285,8 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
         out.append((f"no TensorFlow, no process left ({row['clients']} clients)",
                     f"TF in driver: {row['tensorflow_in_driver']}; largest Ray process "
                     f"{row['largest_ray_process_bytes'] / 2**20:.0f} MB; left: "
-                    f"{len(row['left_after'])} after, {len(row['left_now'])} now",
+                    f"{len(row['left_after'])} after, {len(row['left_now'])} now; "
+                    f"{len(row.get('stopped_after_grace', []))} ended by tfpock after 10 s",
                     not row["tensorflow_in_driver"] and not row["left_now"]
                     and not row["left_after"]))
     return out

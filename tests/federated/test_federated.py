@@ -91,7 +91,8 @@ def test_ray_workers_had_no_tensorflow_and_no_ray_process_is_left(simulation):
     assert all(p["marked"] == session for p in probes)
     seen = {line for p in probes for line in p["ray_processes"]}
     assert any("ray::" in line for line in seen) and any("raylet" in line for line in seen)
-    # ... and nothing carries it afterwards (run waits up to 10 s and reports what is left)
+    # ... and nothing carries it afterwards (run waits up to 10 s, ends what outstays that and
+    # reports what is left)
     assert simulation["leftovers"] == [] and leftovers([session]) == []
 
 
@@ -254,3 +255,26 @@ def test_predict_pads_the_last_batch_and_drops_its_outputs(fed_models):
     assert out.shape == (10, 3)
     assert_close(out[8:], t.infer(np.concatenate([x[8:], np.zeros((2, 12), np.float32)]))[:2])
     assert_close(out[:4], t.infer(x[:4]))
+
+
+def test_a_process_that_outstays_the_grace_is_ended(tmp_path):
+    """A Ray actor slow to exit after the shutdown (seen on a loaded machine) is ended, so a
+    run leaves nothing behind; it is reported as stopped."""
+    import subprocess
+    import sys
+
+    from tfpock.federated.simulation import MARK, stop_stragglers
+
+    mark = str(tmp_path / "tfpock-ray-straggler")
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                              "signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+                              "time.sleep(120)"],
+                             env={MARK: mark, "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"      # SIGTERM is ignored from now
+        stopped, left = stop_stragglers([mark], grace=0.5)
+        assert [line.split(":")[0] for line in stopped] == [str(child.pid)]
+        assert left == [] and child.wait(5) == -9          # SIGTERM ignored, SIGKILL ends it
+    finally:
+        child.kill()
