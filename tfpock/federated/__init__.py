@@ -3,7 +3,7 @@
 Install with ``pip install "tfpock[federated]"`` (flwr with its Ray simulation). The client
 side (:mod:`~tfpock.federated.client`) runs a tfpock ``Trainer`` on numpy and a TFLite runtime,
 never TensorFlow; the server (:mod:`~tfpock.federated.server`) averages trained slices with
-Flower's FedAvg, FedProx or FedAdam and evaluates with ``Trainer.infer``.
+Flower's FedAvg, FedAvgM, FedProx or FedAdam and evaluates with ``Trainer.infer``.
 
 Example:
     >>> from tfpock import federated
