@@ -260,3 +260,47 @@ def test_partial_batch_on_a_sample_weighted_file_equals_keras_fit(tmp_path):
     without.fit(x[:16], y[:16], batch_size=B, epochs=2, shuffle=False, verbose=0)
     apart = max(float(np.abs(v.numpy() - weights[v.path]).max()) for v in without.weights)
     assert apart > 1e-4
+
+
+def _token_model(seed=0):
+    """A next-token model in miniature: Embedding then a per-token Dense, [rows, 6] ids."""
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    h = keras.layers.Embedding(12, 8, name="embed")(ids)
+    return keras.Model(ids, keras.layers.Dense(12, name="logits")(h))
+
+
+def test_fit_and_evaluate_with_per_token_weights_equal_keras(tmp_path):
+    """Per-label sample weights (a padding mask over the tokens of each row, as a language
+    model trains): fit over 10 rows at batch 4 (the last batch of 2 padded and reweighted)
+    ends with Keras' fit(sample_weight=mask) weights and losses; evaluate(sample_weight=)
+    equals Keras' weighted evaluate (loss and token accuracy)."""
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    program = tfpock.optimize(_token_model(), loss=loss, optimizer=keras.optimizers.SGD(0.5),
+                              batch_size=B, sample_weight=True)
+    path = str(tmp_path / "tokens.tflite")
+    program.export(path)
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 12, (10, 6)).astype(np.int32)
+    y = rng.integers(0, 12, (10, 6)).astype(np.int32)
+    mask = (np.arange(6)[None, :] < rng.integers(2, 7, (10, 1))).astype(np.float32)
+    reference = _token_model()
+    reference.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss,
+                      weighted_metrics=["accuracy"])    # Keras' "metrics" ignore the weights
+    expected = reference.fit(x, y, sample_weight=mask, batch_size=B, epochs=2, shuffle=False,
+                             verbose=0).history
+    t = Trainer(path)
+    history = t.fit(x, y, sample_weight=mask, epochs=2, shuffle=False,
+                    validation_data=(x, y, mask))
+    assert_close(history["loss"], expected["loss"], rtol=1e-5)
+    assert history["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    weights = {v.path: v.numpy() for v in reference.weights}
+    assert_close(t.weights(), {k: weights[k] for k in t.weights()}, atol=1e-6)
+    keras_loss, keras_accuracy = reference.evaluate(x, y, sample_weight=mask, batch_size=16,
+                                                    verbose=0)
+    assert_close(history["val_loss"][-1], keras_loss, rtol=1e-5)
+    assert history["val_accuracy"][-1] == pytest.approx(keras_accuracy, abs=1e-6)
+    unweighted = t.evaluate(x, y)["loss"]
+    assert abs(unweighted - keras_loss) > 1e-3            # the weights changed the loss
+    with pytest.raises(InputError, match=r"sample_weight has shape \(10, 5\)"):
+        t.fit(x, y, sample_weight=mask[:, :5])

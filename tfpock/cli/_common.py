@@ -37,6 +37,30 @@ def split_verbosity(args: list[str]) -> tuple[int, list[str]]:
     return level, rest
 
 
+def import_keras_quietly():
+    """Imports Keras (and TensorFlow under it) with the process's native stderr pointed at
+    /dev/null, and returns the module. TensorFlow 2.21 logs through absl before absl is
+    initialised, which ``TF_CPP_MIN_LOG_LEVEL`` does not reach: on a machine where oneDNN is
+    on (AVX-512) every import printed "oneDNN custom operations are on" twice, so a
+    command's one-line error came with TensorFlow's lines. A Python exception of the import
+    still propagates (and prints once stderr is back)."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import keras
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    return keras
+
+
 def configure_logging(level: int) -> None:
     """The command is the application: it may set up logging (the library never does)."""
     logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",

@@ -35,7 +35,7 @@ import zipfile
 
 from absl import flags
 
-from tfpock.cli._common import UsageError, output_path, positional
+from tfpock.cli._common import UsageError, import_keras_quietly, output_path, positional
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -106,11 +106,8 @@ def load_for_training(path: str):
     if not zipfile.is_zipfile(path):
         raise UsageError(f"MODEL {path!r} is not a Keras model file (a .keras file is a zip "
                          f"archive; this one is not)")
+    keras = import_keras_quietly()   # before --custom-objects' module imports it loudly
     custom = _custom_objects(_flag("custom-objects"))
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
     model = _load(keras, path, custom, _flag("unsafe"))
     for what, given in (("loss", _flag("loss")), ("optimizer", _flag("optimizer"))):
         if given is None and getattr(model, what, None) is None:

@@ -122,22 +122,44 @@ def predict(trainer, x, batch_size: int | None = None) -> np.ndarray:
     return _concat(outputs)
 
 
-def evaluate(trainer, x, y, batch_size: int | None = None) -> dict:
+def evaluate(trainer, x, y, batch_size: int | None = None, sample_weight=None) -> dict:
     """``{"loss": ..., "accuracy": ...}`` over every row, in inference mode (as Keras'
     ``evaluate``); accuracy for classifiers only, loss when the file records its loss's
-    options (``tfpock/runtime/losses.py``)."""
+    options (``tfpock/runtime/losses.py``). ``sample_weight``: per-label weights as in
+    :func:`fit` (e.g. a padding mask): the loss is Keras' weighted ``sum_over_batch_size``
+    (the mean of weight x loss over every label), the accuracy the weighted fraction right
+    (Keras' ``weighted_metrics=["accuracy"]``; its plain ``metrics`` ignore the weights)."""
     if num_rows(y, "y") != num_rows(x):
         raise InputError(f"x has {num_rows(x)} rows, y has {num_rows(y, 'y')}")
+    weight = label_weights(sample_weight, y, "evaluate")
     output = predict(trainer, x, batch_size)
     y = np.asarray(y)
     result = {}
-    loss = losses.loss_value(trainer.metadata, y, output)
+    loss = losses.loss_value(trainer.metadata, y, output, weight)
     if loss is not None:
         result["loss"] = loss
-    hits = losses.correct(trainer.metadata, y, output)
+    hits = losses.correct(trainer.metadata, y, output, weight)
     if hits is not None:
-        result["accuracy"] = hits / len(y)
+        result["accuracy"] = hits / (len(y) if weight is None else max(float(weight.sum()),
+                                                                       1e-30))
     return result
+
+
+def label_weights(sample_weight, y, where: str) -> np.ndarray | None:
+    """``sample_weight`` checked as per-label weights of ``y``: float32, finite, >= 0, of
+    ``y``'s leading shape (one per row, or one per label of a row: ``[rows, seq]`` for a
+    next-token loss); None stays None."""
+    if sample_weight is None:
+        return None
+    w, y = np.asarray(sample_weight), np.asarray(y)
+    if w.dtype.kind not in "biuf" or w.ndim == 0 or w.shape != y.shape[:w.ndim]:
+        raise InputError(f"{where}: sample_weight has shape {w.shape} ({w.dtype}); it takes "
+                         f"numbers of y's leading shape: {y.shape[:1]} (a weight a row) up to "
+                         f"{y.shape} (a weight a label)")
+    w = w.astype(np.float32)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InputError(f"{where}: sample_weight must be finite and >= 0")
+    return w
 
 
 # ---------------------------------------------------------------- schedules and callbacks
@@ -327,7 +349,7 @@ def _takes_sample_weight(trainer) -> bool:
 def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validation_data=None,
         shuffle: bool = True, callbacks=None, learning_rate=None, seed: int = 0,
         partial_batch: str = "auto", train_accuracy: bool = True,
-        resume: str | os.PathLike | None = None) -> dict[str, list]:
+        resume: str | os.PathLike | None = None, sample_weight=None) -> dict[str, list]:
     """Trains ``epochs`` passes over ``(x, y)``; returns the history, per epoch: ``loss``
     (mean over the rows trained), ``accuracy`` for classifiers (of each batch's ``infer``
     just before its step, as Keras measures a batch before its update; ``train_accuracy=
@@ -337,7 +359,11 @@ def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validatio
 
     ``learning_rate``: a number or ``schedule(step) -> rate`` (default: the optimizer's);
     a :class:`LearningRateScheduler` callback does the same. ``resume``: a checkpoint of
-    :class:`ModelCheckpoint` to continue from (same data, seed and shuffle)."""
+    :class:`ModelCheckpoint` to continue from (same data, seed and shuffle).
+    ``sample_weight``: the loss's weight of each row or label (a padding mask for a language
+    model; files compiled with ``sample_weight=True``), batched with ``x`` and ``y``;
+    ``validation_data`` may then be ``(x, y, sample_weight)``; the accuracies are then
+    weighted, as Keras' ``weighted_metrics`` (``tests/runtime/test_fit.py`` compares)."""
     size = _check_batch_size(trainer, batch_size)
     if not isinstance(epochs, int) or epochs < 1:
         raise InputError(f"epochs must be a positive int, got {epochs!r}")
@@ -347,6 +373,10 @@ def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validatio
     if num_rows(y, "y") != n:
         raise InputError(f"x has {n} rows, y has {num_rows(y, 'y')}")
     masked = _takes_sample_weight(trainer)
+    weight = label_weights(sample_weight, y, "fit")
+    if weight is not None and not masked:
+        raise InputError("fit: sample_weight given, but the model was compiled without one; "
+                         "compile with tfpock.optimize(..., sample_weight=True)")
     if n < size and not masked:
         raise InputError(f"fit: {n} rows are fewer than one batch of {size}; the model's train "
                          f"signature takes no sample weights to mask padding with")
@@ -375,7 +405,8 @@ def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validatio
             loop.learning_rate = schedule(loop.step)
             for c in callbacks:
                 c.on_batch_begin(loop)
-            logs = _train_batch(trainer, take(x, index), np.asarray(y)[index], size,
+            logs = _train_batch(trainer, take(x, index), np.asarray(y)[index],
+                                None if weight is None else weight[index], size,
                                 loop.learning_rate, masked, classifier and train_accuracy,
                                 loop.sums)
             loop.batch += 1
@@ -385,8 +416,9 @@ def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validatio
         logs = _epoch_logs(loop, n, n if masked else n // size * size,
                            classifier and train_accuracy)
         if validation_data is not None:
-            logs.update({f"val_{k}": v for k, v in
-                         evaluate(trainer, *validation_data, batch_size=size).items()})
+            vx, vy, *vw = validation_data
+            logs.update({f"val_{k}": v for k, v in evaluate(
+                trainer, vx, vy, batch_size=size, sample_weight=vw[0] if vw else None).items()})
         for key, value in logs.items():
             loop.history.setdefault(key, []).append(value)
         loop.epoch, loop.batch, loop.sums = loop.epoch + 1, 0, _new_sums()
@@ -397,14 +429,16 @@ def fit(trainer, x, y, epochs: int = 1, batch_size: int | None = None, validatio
     return loop.history
 
 
-def _train_batch(trainer, xb, yb, size, lr, masked, accuracy, sums) -> dict:
+def _train_batch(trainer, xb, yb, wb, size, lr, masked, accuracy, sums) -> dict:
     rows = num_rows(xb)
     if accuracy:
         out = _cut(trainer.infer(pad(xb, size)), rows)
-        sums["correct"] += losses.correct(trainer.metadata, yb, out)
+        sums["correct"] += losses.correct(trainer.metadata, yb, out, wb)
+        if wb is not None:
+            sums["weight"] = sums.get("weight", 0.0) + float(wb.sum())
     if masked:
-        weight = np.zeros(size, np.float32)
-        weight[:rows] = size / rows
+        weight = np.zeros(tuple(trainer.metadata["sample_weight"]["shape"]), np.float32)
+        weight[:rows] = (1.0 if wb is None else wb) * np.float32(size / rows)
         result = trainer.train(pad(xb, size), pad(yb, size), sample_weight=weight,
                                learning_rate=lr)
     else:
@@ -420,8 +454,9 @@ def _train_batch(trainer, xb, yb, size, lr, masked, accuracy, sums) -> dict:
 def _epoch_logs(loop, n, trained_rows, accuracy) -> dict:
     sums = loop.sums
     logs = {"loss": sums["loss"] / sums["rows"] if sums["rows"] else float("nan")}
-    if accuracy:
-        logs["accuracy"] = sums["correct"] / trained_rows
+    if accuracy:   # of the rows trained (the weights' sum, with sample_weight)
+        total = sums.get("weight", trained_rows)
+        logs["accuracy"] = sums["correct"] / total if total else float("nan")
     logs.update(lr=loop.learning_rate, skipped_steps=sums["skipped_steps"],
                 rows_skipped=n - trained_rows)
     return logs

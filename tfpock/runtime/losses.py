@@ -78,9 +78,12 @@ LOSSES = {
 }
 
 
-def loss_value(metadata: dict, y: np.ndarray, output: np.ndarray) -> float | None:
+def loss_value(metadata: dict, y: np.ndarray, output: np.ndarray,
+               weight: np.ndarray | None = None) -> float | None:
     """The compiled loss of ``output`` against ``y`` (all rows), or None when the file does
-    not record its loss's options (``loss_config``)."""
+    not record its loss's options (``loss_config``). ``weight`` (per row or per label):
+    Keras' weighted ``sum_over_batch_size``, the mean over every loss value of weight x
+    value."""
     cfg = metadata.get("loss_config")
     if cfg is None:
         return None
@@ -94,13 +97,18 @@ def loss_value(metadata: dict, y: np.ndarray, output: np.ndarray) -> float | Non
         raise UnsupportedLossError(f"{name}(axis={cfg['axis']!r}); evaluated: axis=-1")
     values = LOSSES[name](np.asarray(y, np.float64) if name != "SparseCategoricalCrossentropy"
                           else np.asarray(y), np.asarray(output, np.float64), cfg)
+    if weight is not None:
+        values = values * weight.reshape(weight.shape + (1,) * (values.ndim - weight.ndim))
     return float(np.mean(values))
 
 
-def correct(metadata: dict, y: np.ndarray, output: np.ndarray) -> int | None:
+def correct(metadata: dict, y: np.ndarray, output: np.ndarray,
+            weight: np.ndarray | None = None) -> float | None:
     """How many rows the classifier gets right (Keras' accuracy metrics: argmax for the
     categorical losses; for binary cross-entropy, output above 0.5, or above 0 from logits,
-    against ``y > 0.5`` per element, every element of a row right); None for a regression."""
+    against ``y > 0.5`` per element, every element of a row right); None for a regression.
+    With ``weight`` (per row, or per label of a row: a padding mask), the weighted count of
+    what is right at the weight's granularity: a token-level accuracy for a language model."""
     name = metadata.get("loss")
     if name == "SparseCategoricalCrossentropy":
         hit = output.argmax(axis=-1) == y
@@ -111,4 +119,7 @@ def correct(metadata: dict, y: np.ndarray, output: np.ndarray) -> int | None:
         hit = (output > threshold) == (y > 0.5)
     else:
         return None
+    if weight is not None:
+        right = hit.reshape(hit.shape[:weight.ndim] + (-1,)).all(axis=-1)
+        return float((right * weight).sum())
     return int(hit.reshape(hit.shape[0], -1).all(axis=1).sum())

@@ -137,9 +137,10 @@ class Trainer:
         The options and the rule for a final partial batch: :func:`tfpock.runtime.fit.fit`."""
         return _fit.fit(self, x, y, epochs=epochs, **options)
 
-    def evaluate(self, x, y, batch_size: int | None = None) -> dict:
-        """``{"loss", "accuracy"}`` over every row, in inference mode (:mod:`.fit`)."""
-        return _fit.evaluate(self, x, y, batch_size)
+    def evaluate(self, x, y, batch_size: int | None = None, sample_weight=None) -> dict:
+        """``{"loss", "accuracy"}`` over every row, in inference mode, weighted per row or
+        label with ``sample_weight`` (:func:`tfpock.runtime.fit.evaluate`)."""
+        return _fit.evaluate(self, x, y, batch_size, sample_weight)
 
     def predict(self, x, batch_size: int | None = None):
         """``infer`` over every row of ``x``, the last batch padded and cut back."""
