@@ -45,6 +45,9 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
     keras.layers.LayerNormalization: LayerKind(("gamma", "beta"), ("beta",)),
     keras.layers.RMSNormalization: LayerKind(("scale",)),
     keras.layers.Embedding: LayerKind(("embeddings",)),
+    # Keras' own (KerasHub's Mistral uses it): the output projection is the embedding itself
+    # when tied, else ``reverse_embeddings``; before this entry it passed for an Embedding
+    keras.layers.ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
     keras.layers.EinsumDense: LayerKind(("kernel", "bias", *_LORA), ("bias",)),
     # its projections are EinsumDense sublayers, reached through Keras' public properties
     keras.layers.MultiHeadAttention: LayerKind(
@@ -60,15 +63,19 @@ def _with_keras_hub() -> dict[type, LayerKind]:
     """:data:`WEIGHTED_LAYERS` plus KerasHub's weighted layers once ``keras_hub`` is
     imported (an optional dependency, the ``lm`` extra; importing it costs seconds, and a
     KerasHub model cannot exist before it is): ``ReversibleEmbedding`` (the output
-    projection is the embedding itself when tied, else ``reverse_embeddings``) and Llama's
-    RMS norm (a class KerasHub exports under ``src`` only)."""
+    projection is the embedding itself when tied, else ``reverse_embeddings``), BERT's
+    ``PositionEmbedding`` and the RMS norms of Llama and Gemma (classes KerasHub exports
+    under ``src`` only; Gemma's scales by ``1 + scale``)."""
     if "keras_hub" not in sys.modules:
         return WEIGHTED_LAYERS
-    from keras_hub.layers import ReversibleEmbedding
+    from keras_hub.layers import PositionEmbedding, ReversibleEmbedding
+    from keras_hub.src.models.gemma.rms_normalization import RMSNormalization as GemmaNorm
     from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
     return {**WEIGHTED_LAYERS,
             ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
-            LlamaLayerNorm: LayerKind(("scale",))}
+            PositionEmbedding: LayerKind(("position_embeddings",)),
+            LlamaLayerNorm: LayerKind(("scale",)),
+            GemmaNorm: LayerKind(("scale",))}
 
 
 # Layer kinds whose forward in training depends on ``trainable``: Keras' BatchNormalization

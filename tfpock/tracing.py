@@ -146,9 +146,14 @@ def _owner_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
 
 def _seed_states(model: keras.Model) -> set[int]:
     """ids of SeedGenerator state variables: advanced by dropout, safe to freeze because the
-    lowering turns seeded random ops into stateful ones."""
+    lowering turns seeded random ops into stateful ones. Composite layers are searched
+    through their sublayers (BERT's attention dropout sits in ``TransformerEncoder``'s
+    ``MultiHeadAttention``)."""
     ids = set()
-    for layer in layer_table.leaf_layers(model):
+    layers = list(layer_table.leaf_layers(model))
+    while layers:
+        layer = layers.pop()
+        layers.extend(layer_table.sublayers(layer))
         for value in vars(layer).values():
             if isinstance(value, keras.random.SeedGenerator):
                 ids.add(id(value.state))
