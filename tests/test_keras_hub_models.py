@@ -188,3 +188,45 @@ def test_unsupported_keras_hub_layer_is_named():
                        match=r"\(MistralLayerNormalization\) \(in 'transformer_layer_0', "
                              r"MistralTransformerDecoder\)"):
         compile_model(model, "gemma", "full")
+
+
+def test_lora_policy_trains_the_factors_and_merges_back(tmp_path):
+    """``Scheme.lora(model, 4)``: LoRA on BERT's query and value projections (KerasHub's
+    targets), on a copy; the device step equals the tape's on a model with ``enable_lora(4)``
+    and the same first factors; the merged weights, loaded into BERT without LoRA, give the
+    trained model's outputs."""
+    model = tiny_bert()
+    original = {v.path: v.numpy() for v in model.weights}
+    scheme = tfpock.Scheme.lora(model, 4)
+    assert sorted(scheme.layers) == [f"transformer_layer_{i}/self_attention_layer/{p}"
+                                     for i in range(2) for p in ("query", "value")]
+    program = compile_model(model, "bert", scheme)
+    program.export(tmp_path / "lora.tflite")
+    assert not any(getattr(l, "lora_enabled", False) for l in model._flatten_layers())
+    assert {v.path: v.numpy().tobytes() for v in model.weights} == {
+        p: v.tobytes() for p, v in original.items()}   # the user's model is as it was
+
+    reference = tiny_bert()
+    first = program.weights()
+    for layer in reference._flatten_layers():
+        if layer.path in scheme.layers:
+            layer.enable_lora(4)
+            layer.lora_kernel_a.assign(first[layer.lora_kernel_a.path])
+    expected = [v.path for v in reference.trainable_variables if "lora_kernel" in v.path]
+    assert len(expected) == 8
+    trainer = Trainer(tmp_path / "lora.tflite")
+    check_step("bert", program, reference, expected, trainer)
+
+    merged = trainer.merged_weights()
+    assert not any("lora" in p for p in merged) and len(merged) == 4
+    keras_merged = {l._kernel.path: l.kernel.numpy() for l in reference._flatten_layers()
+                    if getattr(l, "lora_enabled", False)}
+    assert_close(merged, keras_merged, atol=1e-6, where="merged kernels")
+    assert_close(program.merged_weights(), keras_merged, atol=1e-6, where="host merged")
+    plain = tiny_bert()
+    for var in plain.weights:
+        if var.path in merged:
+            var.assign(merged[var.path])
+    x, _, _ = batch("bert")
+    assert_close(plain(x, training=False).numpy(), trainer.infer(x), rtol=1e-4, atol=1e-5,
+                 where="BERT without LoRA, merged weights loaded")

@@ -31,10 +31,10 @@ class LayerKind:
     kernels: tuple[str, ...] = ()  # the subset with input channels on axis -2
 
 
-_LORA = ("lora_kernel_a", "lora_kernel_b")
+LORA_FACTORS = ("lora_kernel_a", "lora_kernel_b")
 
 WEIGHTED_LAYERS: dict[type, LayerKind] = {
-    keras.layers.Dense: LayerKind(("kernel", "bias", *_LORA), ("bias",), ("kernel",)),
+    keras.layers.Dense: LayerKind(("kernel", "bias", *LORA_FACTORS), ("bias",), ("kernel",)),
     keras.layers.Conv1D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.Conv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.DepthwiseConv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
@@ -48,11 +48,11 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
     # Keras' own (KerasHub's Mistral uses it): the output projection is the embedding itself
     # when tied, else ``reverse_embeddings``; before this entry it passed for an Embedding
     keras.layers.ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
-    keras.layers.EinsumDense: LayerKind(("kernel", "bias", *_LORA), ("bias",)),
+    keras.layers.EinsumDense: LayerKind(("kernel", "bias", *LORA_FACTORS), ("bias",)),
     # its projections are EinsumDense sublayers, reached through Keras' public properties
     keras.layers.MultiHeadAttention: LayerKind(
         tuple(f"{p}_dense.{w}" for p in ("query", "key", "value", "output")
-              for w in ("kernel", "bias")),
+              for w in ("kernel", "bias", *LORA_FACTORS)),
         tuple(f"{p}_dense.bias" for p in ("query", "key", "value", "output"))),
 }
 
@@ -163,6 +163,29 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     # its backbone's token embedding again as the output projection) counts once
     unique = {id(layer): layer for layer in out}
     return list(unique.values())
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``: its leaf layers and, recursively, what they hold."""
+    found, stack = [], list(leaf_layers(model))
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack.extend(sublayers(layer))
+    return found
+
+
+def lora_merges(model: keras.Model) -> list[dict]:
+    """For each Dense and EinsumDense with LoRA on: the paths of its base kernel and of its
+    two factors, and Keras' scale ``lora_alpha / lora_rank``. The merged kernel, as Keras'
+    ``kernel`` property computes it, is ``kernel + scale * (lora_kernel_a @ lora_kernel_b)``
+    (the matmul over the rank axis: A is ``kernel.shape[:-1] + (r,)``, B ``(r, out)``).
+    ``_kernel`` is the base kernel: with LoRA on, Keras' public ``kernel`` is the merged one."""
+    return [{"kernel": layer._kernel.path, "a": layer.lora_kernel_a.path,
+             "b": layer.lora_kernel_b.path, "scale": layer.lora_alpha / layer.lora_rank}
+            for layer in all_layers(model)
+            if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+            and getattr(layer, "lora_enabled", False)]
 
 
 def layer_weights(layer: keras.layers.Layer) -> dict[str, keras.Variable]:

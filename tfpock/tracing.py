@@ -149,15 +149,8 @@ def _seed_states(model: keras.Model) -> set[int]:
     lowering turns seeded random ops into stateful ones. Composite layers are searched
     through their sublayers (BERT's attention dropout sits in ``TransformerEncoder``'s
     ``MultiHeadAttention``)."""
-    ids = set()
-    layers = list(layer_table.leaf_layers(model))
-    while layers:
-        layer = layers.pop()
-        layers.extend(layer_table.sublayers(layer))
-        for value in vars(layer).values():
-            if isinstance(value, keras.random.SeedGenerator):
-                ids.add(id(value.state))
-    return ids
+    return {id(value.state) for layer in layer_table.all_layers(model)
+            for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)}
 
 
 def _statistics(model: keras.Model) -> set[int]:
