@@ -248,15 +248,15 @@ class Scheme:
         the same variable paths) whose named layers have ``enable_lora(rank, alpha)`` on, as
         Keras does it: the base kernel frozen, two factors ``lora_kernel_a`` (random) and
         ``lora_kernel_b`` (zeros). The user's model is not changed (Keras has no way to turn
-        LoRA off again)."""
+        LoRA off again). The copy is ``from_config`` (KerasHub's task models keep their class
+        and paths so; ``keras.models.clone_model`` does not keep Gemma's tied embedding), else
+        ``clone_model`` (a Sequential's copy from its config loses the model prefix of its
+        variable paths)."""
         wanted = {name: p for name, p in self.layers.items() if p.kernels == "lora"}
         if not wanted:
             return model
-        clone = type(model).from_config(model.get_config())
+        clone = _copy(model)
         by_path = {v.path: v for v in clone.weights}
-        if sorted(by_path) != sorted(v.path for v in model.weights):
-            raise UnsupportedModelError(f"model {model.name!r}: a copy built from its config "
-                                        "has other variables; LoRA policies need that copy")
         for var in model.weights:
             by_path[var.path].assign(var)
         candidates = lora_candidates(clone)
@@ -448,6 +448,19 @@ def _apply(policy: Policy, layer, explicit: bool):
                            if k < total else TrainedWeight(var.path, layer.name)))
     return picked
 
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with the same variable paths (``Scheme.lora_model``)."""
+    paths = sorted(v.path for v in model.weights)
+    for make in (lambda: type(model).from_config(model.get_config()),
+                 lambda: keras.models.clone_model(model)):
+        copy = make()
+        if sorted(v.path for v in copy.weights) == paths:
+            return copy
+    raise UnsupportedModelError(f"model {model.name!r}: no copy of it has the same variable "
+                                "paths (from its config, or keras.models.clone_model); LoRA "
+                                "policies compile such a copy")
 
 
 def lora_candidates(model: keras.Model) -> dict[str, keras.layers.Layer]:
