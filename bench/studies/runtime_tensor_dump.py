@@ -189,12 +189,41 @@ def export_decoder(work: str) -> tuple[str, str, float]:
     return model, feeds, Trainer(model).train(x, y, sample_weight=w, learning_rate=LR)["loss"]
 
 
-def write_report(path: str, lines: list[str]) -> None:
+def export_language_models(work: str):
+    """(name, file, batch, first loss on ai-edge-litert) for the plain decoders and KerasHub's
+    tiny Llama, Gemma and BERT of the tests, full scheme."""
+    import keras
+
+    import tfpock
+    from tests import test_keras_hub, test_keras_hub_models as hub
+    from tests.test_language_models import LR, SEQ, VOCAB, batch, loss_fn
+    from tfpock.runtime import Trainer
+    from tfpock.testing import models
+    cases = [(f"decoder-{mlp}-{norm}", models.decoder(mlp=mlp, norm=norm, vocab=VOCAB, seq=SEQ),
+              batch(), None) for mlp, norm in (("gelu", "layer"), ("swiglu", "rms"))]
+    cases.append(("llama", test_keras_hub.tiny_llama(), test_keras_hub.batch(),
+                  test_keras_hub.SHAPES))
+    cases += [(name, hub.MODELS[name][0](), hub.batch(name),
+               {k: (hub.SEQ,) for k in hub.MODELS[name][1]}) for name in ("gemma", "bert")]
+    for name, model, (x, y, w), shapes in cases:
+        program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                                  batch_size=2, sample_weight=w is not None,
+                                  input_shapes=shapes)
+        path, feeds = f"{work}/{name}.tflite", f"{work}/{name}-batch.npz"
+        program.export(path)
+        np.savez(feeds, **x, y=y, **({} if w is None else {"sample_weight": w}))
+        loss = Trainer(path).train(x, y, sample_weight=w, learning_rate=LR)["loss"]
+        yield name, path, feeds, loss
+
+
+def write_report(path: str, lines: list[str],
+                 title: str = "tflite-runtime 2.14 and a decoder's train step",
+                 command: str = "decoder") -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(["# tflite-runtime 2.14 and a decoder's train step", "",
-                           "Command: `python -m bench.studies.runtime_tensor_dump decoder "
-                           "--out " + path + "`", f"Machine load: `{load}`", "", *lines, ""]))
+        f.write("\n".join([f"# {title}", "",
+                           f"Command: `python -m bench.studies.runtime_tensor_dump {command} "
+                           f"--out {path}`", f"Machine load: `{load}`", "", *lines, ""]))
 
 
 def main() -> None:
@@ -215,6 +244,10 @@ def main() -> None:
     b.add_argument("--runtime", choices=list(MODULES), default="tflite-runtime")
     b.add_argument("--good", type=float, required=True, help="the loss the other runtime gives")
     b.add_argument("--work", default="/tmp")
+    lms = sub.add_parser("language-models", help="first loss on both runtimes, write --out")
+    lms.add_argument("--python", default="/work/venv-tfl214/bin/python")
+    lms.add_argument("--work", default="/tmp")
+    lms.add_argument("--out", required=True)
     dec = sub.add_parser("decoder", help="export the plain decoder, bisect, write --out")
     dec.add_argument("--python", default="/work/venv-tfl214/bin/python")
     dec.add_argument("--work", default="/tmp")
@@ -224,7 +257,17 @@ def main() -> None:
     c.add_argument("a")
     c.add_argument("b")
     args = parser.parse_args()
-    if args.command == "decoder":
+    if args.command == "language-models":
+        rows = ["| model (full scheme, batch 2 x 8) | ai-edge-litert | tflite-runtime 2.14 |",
+                "|---|---|---|"]
+        for name, path, feeds, good in export_language_models(args.work):
+            rows.append(f"| {name} | {good!r} | "
+                        f"{step_loss(args.python, 'tflite-runtime', path, feeds)!r} |")
+        write_report(args.out, ["First train-step loss of each model on both runtimes:", "",
+                                *rows], title="tflite-runtime 2.14 and the language models",
+                     command="language-models")
+        print(open(args.out, encoding="utf-8").read())
+    elif args.command == "decoder":
         model, feeds, good = export_decoder(args.work)
         bad = step_loss(args.python, "tflite-runtime", model, feeds)
         found, log = bisect(model, feeds, args.python, "tflite-runtime", good, args.work)
