@@ -65,6 +65,11 @@ def test_all_channels_is_a_full_update(cnn):
     ({"layers": {"fc_mid": "everything"}}, ["unknown policy 'everything'"]),
     ({"default": {"weight_fraction": 0.5}}, ["must name its layers"]),
     ({"layer": {}}, ["unknown keys ['layer']"]),
+    ({"layers": {"d": {"lora": {"rank": 0}}}}, ["LoRA rank must be a positive integer"]),
+    ({"layers": {"d": {"lora": {"rank": 2, "alpha": -1}}}}, ["alpha must be a positive number"]),
+    ({"layers": {"d": {"lora": {"rank": 2}, "bias": True}}}, ["a LoRA policy is"]),
+    ({"layers": {"d": {"lora": {"r": 2}}}}, ["a LoRA policy is"]),
+    ({"default": {"lora": {"rank": 2}}}, ["LoRA policy must name its layers"]),
 ])
 def test_malformed_policies_are_named(spec, words):
     with pytest.raises(SchemeError) as info:
@@ -92,6 +97,42 @@ def test_channel_policy_on_a_layer_without_kernel():
                               keras.layers.LayerNormalization(name="ln")])
     with pytest.raises(SchemeError, match="no kernel with input channels"):
         Scheme(layers={"ln": {"weight_fraction": 0.5}}).resolve(model)
+
+
+def _mlp():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d"),
+                             keras.layers.LayerNormalization(name="ln"),
+                             keras.layers.Dense(2, name="value")])
+
+
+def test_lora_policy_on_a_copy():
+    """A LoRA policy's JSON round-trips; ``Scheme.lora`` names by pattern; the compiled copy
+    has LoRA on the named layer, trains its two factors only, and the model is untouched."""
+    model = _mlp()
+    scheme = Scheme.lora(model, 2, pattern="^d$", default="bias")
+    assert scheme.to_dict() == {"default": "bias", "layers": {"d": {"lora": {"rank": 2}}}}
+    assert Scheme.from_dict(scheme.to_dict()) == scheme
+    assert Scheme.lora(model, 2).layers.keys() == {"value"}   # KerasHub's default targets
+    copy = scheme.lora_model(model)
+    assert copy is not model and copy.get_layer("d").lora_enabled
+    assert not getattr(model.get_layer("d"), "lora_enabled", False)
+    assert scheme.trained_paths(copy) == [f"{model.name}/{p}" for p in (
+        "d/lora_kernel_a", "d/lora_kernel_b", "ln/beta", "value/bias")]
+    assert Scheme.full().lora_model(model) is model
+
+
+@pytest.mark.parametrize("layers, words", [
+    ({"ln": {"lora": {"rank": 2}}}, ["'ln'", "not a Dense or EinsumDense"]),
+    ({"dd": {"lora": {"rank": 2}}}, ["'dd'", "not a Dense or EinsumDense"]),
+])
+def test_lora_on_what_has_no_kernel_is_named(layers, words):
+    with pytest.raises(SchemeError) as info:
+        Scheme(layers=layers).lora_model(_mlp())
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(SchemeError, match="no Dense or EinsumDense layer matches 'nothing'"):
+        Scheme.lora(_mlp(), 2, pattern="nothing")
 
 
 def test_missing_and_broken_scheme_files(tmp_path, cnn):

@@ -8,7 +8,7 @@ import keras
 from tfpock import export
 from tfpock.errors import TfpockError, UnsupportedModelError
 from tfpock.layers import (FROZEN_FORWARD_LAYERS, frozen_forward_layers, frozen_in_keras,
-                           leaf_layers)
+                           leaf_layers, lora_merges)
 from tfpock.losses import loss_config, resolve_loss
 from tfpock.optimizers import compile_optimizer
 from tfpock.pipeline import build_file_pipeline, build_pipeline, switches
@@ -29,7 +29,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         model: a built Keras 3 model (TF backend), Functional or Sequential, one output and
             one or several inputs (several: ``train`` and ``infer`` take a dict keyed by the
             input names, e.g. ``token_ids`` and ``padding_mask``). It is read, never
-            modified.
+            modified (a scheme with LoRA policies compiles a copy: ``Scheme.lora_model``).
         loss: a Keras loss object or name; defaults to the compiled model's loss.
         optimizer: a Keras optimizer; defaults to the compiled model's optimizer.
         scheme: which weights a step updates: ``"full"``, ``"last:N"``, ``"bias"``, a
@@ -86,6 +86,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     loss_obj = resolve_loss(loss)
     compiled_opt = compile_optimizer(optimizer)
     scheme_obj = Scheme.parse(scheme, model).with_frozen_batchnorm(frozen_batchnorm)
+    model = scheme_obj.lora_model(model)   # a copy with LoRA on, if the scheme asks for it
     trained = scheme_obj.resolve(model)
     frozen_forward = []
     if scheme_obj.frozen_batchnorm == "inference":
@@ -97,6 +98,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
     pipeline = build_pipeline(step.frozen, debug=debug, passes=on)
     train_graph, train_records = pipeline(step.train)
     infer_graph, infer_records = pipeline(step.infer)
+    lora = [{"key": export.merged_key(i), **m} for i, m in enumerate(lora_merges(model))]
     metadata = export.metadata_for(step, {
         "loss": type(loss_obj).__name__,
         "loss_config": loss_config(loss_obj),
@@ -104,6 +106,7 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
         "scheme": scheme_obj.to_dict(),
         "model": model.name,
         "nonfinite": nonfinite,
+        **({"lora": lora} if lora else {}),
     })
     module = export.TrainingModule(train_graph, infer_graph, step, metadata)
     leaves = leaf_layers(model)

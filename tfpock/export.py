@@ -13,7 +13,10 @@ builtin ops:
   statistics, optimizer state), for checkpoints;
 * ``load(w000, w001, ...) -> count``: assigns them, for restoring a checkpoint;
 * ``metadata() -> json``: what the runtime needs to name things (checkpoint keys, specs,
-  the default learning rate).
+  the default learning rate);
+* ``merged() -> m000, m001, ...``, only in a model with LoRA layers: each one's kernel with
+  its factors merged, ``kernel + scale * (A @ B)`` as Keras computes it (the metadata's
+  ``lora`` says which), so trained weights load into the model without LoRA.
 
 Weights and loads replace TF's Save/Restore ops, which TFLite only has through Flex.
 The graphs are imported into the signature functions with ``tf.graph_util.import_graph_def``,
@@ -47,6 +50,11 @@ def variable_key(index: int) -> str:
     return f"w{index:03d}"
 
 
+def merged_key(index: int) -> str:
+    """Output names of the ``merged`` signature, one per LoRA layer (metadata ``lora``)."""
+    return f"m{index:03d}"
+
+
 class TrainingModule(tf.Module):
     """Variables of the trained state and the signature functions over the graphs."""
 
@@ -75,6 +83,10 @@ class TrainingModule(tf.Module):
         self.weights = tf.function(self._weights_fn, input_signature=[], autograph=False)
         self.load = tf.function(self._load_fn, input_signature=load_specs, autograph=False)
         self.metadata = tf.function(self._metadata_fn, input_signature=[], autograph=False)
+        self._lora, self._params = metadata.get("lora", []), step.params
+        self.signature_names = SIGNATURES + (("merged",) if self._lora else ())
+        if self._lora:
+            self.merged = tf.function(self._merged_fn, input_signature=[], autograph=False)
 
     def _feed(self, graph: Graph, **inputs) -> dict:
         feed = {graph.inputs[k]: v for k, v in inputs.items()}
@@ -121,6 +133,15 @@ class TrainingModule(tf.Module):
             self.variables_[spec.key].assign(value)
         return {"count": tf.constant(len(values), tf.int32)}
 
+    def _merged_fn(self):
+        def value(path):   # a trained factor is a variable, a frozen one a constant
+            if path in self.variables_:
+                return self.variables_[path].read_value()
+            return tf.constant(self._params[path])
+        return {m["key"]: tf.constant(self._params[m["kernel"]])
+                + m["scale"] * tf.tensordot(value(m["a"]), value(m["b"]), axes=1)
+                for m in self._lora}
+
     def _metadata_fn(self):
         return {"json": tf.constant(self._metadata)}
 
@@ -166,12 +187,13 @@ def _spec(spec: tf.TensorSpec) -> dict:
 def convert(module: TrainingModule, graphs: Iterable[Graph], layer_names: Iterable[str]) -> bytes:
     """SavedModel -> TFLite with builtins only; a refusal names the ops and their layers."""
     with tempfile.TemporaryDirectory(prefix="tfpock-") as tmp:
-        signatures = {k: getattr(module, k).get_concrete_function() for k in SIGNATURES}
+        names = module.signature_names
+        signatures = {k: getattr(module, k).get_concrete_function() for k in names}
         # The imported graphs keep IdentityN nodes of tf.custom_gradient ops (SiLU, for one);
         # the step is already differentiated, so their gradient functions are not saved.
         tf.saved_model.save(module, tmp, signatures=signatures,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(names))
         converter.experimental_enable_resource_variables = True
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         try:

@@ -31,10 +31,10 @@ class LayerKind:
     kernels: tuple[str, ...] = ()  # the subset with input channels on axis -2
 
 
-_LORA = ("lora_kernel_a", "lora_kernel_b")
+LORA_FACTORS = ("lora_kernel_a", "lora_kernel_b")
 
 WEIGHTED_LAYERS: dict[type, LayerKind] = {
-    keras.layers.Dense: LayerKind(("kernel", "bias", *_LORA), ("bias",), ("kernel",)),
+    keras.layers.Dense: LayerKind(("kernel", "bias", *LORA_FACTORS), ("bias",), ("kernel",)),
     keras.layers.Conv1D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.Conv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
     keras.layers.DepthwiseConv2D: LayerKind(("kernel", "bias"), ("bias",), ("kernel",)),
@@ -45,11 +45,14 @@ WEIGHTED_LAYERS: dict[type, LayerKind] = {
     keras.layers.LayerNormalization: LayerKind(("gamma", "beta"), ("beta",)),
     keras.layers.RMSNormalization: LayerKind(("scale",)),
     keras.layers.Embedding: LayerKind(("embeddings",)),
-    keras.layers.EinsumDense: LayerKind(("kernel", "bias", *_LORA), ("bias",)),
+    # Keras' own (KerasHub's Mistral uses it): the output projection is the embedding itself
+    # when tied, else ``reverse_embeddings``; before this entry it passed for an Embedding
+    keras.layers.ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
+    keras.layers.EinsumDense: LayerKind(("kernel", "bias", *LORA_FACTORS), ("bias",)),
     # its projections are EinsumDense sublayers, reached through Keras' public properties
     keras.layers.MultiHeadAttention: LayerKind(
         tuple(f"{p}_dense.{w}" for p in ("query", "key", "value", "output")
-              for w in ("kernel", "bias")),
+              for w in ("kernel", "bias", *LORA_FACTORS)),
         tuple(f"{p}_dense.bias" for p in ("query", "key", "value", "output"))),
 }
 
@@ -60,15 +63,19 @@ def _with_keras_hub() -> dict[type, LayerKind]:
     """:data:`WEIGHTED_LAYERS` plus KerasHub's weighted layers once ``keras_hub`` is
     imported (an optional dependency, the ``lm`` extra; importing it costs seconds, and a
     KerasHub model cannot exist before it is): ``ReversibleEmbedding`` (the output
-    projection is the embedding itself when tied, else ``reverse_embeddings``) and Llama's
-    RMS norm (a class KerasHub exports under ``src`` only)."""
+    projection is the embedding itself when tied, else ``reverse_embeddings``), BERT's
+    ``PositionEmbedding`` and the RMS norms of Llama and Gemma (classes KerasHub exports
+    under ``src`` only; Gemma's scales by ``1 + scale``)."""
     if "keras_hub" not in sys.modules:
         return WEIGHTED_LAYERS
-    from keras_hub.layers import ReversibleEmbedding
+    from keras_hub.layers import PositionEmbedding, ReversibleEmbedding
+    from keras_hub.src.models.gemma.rms_normalization import RMSNormalization as GemmaNorm
     from keras_hub.src.models.llama.llama_layernorm import LlamaLayerNorm
     return {**WEIGHTED_LAYERS,
             ReversibleEmbedding: LayerKind(("embeddings", "reverse_embeddings")),
-            LlamaLayerNorm: LayerKind(("scale",))}
+            PositionEmbedding: LayerKind(("position_embeddings",)),
+            LlamaLayerNorm: LayerKind(("scale",)),
+            GemmaNorm: LayerKind(("scale",))}
 
 
 # Layer kinds whose forward in training depends on ``trainable``: Keras' BatchNormalization
@@ -156,6 +163,29 @@ def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:
     # its backbone's token embedding again as the output projection) counts once
     unique = {id(layer): layer for layer in out}
     return list(unique.values())
+
+
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``: its leaf layers and, recursively, what they hold."""
+    found, stack = [], list(leaf_layers(model))
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack.extend(sublayers(layer))
+    return found
+
+
+def lora_merges(model: keras.Model) -> list[dict]:
+    """For each Dense and EinsumDense with LoRA on: the paths of its base kernel and of its
+    two factors, and Keras' scale ``lora_alpha / lora_rank``. The merged kernel, as Keras'
+    ``kernel`` property computes it, is ``kernel + scale * (lora_kernel_a @ lora_kernel_b)``
+    (the matmul over the rank axis: A is ``kernel.shape[:-1] + (r,)``, B ``(r, out)``).
+    ``_kernel`` is the base kernel: with LoRA on, Keras' public ``kernel`` is the merged one."""
+    return [{"kernel": layer._kernel.path, "a": layer.lora_kernel_a.path,
+             "b": layer.lora_kernel_b.path, "scale": layer.lora_alpha / layer.lora_rank}
+            for layer in all_layers(model)
+            if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+            and getattr(layer, "lora_enabled", False)]
 
 
 def layer_weights(layer: keras.layers.Layer) -> dict[str, keras.Variable]:

@@ -13,7 +13,8 @@ from tfpock import export
 from tfpock.tflite import memory, model_file
 from tfpock.tflite.ir import TfliteFile
 from tfpock.provenance import layer_of_node
-from tfpock.runtime.trainer import step_result
+from tfpock.errors import TfpockError
+from tfpock.runtime.trainer import merge_lora, step_result
 from tfpock.runtime.validate import check_batch, check_inputs, check_labels, sample_weights
 from tfpock.tracing import TracedStep
 
@@ -104,6 +105,14 @@ class Program:
         statistics), keyed by Keras variable path."""
         kinds = {v.key: v.kind for v in self._module.specs}
         return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
+
+    def merged_weights(self) -> dict[str, np.ndarray]:
+        """:meth:`weights` with each LoRA layer's factors merged into its kernel, as
+        ``Trainer.merged_weights`` on the device."""
+        if "lora" not in self._metadata:
+            raise TfpockError("this program has no LoRA layers to merge")
+        merged = {k: v.numpy() for k, v in self._module.merged().items()}
+        return merge_lora(self.weights(), merged, self._metadata["lora"])
 
     def frozen_weights(self) -> dict[str, np.ndarray]:
         """Values the freeze pass baked into the train graph as constants, keyed by path.

@@ -6,6 +6,11 @@ by name; layers not named get ``default``. A policy is one of:
 * ``"frozen"``: nothing of the layer is updated;
 * ``"full"``: every trainable weight of the layer;
 * ``"bias"``: only its additive bias (see :mod:`tfpock.layers`);
+* ``{"lora": {"rank": 4}}`` (and optionally ``"alpha"``) on a Dense or EinsumDense: LoRA as
+  Keras' ``enable_lora(rank)`` adds it, on a copy of the model (``Scheme.lora_model``), and
+  only its two factors train; ``Scheme.lora(model, rank, pattern)`` names the layers by a
+  pattern (by default KerasHub's targets, the query and value projections). The trained
+  model's weights merge back into a model without LoRA: ``Trainer.merged_weights()``;
 * a partial-channel policy, ``{"weight_fraction": 0.25, "bias": true}`` or
   ``{"weight_channels": 16, "bias": false}``: only the weights of the first k *input* channels
   of the layer's kernels are updated (axis -2 of a Dense or Conv kernel ``[in, out]`` /
@@ -60,15 +65,19 @@ _SCHEME_STRINGS = '"full", "last:N" (N >= 1), "bias", a dict or a .json path'
 _NAMED = ("frozen", "full", "bias")
 # How a trainable-in-Keras BatchNormalization that the scheme freezes runs (module doc).
 FROZEN_BATCHNORM_MODES = ("inference", "batch_statistics")
+# KerasHub's LoRA targets (``Backbone.get_lora_target_names``): query and value projections.
+LORA_TARGETS = r"(^|/)(query|value)(_dense)?$"
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """What of one layer is updated: ``kernels`` is "none", "all" or "channels"."""
-    kernels: str = "none"
+    kernels: str = "none"           # or "lora": the layer's LoRA factors, nothing else
     bias: bool = False
     fraction: float | None = None   # for "channels": a fraction of the input channels ...
     channels: int | None = None     # ... or a count
+    rank: int | None = None         # for "lora": the factors' rank ...
+    alpha: float | None = None      # ... and Keras' lora_alpha (None: the rank, scale 1)
 
     @classmethod
     def parse(cls, spec: Any, where: str) -> "Policy":
@@ -80,6 +89,8 @@ class Policy:
             return cls("all", True)
         if spec == "bias":
             return cls("none", True)
+        if isinstance(spec, Mapping) and "lora" in spec:
+            return cls._parse_lora(spec, where)
         if isinstance(spec, Mapping):
             unknown = set(spec) - {"weight_fraction", "weight_channels", "bias"}
             if unknown:
@@ -104,7 +115,25 @@ class Policy:
         raise SchemeError(f"{where}: unknown policy {spec!r}; policies are "
                           f"{', '.join(_NAMED)} or {{\"weight_fraction\": f, \"bias\": b}}")
 
+    @classmethod
+    def _parse_lora(cls, spec: Mapping, where: str) -> "Policy":
+        lora = spec["lora"]
+        if set(spec) != {"lora"} or not isinstance(lora, Mapping) or "rank" not in lora or (
+                set(lora) - {"rank", "alpha"}):
+            raise SchemeError(f"{where}: a LoRA policy is {{\"lora\": {{\"rank\": r}}}} "
+                              f"(and optionally \"alpha\"), got {dict(spec)!r}")
+        rank, alpha = lora["rank"], lora.get("alpha")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise SchemeError(f"{where}: LoRA rank must be a positive integer, got {rank!r}")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or alpha <= 0):
+            raise SchemeError(f"{where}: LoRA alpha must be a positive number, got {alpha!r}")
+        return cls("lora", False, rank=rank, alpha=None if alpha is None else float(alpha))
+
     def to_json(self):
+        if self.kernels == "lora":
+            return {"lora": {"rank": self.rank,
+                             **({} if self.alpha is None else {"alpha": self.alpha})}}
         if self.kernels == "channels":
             key, value = (("weight_fraction", self.fraction) if self.fraction is not None
                           else ("weight_channels", self.channels))
@@ -150,6 +179,9 @@ class Scheme:
             name: Policy.parse(p, f"layer {name!r}") for name, p in dict(self.layers).items()})
         if self.default.kernels == "channels":
             raise SchemeError("default: a partial-channel policy must name its layers")
+        if self.default.kernels == "lora":
+            raise SchemeError("default: a LoRA policy must name its layers (Scheme.lora names "
+                              "them by a pattern)")
 
     # ---- the common schemes --------------------------------------------------------------
     @classmethod
@@ -196,6 +228,48 @@ class Scheme:
                               f"matching {pattern!r}")
         chosen = [name for b in blocks[-n:] for name in members[b]] + tail
         return cls(layers={name: policy for name in chosen})
+
+    @classmethod
+    def lora(cls, model: keras.Model, rank: int, pattern: str = LORA_TARGETS,
+             alpha: float | None = None, default: Any = "frozen") -> "Scheme":
+        """``{"lora": {"rank": rank}}`` on every Dense and EinsumDense whose name or path
+        (``transformer_layer_0/self_attention_layer/query``) ``pattern`` finds, ``default``
+        on the rest. The default pattern is KerasHub's own LoRA targets (``enable_lora``:
+        the query and value projections)."""
+        names = [name for name, layer in lora_candidates(model).items()
+                 if re.search(pattern, name)]
+        if not names:
+            raise SchemeError(f"Scheme.lora: no Dense or EinsumDense layer matches {pattern!r}")
+        lora = {"lora": {"rank": rank, **({} if alpha is None else {"alpha": alpha})}}
+        return cls(layers={name: lora for name in names}, default=default)
+
+    def lora_model(self, model: keras.Model) -> keras.Model:
+        """``model`` itself when no policy is LoRA; else a copy (same config, same weights,
+        the same variable paths) whose named layers have ``enable_lora(rank, alpha)`` on, as
+        Keras does it: the base kernel frozen, two factors ``lora_kernel_a`` (random) and
+        ``lora_kernel_b`` (zeros). The user's model is not changed (Keras has no way to turn
+        LoRA off again). The copy is ``from_config`` (KerasHub's task models keep their class
+        and paths so; ``keras.models.clone_model`` does not keep Gemma's tied embedding), else
+        ``clone_model`` (a Sequential's copy from its config loses the model prefix of its
+        variable paths)."""
+        wanted = {name: p for name, p in self.layers.items() if p.kernels == "lora"}
+        if not wanted:
+            return model
+        clone = _copy(model)
+        by_path = {v.path: v for v in clone.weights}
+        for var in model.weights:
+            by_path[var.path].assign(var)
+        candidates = lora_candidates(clone)
+        for name, policy in wanted.items():
+            layer = candidates.get(name)
+            if layer is None:
+                raise SchemeError(f"scheme sets LoRA on {name!r}, which is not a Dense or "
+                                  f"EinsumDense layer of model {model.name!r}")
+            if getattr(layer, "lora_enabled", False):
+                raise SchemeError(f"scheme sets LoRA on {name!r}, which has LoRA already "
+                                  "(enable_lora); use \"full\" to train its factors")
+            layer.enable_lora(policy.rank, lora_alpha=policy.alpha)
+        return clone
 
     # ---- reading and writing ---------------------------------------------------------------
     @classmethod
@@ -269,8 +343,11 @@ class Scheme:
         by_name = {l.name: l for l in leaves}
         inner = {part.path: layer for layer in leaves if layer_table.table_kind(layer) is None
                  for part in layer_table.parts(layer)}   # composite layers' parts, by path
+        lora_inside = {name: layer for name, layer in lora_candidates(model).items()
+                       if name in self.layers and self.layers[name].kernels == "lora"
+                       and name not in by_name and name not in inner}   # in an attention
         for name in self.layers:
-            if name not in by_name and name not in inner:
+            if name not in by_name and name not in inner and name not in lora_inside:
                 close = difflib.get_close_matches(name, list(by_name) + list(inner), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise SchemeError(f"scheme names layer {name!r}, which the model does not "
@@ -300,6 +377,9 @@ class Scheme:
                           for var, trained in self._apply_parts(layer, policy)]
             for var, trained in picked:
                 chosen[id(var)] = trained
+        for name, layer in lora_inside.items():   # e.g. BERT's MultiHeadAttention query
+            for var, trained in _apply(self.layers[name], layer, True):
+                chosen[id(var)] = dataclasses.replace(trained, layer=name.split("/")[0])
         result = [chosen[id(v)] for v in model.trainable_variables if id(v) in chosen]
         if not result:
             raise SchemeError(f"scheme {self} leaves nothing to train in model {model.name!r}")
@@ -339,6 +419,9 @@ def _apply(policy: Policy, layer, explicit: bool):
         raise SchemeError(f"scheme sets {policy.to_json()!r} on {where}, whose weights are not "
                           "trainable (trainable=False in Keras)")
     kind = layer_table.kind_of(layer)
+    if policy.kernels == "lora":   # Scheme.lora_model has enabled it
+        return [(weights[r], TrainedWeight(weights[r].path, layer.name))
+                for r in layer_table.LORA_FACTORS]
     picked = []
     if policy.bias:
         biases = [weights[r] for r in kind.bias if r in weights and weights[r].trainable]
@@ -364,3 +447,27 @@ def _apply(policy: Policy, layer, explicit: bool):
             picked.append((var, TrainedWeight(var.path, layer.name, k, len(var.shape) - 2)
                            if k < total else TrainedWeight(var.path, layer.name)))
     return picked
+
+
+
+def _copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` with the same variable paths (``Scheme.lora_model``)."""
+    paths = sorted(v.path for v in model.weights)
+    for make in (lambda: type(model).from_config(model.get_config()),
+                 lambda: keras.models.clone_model(model)):
+        copy = make()
+        if sorted(v.path for v in copy.weights) == paths:
+            return copy
+    raise UnsupportedModelError(f"model {model.name!r}: no copy of it has the same variable "
+                                "paths (from its config, or keras.models.clone_model); LoRA "
+                                "policies compile such a copy")
+
+
+def lora_candidates(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Dense and EinsumDense layers a LoRA policy can name: leaf layers by name, layers
+    inside them (the parts of a composite layer, the projections of a MultiHeadAttention)
+    by path, ``transformer_layer_0/self_attention_layer/query``."""
+    leaves = {id(layer) for layer in layer_table.leaf_layers(model)}
+    return {layer.name if id(layer) in leaves else layer.path: layer
+            for layer in layer_table.all_layers(model)
+            if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))}

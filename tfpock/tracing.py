@@ -146,13 +146,11 @@ def _owner_layers(model: keras.Model) -> dict[int, keras.layers.Layer]:
 
 def _seed_states(model: keras.Model) -> set[int]:
     """ids of SeedGenerator state variables: advanced by dropout, safe to freeze because the
-    lowering turns seeded random ops into stateful ones."""
-    ids = set()
-    for layer in layer_table.leaf_layers(model):
-        for value in vars(layer).values():
-            if isinstance(value, keras.random.SeedGenerator):
-                ids.add(id(value.state))
-    return ids
+    lowering turns seeded random ops into stateful ones. Composite layers are searched
+    through their sublayers (BERT's attention dropout sits in ``TransformerEncoder``'s
+    ``MultiHeadAttention``)."""
+    return {id(value.state) for layer in layer_table.all_layers(model)
+            for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)}
 
 
 def _statistics(model: keras.Model) -> set[int]:

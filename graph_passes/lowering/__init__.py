@@ -5,7 +5,7 @@ the lower pass looks. An op type with no entry here and no TFLite builtin is rep
 export check with the layer it came from.
 """
 from graph_passes.lowering import (activations, conv, depthwise, embedding, pooling,
-                                   random_ops, reductions)
+                                   random_ops, reductions, slicing)
 from graph_passes.lowering.base import LoweringRule
 
 
@@ -20,4 +20,4 @@ def _table(*modules) -> dict[str, LoweringRule]:
 
 
 RULES: dict[str, LoweringRule] = _table(activations, conv, depthwise, embedding, pooling,
-                                         random_ops, reductions)
+                                         random_ops, reductions, slicing)

@@ -13,6 +13,8 @@ zeros, infinities and NaN in the incoming gradient):
     LeakyReluGrad(g, f; a)  = f > 0 ? g : a * g                   (select)
     EluGrad(g, y)           = y < 0 ? (y + 1) * g : g             (select; y is ELU's *output*,
                                                                    since d/dx (e^x - 1) = y + 1)
+    ReciprocalGrad(y, g)    = -(y * y) * g                        (y = 1/x, the op's *output*;
+                                                                   Gemma's RMS norm divides so)
 
 Erf uses the rational approximation of Eigen's float ``erf`` (the one TF's CPU kernel runs),
 on x clamped to [-4, 4] where float32 erf is already +-1::
@@ -119,6 +121,13 @@ class EluGradRule(_Elementwise):
         return [tf.where(outputs < 0, (outputs + 1) * gradients, gradients)]
 
 
+class ReciprocalGradRule(_Elementwise):
+    op_type = "ReciprocalGrad"
+
+    def build(self, graph, node, outputs, gradients):
+        return [-(outputs * outputs) * gradients]   # the order of TF's CPU kernel
+
+
 class ErfRule(_Elementwise):
     op_type = "Erf"
 
@@ -180,5 +189,6 @@ class Relu6AfterRuntimeMatMulRule(_ReluAfterRuntimeMatMul):
     op_type = "Relu6"
 
 
-RULES = [ReluGradRule(), Relu6GradRule(), LeakyReluGradRule(), EluGradRule(), ErfRule(),
+RULES = [ReluGradRule(), Relu6GradRule(), LeakyReluGradRule(), EluGradRule(),
+         ReciprocalGradRule(), ErfRule(),
          ErfcRule(), ReluAfterRuntimeMatMulRule(), Relu6AfterRuntimeMatMulRule()]

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from graph_passes.lower import LoweringError, lower_node
 from graph_passes.lowering.activations import (EluGradRule, ErfcRule, ErfRule,
-                                               LeakyReluGradRule, Relu6GradRule, ReluGradRule)
+                                               LeakyReluGradRule, ReciprocalGradRule,
+                                               Relu6GradRule, ReluGradRule)
 from tests.lowering.harness import graph_of, lowered
 from tests.numerics import assert_close
 
@@ -46,6 +47,8 @@ GRAD_CASES = {
         gradients=g, features=f, alpha=0.01), _grad_case),
     "EluGrad": (EluGradRule(), lambda g, y: tf.raw_ops.EluGrad(gradients=g, outputs=y),
                 _elu_outputs),
+    "ReciprocalGrad": (ReciprocalGradRule(), lambda g, y: tf.raw_ops.ReciprocalGrad(y=y, dy=g),
+                       _grad_case),
 }
 
 

@@ -19,6 +19,7 @@ from tfpock.runtime.validate import (InputError, check_batch, check_inputs, chec
 FORMAT = "tfpock-training-model/5"   # /5: a partial-channel weight's "slice" in the metadata
 READS = ("tfpock-training-model/4", FORMAT)   # /4: train returns "finite" (non-finite guard)
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
+OPTIONAL_SIGNATURES = ("merged",)   # models with LoRA layers: Trainer.merged_weights
 
 
 def step_result(loss, finite, nonfinite: str | None) -> dict:
@@ -28,6 +29,15 @@ def step_result(loss, finite, nonfinite: str | None) -> dict:
     finite = bool(np.asarray(finite).reshape(-1)[0])
     return {"loss": float(np.asarray(loss)), "finite": finite,
             "applied": finite or nonfinite == "apply"}
+
+
+def merge_lora(weights: dict, merged: dict, lora: list[dict]) -> dict[str, np.ndarray]:
+    """``weights`` without the LoRA factors, plus each merged kernel (``merged``: the
+    ``merged`` signature's outputs, keyed as the metadata's ``lora`` says)."""
+    factors = {m[k] for m in lora for k in ("a", "b")}
+    out = {k: v for k, v in weights.items() if k not in factors}
+    out.update({m["kernel"]: np.array(merged[m["key"]]) for m in lora})
+    return out
 
 
 class ModelFileError(ValueError):
@@ -69,8 +79,9 @@ class Trainer:
             if missing:
                 raise ModelFileError(f"{model_path!r} is not a tfpock training model: it lacks "
                                      f"signatures {missing} (has {sorted(signatures)})")
+            present = SIGNATURES + tuple(s for s in OPTIONAL_SIGNATURES if s in signatures)
             self._runners = {s: _Guarded(self._interpreter.get_signature_runner(s), s,
-                                         model_path) for s in SIGNATURES}
+                                         model_path) for s in present}
             raw = self._runners["metadata"]()["json"]
         except (ValueError, RuntimeError, KeyError) as exc:
             if isinstance(exc, ModelFileError):
@@ -156,6 +167,15 @@ class Trainer:
         """The model weights the training changes, keyed by Keras variable path."""
         kinds = {v["name"]: v["kind"] for v in self._variables}
         return {k: v for k, v in self.state().items() if kinds[k] != "optimizer"}
+
+    def merged_weights(self) -> dict[str, np.ndarray]:
+        """The weights training changes, keyed by Keras variable path, with every LoRA layer's
+        factors merged into its kernel (``kernel + scale * A @ B``, as Keras computes it, by
+        the model's ``merged`` signature): what loads into the model *without* LoRA,
+        ``for v in model.weights: v.assign(merged[v.path]) if v.path in merged``."""
+        if "merged" not in self._runners:
+            raise ModelFileError(f"{self.path!r} has no LoRA layers to merge")
+        return merge_lora(self.weights(), self._runners["merged"](), self.metadata["lora"])
 
     def set_state(self, values: dict[str, np.ndarray]) -> None:
         """Sets every variable (the names of :meth:`state`); checks names, shapes, dtypes and
