@@ -81,11 +81,10 @@ def pad(x, rows: int):
 
 
 def batch_size(trainer) -> int:
-    """The compiled batch size: the first dimension of ``x`` (of each input of a dict)."""
-    spec = trainer.metadata["x"]
-    if "shape" not in spec:
-        spec = next(iter(spec.values()))
-    return int(spec["shape"][0])
+    """The compiled batch size: the first dimension of the inputs (each has it; a file of a
+    model with several inputs lists them under ``inputs`` and has no ``x``)."""
+    shape, _ = next(iter(trainer.input_specs.values()))
+    return int(shape[0])
 
 
 def _check_batch_size(trainer, requested) -> int:
