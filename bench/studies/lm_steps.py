@@ -15,6 +15,15 @@ over all timed steps. The tfpock files are exported first (cached in ``--cache_d
 
 Targets (issue 13): the sparse (norms) and LoRA steps at least 8x faster than Keras full and
 3x faster than tf.function with the same scheme, at least 5x less peak memory than Keras full.
+
+Measured (``bench/results/2026-12-06-x86_64-2core-lm-steps.md``, load 5-22 on the 2 shared
+cores, TF with oneDNN): none met. Over the four groups, tfpock's LoRA step is 1.2-1.8x faster
+than Keras full (target 8x) and 0.8-0.9x of tf.function's LoRA step (target 3x); the norms
+step 1.1-2.4x and 0.65-1.6x; last 2 blocks 0.8-1.5x and 0.6-0.7x; full 0.5-0.8x of Keras
+full. Peak RSS is 1.6-3.0x below Keras full's (target 5x). The matmuls are the step: TFLite's
+FULLY_CONNECTED/BATCH_MATMUL kernels (XNNPACK, one thread) against TF's oneDNN ones on this
+AVX-512 machine; the tied 8192x512 head's two FULLY_CONNECTED are the largest single ops
+(``bench/results/2026-12-06-x86_64-2core-op-profile-llama15m-norms-b1-s64.json``).
 """
 from __future__ import annotations
 

@@ -17,9 +17,10 @@ losses have it).
 
 Cost: every token runs the whole window, so a token costs ``infer``'s time at ``seq``
 whatever the prompt's length. A key/value cache would run one position per token instead. It
-would pay: on a 15M-parameter Llama (one thread, batch 1) ``infer`` takes 6.5 ms for a window
-of 1 and 46 ms for 64, so a cached step (at least the cost of one position) could be up to 7x
-cheaper at 64 (``bench/results/2026-12-06-x86_64-2core-lm-generate.md``,
+would pay: on a 15M-parameter Llama (one thread, batch 1) ``infer`` takes 8 ms for a window
+of 1, 46 ms for 64 and 174 ms for 256, so a cached step (at least the cost of one position)
+could be up to 6x cheaper at 64 and 22x at 256
+(``bench/results/2026-12-06-x86_64-2core-lm-generate.md``,
 ``python -m bench.studies.lm_steps --kv``). Not built yet: it needs a signature that keeps
 the keys and values of each layer as variables and runs one position at a given offset.
 """
