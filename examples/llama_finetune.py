@@ -19,10 +19,13 @@ tools:
    out. Reported, before and after each scheme: the held-out perplexity and next-token
    accuracy (from ``Trainer.predict``'s logits) and a greedy sample (``Trainer.generate``).
 
-    python examples/llama_finetune.py                  # about 15 min on 2 loaded cores
+    python examples/llama_finetune.py                  # 22 min on this machine's 2 loaded cores
     python examples/llama_finetune.py --out bench/results/2026-12-06-x86_64-2core-llama-finetune
 
-``tests/test_llama_example.py`` runs a tiny version (``--tiny``) end to end.
+``tests/test_llama_example.py`` runs a tiny version (``--tiny``) end to end. Measured:
+``bench/results/2026-12-06-x86_64-2core-llama-finetune.md`` (held-out perplexity on the
+change log 322 after pre-training; 25.0 after full fine-tuning, 69.9 after LoRA, 29.8 after
+the last block: the sparse scheme's gain 0.98 of full's in perplexity, 0.93 in nats).
 """
 from __future__ import annotations
 
@@ -239,7 +242,7 @@ def parse(argv=None):
     p.add_argument("--part", choices=("all", "host", "device"), default="all")
     p.add_argument("--work", default="out/llama_finetune", help="files of the run")
     p.add_argument("--out", default=None, help="write <out>.md and <out>.json")
-    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
+    p.add_argument("--tiny", action="store_true", help="a smoke run: 1 block, few steps")
     p.add_argument("--schemes", default=",".join(SCHEMES))
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--layers", type=int, default=4)
