@@ -124,9 +124,10 @@ def signature_ms(path: str, signature: str, reps: int, no_xnnpack: bool) -> floa
     if signature == "train":
         from tfpock.runtime import Trainer
         trainer = Trainer(path, num_threads=1, **_options(no_xnnpack))
-        batch = {k: np.zeros(trainer.metadata[k]["shape"], trainer.metadata[k]["dtype"])
-                 for k in ("x", "y")}
-        return cli.median_ms(lambda: trainer.train(batch["x"], batch["y"]), reps, warm=3)
+        x = {k: np.zeros(shape, dtype) for k, (shape, dtype) in trainer.input_specs.items()}
+        x = x["x"] if list(x) == ["x"] else x   # a dict for a model with several inputs
+        y = np.zeros(trainer.metadata["y"]["shape"], trainer.metadata["y"]["dtype"])
+        return cli.median_ms(lambda: trainer.train(x, y), reps, warm=3)
     with open(path, "rb") as f:
         runner = _interpreter(f.read(), no_xnnpack).get_signature_runner(signature)
     rng = np.random.default_rng(0)

@@ -14,7 +14,9 @@ each ``run N`` line on stdin ``{"event": "round", "ms": [...]}``, and for ``exit
 Kinds: ``keras`` (``train_on_batch``; ``trained_layers`` set freezes every other layer),
 ``tf_function`` (GradientTape + SGD on the weights of ``scheme_text``), ``tfpock``
 (tfpock.runtime.Trainer), ``tfpock_infer`` (its ``infer``), ``signature`` (a TFLite ``train(x, y)``
-signature: the stock recipe), ``forward`` (a TFLite model's default signature, ``x`` only).
+signature: the stock recipe), ``forward`` (a TFLite model's default signature, ``x`` only);
+``lm_*``: the language-model study's (``bench/lm.py``: a KerasHub Llama, dict inputs, weighted
+labels).
 """
 from __future__ import annotations
 
@@ -44,6 +46,12 @@ def batches(data: dict, batch: int, count: int = 4, seed: int = 0):
     return out
 
 
+def lm_batches(spec: dict) -> list:
+    sys.path.insert(0, REPO)
+    from bench import lm
+    return lm.batches(spec["config"]["vocabulary_size"], spec["batch"], spec["seq"])
+
+
 def _tensorflow(threads: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -56,6 +64,12 @@ def _tensorflow(threads: int):
 def make_step(spec: dict):
     """A no-argument-besides-the-batch callable that runs one step synchronously."""
     kind, threads = spec["kind"], spec["threads"]
+    if kind.startswith("lm_"):   # the language-model study's kinds (bench/lm.py)
+        if kind != "lm_tfpock" and kind != "lm_infer":
+            _tensorflow(threads)
+        sys.path.insert(0, REPO)
+        from bench import lm
+        return lm.make_step(spec)
     if kind in ("keras", "tf_function"):
         tf = _tensorflow(threads)
         import keras
@@ -142,7 +156,8 @@ def main(spec: dict) -> None:
     try:
         start = time.perf_counter()
         step = make_step(spec)
-        data = batches(spec["data"], spec["batch"])
+        data = (lm_batches(spec) if spec["kind"].startswith("lm_")
+                else batches(spec["data"], spec["batch"]))
         warmup = _timed(step, data, spec["warmup"])
     except Exception as exc:  # noqa: BLE001 - reported to the harness, which records it
         send(event="error", stage="setup", error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -131,3 +131,32 @@ def test_depth_sweep_ratios_and_report():
     text = depth_sweep.markdown(doc)
     assert text.count("floor PASS Keras PASS tf.function PASS") == 1   # batch 1 only
     assert "failed: tf_function last:2: boom" in text
+
+
+def test_language_model_study_runs_a_tfpock_worker(tmp_path):
+    """bench/studies/lm_steps.py's machinery: the ``lm_tfpock`` worker kind trains the tiny
+    Llama (tests/test_keras_hub.py's file) on the study's weighted batches, and the ratios
+    and the report come from its rows (the TF kinds are left out, as above)."""
+    from bench.studies import lm_steps
+    from tests.test_keras_hub import BATCH, SEQ, VOCAB, exported
+    path = tmp_path / "llama.tflite"
+    path.write_bytes(exported("full")[1])
+    spec = {"kind": "lm_tfpock", "config": {"vocabulary_size": VOCAB}, "seq": SEQ,
+            "batch": BATCH, "threads": 1, "scheme": "full", "model_file": str(path)}
+    timing = harness.Timing(rounds=1, warmup=1, round_s=0.0, min_steps=1, max_steps=1)
+    [row] = harness.run_group([harness.Contender("tfpock", "full", spec)], timing)
+    assert row["status"] == "ok", row["error"]
+    keras_row = dict(row, id="keras_full", step_ms={"median": 4 * row["step_ms"]["median"]},
+                     peak_rss_mb=3 * row["peak_rss_mb"])
+    tf_row = dict(row, id="tf_function", step_ms={"median": 2 * row["step_ms"]["median"]})
+    [ratio] = lm_steps.ratios([keras_row, row, tf_row], ["full"])
+    assert ratio == {"scheme": "full", "keras_speed": pytest.approx(4.0),
+                     "keras_memory": pytest.approx(3.0), "tf_function_speed": pytest.approx(2.0)}
+    for r in (keras_row, row, tf_row):
+        r["tokens_per_s"] = 1.0
+    text = lm_steps.steps_markdown({
+        "date": "d", "machine": "m", "command": "c", "config": {}, "parameters": 1,
+        "timing": {"rounds": 1}, "load_start": [0], "load_end": [0],
+        "groups": [{"seq": SEQ, "batch": BATCH, "rows": [keras_row, row, tf_row],
+                    "ratios": [ratio]}]})
+    assert "| full | 4.00 | 2.00 | 3.00 |" in text

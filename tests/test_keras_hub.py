@@ -11,6 +11,8 @@ next-token cross-entropy weighted by the padding mask, as ``CausalLM`` trains.
 """
 from __future__ import annotations
 
+import functools
+import os
 import tempfile
 
 import keras
@@ -89,15 +91,26 @@ def loss_fn():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def compiled(request, tmp_path_factory):
-    lora, scheme, _ = CASES[request.param]
+@functools.cache
+def exported(case: str) -> tuple[tfpock.Program, bytes]:
+    """The case's program and its exported file, compiled once per session (the tiny
+    Llama's compile is most of this file's time; tests/test_generate.py uses "full")."""
+    lora, scheme, _ = CASES[case]
     model = tiny_llama(lora)
     program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
                               scheme=scheme if isinstance(scheme, str) else scheme(model),
                               batch_size=BATCH, sample_weight=True, input_shapes=SHAPES)
+    with tempfile.TemporaryDirectory() as folder:
+        program.export(os.path.join(folder, "model.tflite"))
+        with open(os.path.join(folder, "model.tflite"), "rb") as f:
+            return program, f.read()
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def compiled(request, tmp_path_factory):
+    program, data = exported(request.param)
     path = tmp_path_factory.mktemp("llama") / "model.tflite"
-    program.export(path)
+    path.write_bytes(data)
     return request.param, program, path
 
 

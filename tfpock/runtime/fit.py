@@ -81,8 +81,11 @@ def pad(x, rows: int):
 
 
 def batch_size(trainer) -> int:
-    """The compiled batch size: the first dimension of ``x`` (of each input of a dict)."""
-    spec = trainer.metadata["x"]
+    """The compiled batch size: the first dimension of the inputs (each has it): of the
+    metadata's ``inputs`` (files of models with several inputs, which have no ``x``), else
+    of ``x`` (a spec, or a dict of them)."""
+    inputs = trainer.metadata.get("inputs")
+    spec = inputs[0] if inputs else trainer.metadata["x"]
     if "shape" not in spec:
         spec = next(iter(spec.values()))
     return int(spec["shape"][0])

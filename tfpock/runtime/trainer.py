@@ -12,6 +12,7 @@ import numpy as np
 
 from tfpock.runtime import checkpoint, slices
 from tfpock.runtime import fit as _fit
+from tfpock.runtime import generate as _generate
 from tfpock.runtime.interpreter import load_interpreter_class
 from tfpock.runtime.validate import (InputError, check_batch, check_inputs, check_labels,
                                      sample_weights)
@@ -156,6 +157,14 @@ class Trainer:
     def predict(self, x, batch_size: int | None = None):
         """``infer`` over every row of ``x``, the last batch padded and cut back."""
         return _fit.predict(self, x, batch_size)
+
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int | None = None, **options) -> np.ndarray:
+        """A causal language model's continuation of ``prompt_ids`` with ``infer``: greedy at
+        temperature 0, else sampled (``seed``; ``top_k``, ``stop_token_ids``, ``pad_id``):
+        :func:`tfpock.runtime.generate.generate`."""
+        return _generate.generate(self, prompt_ids, max_new_tokens, temperature, seed,
+                                  **options)
 
     def state(self) -> dict[str, np.ndarray]:
         """Every variable of the model (what a checkpoint holds): trained weights (whole,

@@ -1,0 +1,124 @@
+"""Text generation on the device with a causal language model's ``infer`` signature.
+
+The exported ``infer`` takes a fixed window: ``[batch, seq]`` token ids (and a
+``padding_mask`` when the model has one) -> ``[batch, seq, vocab]`` logits. Each new token is
+one call of it: the tokens so far sit left-aligned in the window, the rest is padding (id
+``pad_id``, mask 0), and the next token is chosen from the logits at the last real position.
+A causal model's logits at position ``t`` depend on tokens ``0..t`` only, so the padding to
+the right changes nothing: the result is the model's own next-token distribution. Past
+``seq`` tokens the window slides (the last ``seq`` tokens; a rotary model then sees them at
+positions ``0..seq-1``, as a Keras model given that window would).
+
+The choice: greedy (``temperature == 0``: the argmax, the first on ties, as ``np.argmax``)
+or sampled from ``softmax(logits / temperature)``, optionally over the ``top_k`` largest
+logits only, with ``numpy.random.default_rng(seed)`` (a seed makes it reproducible). The
+model's output is read as logits (as KerasHub's ``CausalLM`` and ``from_logits=True``
+losses have it).
+
+Cost: every token runs the whole window, so a token costs ``infer``'s time at ``seq``
+whatever the prompt's length. A key/value cache would run one position per token instead. It
+would pay: on a 15M-parameter Llama (one thread, batch 1) ``infer`` takes 8 ms for a window
+of 1, 46 ms for 64 and 174 ms for 256, so a cached step (at least the cost of one position)
+could be up to 6x cheaper at 64 and 22x at 256
+(``bench/results/2026-12-06-x86_64-2core-lm-generate.md``,
+``python -m bench.studies.lm_steps --kv``). Not built yet: it needs a signature that keeps
+the keys and values of each layer as variables and runs one position at a given offset.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tfpock.runtime.validate import InputError
+
+TOKEN_INPUTS = ("token_ids", "x")   # the token input's name: KerasHub's, or a single input
+
+
+def window_layout(trainer) -> tuple[str, str | None, int]:
+    """(token input name, padding-mask input name or None, window length) of a trainer's
+    language model; refuses a model whose inputs are not token ids (and a mask)."""
+    specs = trainer.input_specs
+    token = next((name for name in TOKEN_INPUTS if name in specs), None)
+    mask = "padding_mask" if "padding_mask" in specs else None
+    extra = sorted(set(specs) - {token, mask})
+    if token is None or extra or len(specs[token][0]) != 2 or \
+            not np.issubdtype(specs[token][1], np.integer):
+        raise InputError(f"generate: the model takes {', '.join(specs)}; generation needs "
+                         f"integer token ids [batch, seq] named {' or '.join(TOKEN_INPUTS)} "
+                         f"and optionally a padding_mask")
+    output = trainer.metadata["output"]["shape"]
+    if len(output) != 3 or output[1] != specs[token][0][1]:
+        raise InputError(f"generate: the model's output has shape {tuple(output)}; generation "
+                         f"needs next-token logits [batch, seq, vocab]")
+    return token, mask, specs[token][0][1]
+
+
+def generate(trainer, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
+             seed: int | None = None, top_k: int | None = None,
+             stop_token_ids=(), pad_id: int = 0) -> np.ndarray:
+    """The prompt followed by up to ``max_new_tokens`` generated tokens.
+
+    ``prompt_ids``: one prompt (1-D) or several of one length (2-D ``[rows, length]``, any
+    number of rows: they run ``batch`` at a time). A row stops after it emits one of
+    ``stop_token_ids``; its later positions hold ``pad_id``; generation ends when every row
+    has stopped. Returns int32 ids, 1-D for a 1-D prompt."""
+    token, mask, seq = window_layout(trainer)
+    vocab = trainer.metadata["output"]["shape"][2]
+    prompts = np.asarray(prompt_ids)
+    single = prompts.ndim == 1
+    prompts = prompts[None] if single else prompts
+    if prompts.ndim != 2 or prompts.shape[1] == 0 or not np.issubdtype(prompts.dtype,
+                                                                       np.integer):
+        raise InputError(f"generate: prompt_ids must be integer ids, 1-D or 2-D [rows, length] "
+                         f"with at least one token, got {prompts.dtype} {prompts.shape}")
+    if prompts.min() < 0 or prompts.max() >= vocab:
+        raise InputError(f"generate: prompt_ids hold ids outside [0, {vocab})")
+    if not (isinstance(max_new_tokens, (int, np.integer)) and max_new_tokens >= 0):
+        raise InputError(f"generate: max_new_tokens must be an integer >= 0, got "
+                         f"{max_new_tokens!r}")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"generate: temperature must be finite and >= 0, got {temperature}")
+    if top_k is not None and not (isinstance(top_k, (int, np.integer)) and 1 <= top_k <= vocab):
+        raise InputError(f"generate: top_k must be an integer in [1, {vocab}], got {top_k!r}")
+    rng = np.random.default_rng(seed)
+    stops = np.asarray(list(stop_token_ids), np.int64)
+    out = prompts.astype(np.int32)
+    done = np.zeros(len(out), bool)
+    for _ in range(max_new_tokens):
+        if done.all():
+            break
+        logits = _last_logits(trainer, out, token, mask, seq, pad_id)
+        chosen = _choose(logits, temperature, top_k, rng)
+        chosen = np.where(done, pad_id, chosen).astype(np.int32)
+        out = np.concatenate([out, chosen[:, None]], axis=1)
+        done |= np.isin(chosen, stops)
+    return out[0] if single else out
+
+
+def _last_logits(trainer, ids: np.ndarray, token: str, mask: str | None, seq: int,
+                 pad_id: int) -> np.ndarray:
+    """[rows, vocab]: the logits at each row's last token, its last ``seq`` tokens
+    left-aligned in the window."""
+    window = ids[:, -seq:]
+    length = window.shape[1]
+    x = {token: np.full((len(ids), seq), pad_id, np.int32)}
+    x[token][:, :length] = window
+    if mask is not None:
+        x[mask] = np.zeros((len(ids), seq), np.int32)
+        x[mask][:, :length] = 1
+    logits = trainer.predict(x if mask is not None or token != "x" else x[token])
+    return np.asarray(logits[:, length - 1], np.float64)
+
+
+def _choose(logits: np.ndarray, temperature: float, top_k: int | None,
+            rng: np.random.Generator) -> np.ndarray:
+    """Each row's next token: the argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the ``top_k`` largest logits."""
+    if temperature == 0:
+        return logits.argmax(axis=1)
+    scaled = logits / temperature
+    if top_k is not None:
+        kth = np.sort(scaled, axis=1)[:, -top_k][:, None]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)
+    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return np.array([rng.choice(len(p), p=p) for p in probs])
