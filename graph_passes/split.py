@@ -247,7 +247,7 @@ class MatMulRule(ReaderRule):
     ``dy @ W^T = concat(dy @ W_t^T, dy @ W_f^T)``."""
 
     def problem(self, graph, node, index):
-        ta, tb = graph.attr(node, "transpose_a", False), graph.attr(node, "transpose_b", False)
+        ta = graph.attr(node, "transpose_a", False)
         if index != 1 or ta:
             return (f"MatMul {node.name} reads the kernel as input {index} with transpose_a="
                     f"{ta} (splits x @ W and dy @ W^T only)")

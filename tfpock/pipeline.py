@@ -56,8 +56,8 @@ def switches(passes: Mapping[str, bool] | None = None) -> dict[str, bool]:
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    passes: Mapping[str, bool] | None = None) -> Sequential:
     """The GraphDef phase: freeze -> prune -> narrow -> fold_bn -> split -> lower ->
-    sink_scale -> fold_constants -> dce. ``debug`` checks the signature and each pass's postcondition after
-    every pass; ``passes`` switches optional passes (:func:`switches`)."""
+    sink_scale -> fold_constants -> dce. ``debug`` checks the signature and each pass's
+    postcondition after every pass; ``passes`` switches optional passes (:func:`switches`)."""
     on = switches(passes)
     return Sequential([p for p in [
         Freeze(frozen_values),    # weights the scheme does not train become constants
