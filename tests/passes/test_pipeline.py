@@ -90,7 +90,8 @@ def test_records_each_pass_in_order(step):
     assert records[0].stats["variables_frozen"] == sum(not w.trained for w in step.weights)
     assert records[1].ops_after < records[1].ops_before and records[1].modified
     assert not records[2].modified  # no partial-channel weight in this scheme
-    assert records[4].stats["lowered"]
+    assert not records[4].modified and records[4].stats["split"] == {}   # nor here
+    assert records[5].stats["lowered"]
 
 
 def test_pipeline_keeps_signature_and_numbers(step):
