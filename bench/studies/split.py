@@ -86,12 +86,17 @@ def export(out_dir: str) -> None:
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     figures = {}
     for name, scheme in mobilenet_schemes().items():
-        program = tfpock.optimize(models.mobilenet_v2(), loss=loss,
-                                  optimizer=keras.optimizers.SGD(0.01), scheme=scheme,
-                                  batch_size=1)
-        content = program.to_tflite()
-        with open(os.path.join(out_dir, f"{name}.tflite"), "wb") as f:
-            f.write(content)
+        path = os.path.join(out_dir, f"{name}.tflite")
+        if os.path.exists(path):   # exported by an interrupted run of the same code
+            with open(path, "rb") as f:
+                content = f.read()
+        else:
+            program = tfpock.optimize(models.mobilenet_v2(), loss=loss,
+                                      optimizer=keras.optimizers.SGD(0.01), scheme=scheme,
+                                      batch_size=1)
+            content = program.to_tflite()
+            with open(path, "wb") as f:
+                f.write(content)
         figures[name] = file_figures(content)
         logging.info("%s: %s", name, figures[name])
     model = digits_task(0, {})[0]
@@ -101,7 +106,8 @@ def export(out_dir: str) -> None:
         program = tfpock.optimize(model, loss=loss, optimizer=keras.optimizers.SGD(0.05),
                                   scheme=scheme, batch_size=DIGITS_BATCH)
         content = program.to_tflite()
-        with open(os.path.join(out_dir, f"digits-{name.replace(',', '+')}.tflite"), "wb") as f:
+        stem = name.replace(",", "+").replace(":", "-").replace("/", "of")
+        with open(os.path.join(out_dir, f"digits-{stem}.tflite"), "wb") as f:
             f.write(content)
         figures[f"digits {name}"] = file_figures(content)
         logging.info("digits %s: %s", name, figures[f"digits {name}"])

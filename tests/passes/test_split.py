@@ -4,10 +4,10 @@ A tiny model with every reader the pass splits: a trained conv (so input gradien
 through the partial layers) -> a depthwise conv on 2 of 4 channels -> a 1x1 conv on 2 of 8
 -> a frozen BatchNorm (fold_bn puts its scale between the concat and the conv) -> a frozen
 3x3 conv (its input gradient has a constant kernel: one convolution, lowering/conv.py) -> a
-frozen Dense -> a Dense on 4 of 16 -> a trained Dense. One step on ai-edge-litert equals GradientTape +
-the Keras optimizer with the same channel mask (``tests/reference.py``), SGD and Adam, with
-and without the trained layer before; the exported file holds only the k trained channels as
-variables, and no tensor of a whole partial kernel is left in ``train``.
+frozen Dense -> a Dense on 4 of 16 -> a trained Dense. One step on ai-edge-litert equals
+GradientTape + the Keras optimizer with the same channel mask (``tests/reference.py``), SGD
+and Adam, with and without the trained layer before; the exported file holds only the k
+trained channels as variables, and no tensor of a whole partial kernel is left in ``train``.
 """
 from __future__ import annotations
 
