@@ -141,7 +141,9 @@ def markdown(doc: dict) -> str:
              f"average {doc['load']} at the start and {doc['load_end']} at the end (2 cores "
              "shared with other jobs); step time: median over "
              f"{doc['rounds']} interleaved rounds of each round's median of {doc['steps']} "
-             "steps. before = main without graph_passes/split.py, after = with it. See "
+             "steps. before = main at f972bdd (no graph_passes/split.py, a frozen kxk input "
+             "gradient as patches + matmul), after = this branch. The last4-full files are "
+             "identical on both sides (nothing to split): their ratio is the noise. See "
              "bench/studies/split.py's docstring.", "",
              "## MobileNetV2 0.35 @128, BN frozen, batch 1, SGD: the last 4 layers with weights",
              "", "| scheme | step ms before | after | after/before | variable bytes before | "
@@ -184,8 +186,9 @@ def main(argv):
            "machine": FLAGS.machine, "rounds": FLAGS.rounds, "steps": FLAGS.steps,
            "affinity": sorted(os.sched_getaffinity(0)),
            "load": [round(v, 2) for v in os.getloadavg()],
-           "command": f"python -m bench.studies.split --before {FLAGS.before} --after "
-                      f"{FLAGS.after}"}
+           "command": f"taskset -c 1 python -m bench.studies.split --before {FLAGS.before} "
+                      f"--after {FLAGS.after} --rounds {FLAGS.rounds} --steps {FLAGS.steps} "
+                      f"--name {FLAGS.name}"}
     doc.update(compare(FLAGS.before, FLAGS.after, FLAGS.rounds, FLAGS.steps))
     doc["load_end"] = [round(v, 2) for v in os.getloadavg()]
     cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
