@@ -67,13 +67,6 @@ def mobilenet_schemes() -> dict[str, dict]:
     return out
 
 
-def timed_files() -> list[str]:
-    """The files the compare mode times: MobileNetV2's, and ResNet-18's bias scheme with its
-    BatchNorms left trainable (their betas train, so every frozen 3x3 stride-1 conv has an
-    input gradient with a constant kernel: the constant-kernel conv form)."""
-    return [*mobilenet_schemes(), "resnet18-bnbias"]
-
-
 def file_figures(content: bytes) -> dict:
     """Variable bytes (float32 shapes the initialiser assigns) and the train peak."""
     from tfpock.tflite import memory, model_file
@@ -138,9 +131,10 @@ def compare(before: str, after: str, rounds: int, steps: int) -> dict:
     from bench.studies.ab_steps import compare as ab
     figures = {side: json.load(open(os.path.join(d, "figures.json")))
                for side, d in (("before", before), ("after", after))}
-    paths = [os.path.join(d, f"{name}.tflite") for name in timed_files()
-             for d in (before, after)]
-    timed = {row["file"]: row for row in ab(paths, rounds, steps)}
+    timed = {}
+    for group in (list(mobilenet_schemes()), ["resnet18-bnbias"]):   # one input shape each
+        paths = [os.path.join(d, f"{name}.tflite") for name in group for d in (before, after)]
+        timed.update({row["file"]: row for row in ab(paths, rounds, steps)})
     rows = []
     for name in figures["after"]:
         row = {"scheme": name, **{f"{side}_{k}": figures[side][name][k]
