@@ -119,7 +119,7 @@ def first_channels(t: tf.Tensor, k: int, axis: int = -1) -> tf.Tensor:
     return tf.slice(t, [0] * t.shape.rank, size)
 
 
-def _copy_attrs(node: tf.compat.v1.NodeDef, keys: Sequence[str]) -> dict:
+def copy_attrs(node: tf.compat.v1.NodeDef, keys: Sequence[str]) -> dict:
     """Attributes of ``node`` as raw-op keyword arguments (lists, strings, bools)."""
     out = {}
     for key in keys:
@@ -244,7 +244,7 @@ class ConvKernelGradRule(_FilterGradRule):
         kh, kw, _, co = graph.spec(node.name).shape
         return tf.raw_ops.Conv2DBackpropFilter(
             input=first_channels(x, k), filter_sizes=tf.constant([kh, kw, k, co], tf.int32),
-            out_backprop=dy, **_copy_attrs(node, self._attrs))
+            out_backprop=dy, **copy_attrs(node, self._attrs))
 
 
 class DepthwiseKernelGradRule(_FilterGradRule):
@@ -259,7 +259,7 @@ class DepthwiseKernelGradRule(_FilterGradRule):
         return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
             input=first_channels(x, k),
             filter_sizes=tf.constant([kh, kw, k, multiplier], tf.int32),
-            out_backprop=first_channels(dy, k * multiplier), **_copy_attrs(node, self._attrs))
+            out_backprop=first_channels(dy, k * multiplier), **copy_attrs(node, self._attrs))
 
 
 class RegroupReshapeRule(NarrowingRule):

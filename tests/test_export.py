@@ -83,7 +83,8 @@ def test_one_switch_for_the_optional_passes_of_both_phases():
     def compile_(**kwargs):
         return tfpock.optimize(models.mlp(), loss="sparse_categorical_crossentropy",
                                optimizer=keras.optimizers.SGD(0.1), batch_size=4, **kwargs)
-    program = compile_(passes={"narrow": False, "fold_bn": False, "sink_scale": False,
+    program = compile_(passes={"narrow": False, "fold_bn": False, "split": False,
+                               "sink_scale": False,
                                "fold_constants": False, "dce": False, "reorder": True})
     names = [r.name for r in program.pass_records["train"]]
     assert names == ["freeze", "prune", "lower"]
@@ -96,7 +97,7 @@ def test_one_switch_for_the_optional_passes_of_both_phases():
     unfused.to_tflite()
     assert "export" not in unfused.pass_records
     with pytest.raises(tfpock.TfpockError, match="the optional passes are prune, narrow, "
-                       "fold_bn, sink_scale, fold_constants, dce, fuse, reorder"):
+                       "fold_bn, split, sink_scale, fold_constants, dce, fuse, reorder"):
         compile_(passes={"freeze": False})
     with pytest.raises(tfpock.TfpockError, match=r"\['fuse'\] must be True or False"):
         compile_(passes={"fuse": "no"})

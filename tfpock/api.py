@@ -39,7 +39,8 @@ def optimize(model: keras.Model, *, loss=None, optimizer=None, scheme="full",
             pass.
         passes: optional passes switched on or off, ``{name: bool}``, to measure what they
             buy: any of ``tfpock.pipeline.OPTIONAL_PASSES``, on the GraphDef ("prune",
-            "narrow", "fold_bn", "sink_scale", "fold_constants", "dce"; all on by default) or
+            "narrow", "fold_bn", "split", "sink_scale", "fold_constants", "dce"; all on by
+            default) or
             on the exported file ("fuse", on; "reorder", off: it reschedules ``train`` for a
             lower peak of live activations, but under the XNNPACK delegate's clustering that
             does not lower the allocation, as measured in ``tfpock/tflite/reorder.py``).

@@ -23,6 +23,7 @@ from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Sequential
 from graph_passes.prune import Prune
 from graph_passes.sink_scale import SinkScale
+from graph_passes.split import SplitPartialKernels
 from tfpock.errors import TfpockError
 from tfpock.tflite.fuse import Fuse
 from tfpock.tflite.reorder import Reorder
@@ -32,7 +33,7 @@ from tfpock.tflite.reorder import Reorder
 # would need Flex ops. reorder is off by default: under the XNNPACK delegate's clustering it
 # does not lower the allocation (tfpock/tflite/reorder.py).
 OPTIONAL_PASSES: dict[str, bool] = {
-    "prune": True, "narrow": True, "fold_bn": True, "sink_scale": True,
+    "prune": True, "narrow": True, "fold_bn": True, "split": True, "sink_scale": True,
     "fold_constants": True, "dce": True,          # on the GraphDef
     "fuse": True, "reorder": False,               # on the .tflite file
 }
@@ -54,15 +55,16 @@ def switches(passes: Mapping[str, bool] | None = None) -> dict[str, bool]:
 
 def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
                    passes: Mapping[str, bool] | None = None) -> Sequential:
-    """The GraphDef phase: freeze -> prune -> narrow -> fold_bn -> lower -> sink_scale ->
-    fold_constants -> dce. ``debug`` checks the signature and each pass's postcondition after
-    every pass; ``passes`` switches optional passes (:func:`switches`)."""
+    """The GraphDef phase: freeze -> prune -> narrow -> fold_bn -> split -> lower ->
+    sink_scale -> fold_constants -> dce. ``debug`` checks the signature and each pass's
+    postcondition after every pass; ``passes`` switches optional passes (:func:`switches`)."""
     on = switches(passes)
     return Sequential([p for p in [
         Freeze(frozen_values),    # weights the scheme does not train become constants
         Prune(),                  # backward ops no kept update needs are removed
         NarrowWeightGradients(),  # partial-channel kernels' gradients compute k channels only
         FoldBatchNorm(),          # frozen BatchNorm scales move into the kernel before them
+        SplitPartialKernels(),    # partial kernels' readers use the trained and frozen parts
         Lower(),                  # ops TFLite lacks as builtins become builtin-convertible ops
         SinkScale(),              # lr * (a @ b) -> a @ (lr * b) on the smaller operand
         FoldConstants(),          # what depends on constants only is computed once, here

@@ -61,6 +61,9 @@ EXPLICIT padding (converting the raw op with builtins only refuses both). Chosen
   per kernel offset with the kernel as it is, summed, the flip done by listing the patches in
   reverse (:func:`input_grad_kernel_as_is`). The flipped, transposed, reshaped kernel of the
   form above was three copies of a variable read each step (constant kernels fold them).
+* stride-1 kxk with a constant kernel (a frozen layer between trained ones): the same
+  correlation as a VALID CONV_2D of the padded ``dy`` with the flipped, transposed kernel
+  folded to a constant (:func:`input_grad_conv`): XNNPACK's, and no patches.
 * strided, or a constant 1x1 kernel (a frozen layer's, which XNNPACK takes): TRANSPOSE_CONV.
 * EXPLICIT padding: the VALID transposed convolution onto the padded input size, then a crop
   (the forward convolution over ``xp`` with VALID padding is the EXPLICIT one).
@@ -319,6 +322,8 @@ class Conv2DBackpropInputRule(LoweringRule):
         if takes_1x1_matmul(graph, node):
             return [input_grad_1x1(w, dy, shape)]
         full = input_grad_matmul_window(graph, node)
+        if full is not None and is_constant(graph, node.input[1]):
+            return [input_grad_conv(w, dy, full, shape)]
         if full is not None and takes_kernel_as_is(graph, node):
             return [input_grad_kernel_as_is(w, dy, full, shape)]
         if full is not None:
@@ -378,6 +383,18 @@ def input_grad_matmul(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Te
     flipped = flip_spatial(tf.transpose(w, [0, 1, 3, 2]))   # [kh, kw, Co, Ci]
     patches = filter_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]))
     dx = tf.matmul(tf.reshape(patches, [-1, kh * kw * co]), tf.reshape(flipped, [kh * kw * co, ci]))
+    return tf.reshape(dx, shape)
+
+
+def input_grad_conv(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Tensor:
+    """The correlation of :func:`input_grad_matmul` as a VALID convolution of the padded
+    ``dy`` with the flipped, transposed kernel, for a constant (frozen) kernel: the flip and
+    transpose fold at compile time, and a CONV_2D with a constant filter is XNNPACK's, with no
+    patches (kh*kw times ``dy``) in the arena. Between two trained layers of the digits CNN
+    (bench/studies/search_tasks.py) the patches of the frozen conv3's input gradient were the
+    step's peak: ``bench/results/2026-12-06-x86_64-2core-split.md``."""
+    flipped = flip_spatial(tf.transpose(w, [0, 1, 3, 2]))   # [kh, kw, Co, Ci]
+    dx = tf.nn.conv2d(pad_spatial(dy, full.pads), flipped, 1, "VALID")
     return tf.reshape(dx, shape)
 
 

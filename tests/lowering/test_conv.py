@@ -128,6 +128,21 @@ def test_input_grad_on_litert(name):
     assert_close(result.run_litert(), expected, peak_rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["3x3_s1_same", "5x5_s1_valid", "3x3_deep_same"])
+def test_stride_1_input_grad_of_a_constant_kernel_is_one_conv(name):
+    """A frozen kxk kernel between trained layers: the full correlation as one VALID Conv2D
+    of the padded dy with the flipped kernel (constant after folding: XNNPACK's), no
+    patches, no matmul; equal to the raw op in TF and on ai-edge-litert."""
+    op, kernel, dy, expected = input_case(name, seed=5)
+    result = lowered(lambda g: op(tf.constant(kernel), g), Conv2DBackpropInputRule(), dy)
+    assert result.count == 1
+    histogram = result.graph.op_histogram()
+    assert histogram["Conv2D"] == 1 and not {"ConcatV2", "MatMul", "BatchMatMulV2"} & {
+        op for op, n in histogram.items() if n}
+    assert_close(result.run_tf(), expected, peak_rtol=1e-5)
+    assert_close(result.run_litert(), expected, peak_rtol=1e-4)
+
+
 def test_declines_nchw():
     x = np.zeros((1, 3, 8, 8), np.float32)
     dy = np.zeros((1, 4, 8, 8), np.float32)
@@ -152,12 +167,14 @@ def test_declines_float16():
     (3, 2, 1, "SAME", False, False), (3, 2, 1, "VALID", False, False),
     (1, 1, 1, "SAME", True, False), (1, 2, 1, "SAME", False, False),
     (1, 1, 1, "SAME", False, True), (3, 1, 1, "SAME", False, True),
-    (3, 1, 1, "VALID", False, True), (3, 1, 2, "SAME", False, True)])
+    (3, 1, 1, "VALID", False, True), (3, 1, 2, "SAME", False, True),
+    (3, 1, 1, "SAME", True, True)])
 def test_lower_pass_leaves_strided_and_constant_1x1_input_grads_to_the_converter(
         k, stride, dilation, padding, constant, fires):
     """Strided SAME/VALID Conv2DBackpropInput and 1x1 ones with a constant (frozen) kernel
-    convert to TRANSPOSE_CONV as they are; stride-1 kxk ones become patches + matmul, 1x1
-    ones with a runtime (trained) kernel one batch matmul, dilated ones the undilated form."""
+    convert to TRANSPOSE_CONV as they are; stride-1 kxk ones become patches + matmul (one
+    convolution where the kernel is constant), 1x1 ones with a runtime (trained) kernel one
+    batch matmul, dilated ones the undilated form."""
     from graph_passes.lower import Lower
     kernel = np.ones((k, k, 2, 4), np.float32)
     x = np.zeros((1, 8, 8, 2), np.float32)

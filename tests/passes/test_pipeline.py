@@ -14,6 +14,7 @@ from graph_passes.narrow import NarrowWeightGradients
 from graph_passes.pass_base import Pass, PassError, PassResult, Sequential
 from graph_passes.prune import Prune
 from graph_passes.sink_scale import SinkScale
+from graph_passes.split import SplitPartialKernels
 from tests.passes import helpers
 from tests.passes.helpers import frozen_values, traced
 from tfpock.pipeline import build_pipeline
@@ -67,16 +68,16 @@ class Vandal(Pass):
 def test_build_pipeline_lists_the_passes_in_order(step):
     pipeline = build_pipeline(frozen_values(step))
     assert [type(p) for p in pipeline.passes] == [Freeze, Prune, NarrowWeightGradients,
-                                                  FoldBatchNorm, Lower, SinkScale,
-                                                  FoldConstants, DeadCodeElimination]
+                                                  FoldBatchNorm, SplitPartialKernels, Lower,
+                                                  SinkScale, FoldConstants, DeadCodeElimination]
     assert not pipeline.check_invariants
     assert build_pipeline(frozen_values(step), debug=True).check_invariants
 
 
 def test_records_each_pass_in_order(step):
     graph, records = build_pipeline(frozen_values(step), debug=True)(step.train)
-    assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "lower",
-                                          "sink_scale", "fold_constants", "dce"]
+    assert [r.name for r in records] == ["freeze", "prune", "narrow", "fold_bn", "split",
+                                          "lower", "sink_scale", "fold_constants", "dce"]
     assert records[0].ops_before == len(step.train.nodes)
     assert records[0].peak_live_before == peak_live_bytes(step.train).peak_bytes
     for earlier, later in zip(records, records[1:]):
@@ -89,7 +90,8 @@ def test_records_each_pass_in_order(step):
     assert records[0].stats["variables_frozen"] == sum(not w.trained for w in step.weights)
     assert records[1].ops_after < records[1].ops_before and records[1].modified
     assert not records[2].modified  # no partial-channel weight in this scheme
-    assert records[4].stats["lowered"]
+    assert not records[4].modified and records[4].stats["split"] == {}   # nor here
+    assert records[5].stats["lowered"]
 
 
 def test_pipeline_keeps_signature_and_numbers(step):

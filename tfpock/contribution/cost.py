@@ -4,8 +4,10 @@ Training memory = ``memory.timeline(file, "train").peak_bytes`` (live activation
 exported ``train`` signature: the least any arena plan for its operator order needs) + the
 bytes of the exported model's variables (trained weights, optimizer state, BatchNorm
 statistics; the frozen weights are constants of the file, read-only, not counted, as
-PockEngine counts training memory). Step time = median of one-thread ``Trainer.train`` calls
-on ai-edge-litert (``bench.cli.median_ms``'s loop, here in-process).
+PockEngine counts training memory; a partial-channel weight's variable is its k trained
+channels, :func:`tfpock.runtime.slices.stored_shape`, though its metadata ``shape`` is
+whole). Step time = median of one-thread ``Trainer.train`` calls on ai-edge-litert
+(``bench.cli.median_ms``'s loop, here in-process).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 import keras
 import numpy as np
 
+from tfpock.runtime.slices import stored_shape
 from tfpock.scheme import Scheme
 
 
@@ -53,7 +56,7 @@ def program_cost(program, time_steps: int = 0, x=None, y=None) -> Cost:
     content = program.to_tflite()
     parsed = model_file.read(content)
     activations = memory.timeline(parsed, "train").peak_bytes
-    variables = sum(int(np.prod(v["shape"], dtype=np.int64)) * np.dtype(v["dtype"]).itemsize
+    variables = sum(int(np.prod(stored_shape(v), dtype=np.int64)) * np.dtype(v["dtype"]).itemsize
                     for v in program.metadata["variables"])
     step = None
     if time_steps > 0:

@@ -79,19 +79,28 @@ def metadata_problems(variables: list) -> list[str]:
     return problems
 
 
+def stored_shape(variable: dict) -> tuple[int, ...]:
+    """The shape a (checked) metadata entry's variable has in the file: its ``shape`` (what
+    checkpoints and ``weights()`` hold, whole) cut to the trained channels where it has a
+    ``slice`` (the frozen channels are constants of the file, not variables)."""
+    shape = [int(d) for d in variable["shape"]]
+    if "slice" in variable:
+        shape[variable["slice"]["axis"]] = variable["slice"]["channels"][1]
+    return tuple(shape)
+
+
 def layout(metadata: dict) -> dict[str, Part]:
     """The trained slice of a (checked) model's metadata, by variable name, in file order."""
     parts = {}
     for v in metadata["variables"]:
         if v["kind"] not in KINDS:
             continue
-        shape = [int(d) for d in v["shape"]]
+        shape, dtype = stored_shape(v), np.dtype(v["dtype"])
         if "slice" in v:
-            axis, stop = v["slice"]["axis"], v["slice"]["channels"][1]
-            shape[axis] = stop
-            parts[v["name"]] = Part(v["name"], tuple(shape), np.dtype(v["dtype"]), axis, stop)
+            parts[v["name"]] = Part(v["name"], shape, dtype, v["slice"]["axis"],
+                                    v["slice"]["channels"][1])
         else:
-            parts[v["name"]] = Part(v["name"], tuple(shape), np.dtype(v["dtype"]))
+            parts[v["name"]] = Part(v["name"], shape, dtype)
     return parts
 
 
