@@ -253,3 +253,40 @@ def test_search_writes_a_scheme_optimize_takes_and_refuses_a_budget_nothing_fits
                     tmp_path / "none", cwd=work.dir, device=False)
     assert_refused(no_val, "search", "--val is required")
     assert not (tmp_path / "none").exists()
+
+
+def test_train_takes_several_inputs_and_sample_weights_from_an_npz(tmp_path):
+    """A model with two named inputs compiled with ``sample_weight=True``: ``tfpock train``
+    (TensorFlow blocked) reads an array per input, ``y`` and ``sample_weight`` from the .npz
+    and ends where ``Trainer.fit`` with the same weights ends; an .npz without one of the
+    inputs is one line naming it."""
+    import keras
+
+    from tfpock import optimize
+    from tfpock.runtime import Trainer
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Dense(4, activation="relu", name="h")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, keras.layers.Dense(3, name="out")(h))
+    program = optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), optimizer=keras.optimizers.SGD(0.2), batch_size=4,
+        sample_weight=True)
+    program.export(tmp_path / "two.tflite")
+    rng = np.random.default_rng(0)
+    x = {"a": rng.standard_normal((10, 3)).astype(np.float32),
+         "b": rng.standard_normal((10, 2)).astype(np.float32)}
+    y, w = rng.integers(0, 3, 10).astype(np.int32), rng.uniform(0, 2, 10).astype(np.float32)
+    np.savez(tmp_path / "d.npz", **x, y=y, sample_weight=w)
+    done = tfpock("train", "two.tflite", "--data", "d.npz", "--epochs", "2", "--checkpoint",
+                  "c.npz", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    expected = Trainer(tmp_path / "two.tflite")
+    expected.fit(x, y, sample_weight=w, epochs=2)
+    trained = Trainer(tmp_path / "two.tflite")
+    trained.restore(tmp_path / "c.npz")
+    assert_close(trained.weights(), expected.weights())
+    assert not np.allclose(expected.weights()["h/kernel"], model.get_layer("h").kernel.numpy())
+    np.savez(tmp_path / "no_b.npz", a=x["a"], y=y)
+    refused = tfpock("train", "two.tflite", "--data", "no_b.npz", cwd=tmp_path)
+    assert_refused(refused, "train", "missing ['b']")

@@ -5,11 +5,14 @@
         --every N] [--resume] [--early-stopping PATIENCE] [--log log.csv] [--plot curve.png]
 
 FILE is a training model ``tfpock optimize`` wrote. Data: ``data.npz`` with arrays ``x``
-and ``y``; ``x.npy,y.npy``; or ``data.csv`` (label in the last column); shapes and dtypes are
-checked against the model first (``tfpock inspect FILE`` shows what it takes). Batches are
-the model's compiled batch size, each epoch in a new order (``--seed``); a final partial
-batch is padded and masked for a model compiled with ``tfpock optimize --sample-weight``,
-else left out of the epoch and counted (``rows_skipped``, docs/concepts.md).
+and ``y`` (a model with several inputs: an array per input name, e.g. ``token_ids`` and
+``padding_mask``, and ``y``; any .npz may add ``sample_weight``, the loss's weight of each row
+or label, for a model compiled with ``--sample-weight``); ``x.npy,y.npy``; or ``data.csv``
+(label in the last column); shapes and dtypes are checked against the model first
+(``tfpock inspect FILE`` shows what it takes). Batches are the model's compiled batch
+size, each epoch in a new order (``--seed``); a final partial batch is padded and masked for
+a model compiled with ``tfpock optimize --sample-weight``, else left out of the epoch and
+counted (``rows_skipped``, docs/concepts.md).
 
 Each epoch prints its loss (and, for classifiers, accuracy; with ``--val``, val_loss and
 val_accuracy); on a terminal a progress bar runs under it. ``--checkpoint`` saves every
@@ -95,11 +98,17 @@ def main(args: list[str]) -> int:
 
     from tfpock.runtime import Trainer, data
     from tfpock.runtime import fit as fitting
-    x, y = data.load(f.data, metadata["x"], metadata["y"])
-    val = data.load(f.val, metadata["x"], metadata["y"]) if f.val else None
+    x_spec = _input_spec(metadata)
+    x, y = data.load(f.data, x_spec, metadata["y"])
+    weight = data.sample_weight(f.data, len(y))
+    val = None
+    if f.val:
+        vx, vy = data.load(f.val, x_spec, metadata["y"])
+        val = (vx, vy, data.sample_weight(f.val, len(vy)))
     if f.resume:
         _check_checkpoint(f.checkpoint, metadata)
-    compiled = metadata["x"]["shape"][0]
+    compiled = next(iter(x_spec.values()))["shape"][0] if "shape" not in x_spec \
+        else x_spec["shape"][0]
     if _flag("batch-size") not in (None, compiled):
         raise UsageError(f"--batch-size {_flag('batch-size')}: the model was compiled for "
                          f"batches of {compiled} (tfpock optimize --batch-size)")
@@ -121,7 +130,8 @@ def main(args: list[str]) -> int:
         callbacks.append(fitting.EarlyStopping("val_loss" if val else "loss",
                                                patience=_flag("early-stopping")))
     try:
-        history = trainer.fit(x, y, epochs=f.epochs, batch_size=_flag("batch-size"),
+        history = trainer.fit(x, y, sample_weight=weight, epochs=f.epochs,
+                              batch_size=_flag("batch-size"),
                               validation_data=val, shuffle=f.shuffle, seed=f.seed,
                               learning_rate=schedule, callbacks=callbacks,
                               resume=f.checkpoint if f.resume else None)
@@ -131,6 +141,15 @@ def main(args: list[str]) -> int:
     progress.stage(f"trained {done} epoch(s)" + (f"; checkpoint {f.checkpoint}" if f.checkpoint
                                                  else "; no --checkpoint: weights not kept"))
     return 0
+
+
+def _input_spec(metadata: dict) -> dict:
+    """The model's ``x`` spec, or ``{name: spec}`` for a model with several inputs (their
+    files list ``inputs`` and have no ``x``)."""
+    inputs = metadata.get("inputs")
+    if inputs and [s["name"] for s in inputs] != ["x"]:
+        return {s["name"]: {"shape": s["shape"], "dtype": s["dtype"]} for s in inputs}
+    return metadata["x"]
 
 
 def _read_model(path: str) -> dict:
@@ -149,7 +168,8 @@ def _read_model(path: str) -> dict:
                          f"{', '.join(custom)} (Flex ops need TensorFlow linked in); compile "
                          f"the model with tfpock optimize, which writes builtin ops only")
     metadata = describe.tfpock_metadata(parsed)
-    if metadata is None or not all(k in metadata for k in ("x", "y", "variables")):
+    if metadata is None or not all(k in metadata for k in ("y", "variables")) or not (
+            "x" in metadata or metadata.get("inputs")):
         raise UsageError(f"FILE {path!r} is a TFLite model but not a tfpock training model "
                          f"(no tfpock metadata signature); tfpock optimize writes one")
     return metadata

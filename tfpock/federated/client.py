@@ -26,6 +26,7 @@ from flwr.clientapp import ClientApp
 
 from tfpock.federated import records
 from tfpock.federated.data import local_batches
+from tfpock.runtime import fit
 from tfpock.runtime import Trainer, slices
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class LocalClient:
         lr = self.trainer.learning_rate if learning_rate is None else float(learning_rate)
         losses, skipped = [], 0
         x, y = np.asarray(x), np.asarray(y)
-        batch = self.trainer.metadata["x"]["shape"][0]
+        batch = fit.batch_size(self.trainer)
         for index in local_batches(len(x), steps, batch, seed):
             before = self.trainer.trained_slice() if proximal_mu else None
             out = self.trainer.train(x[index], y[index], learning_rate=lr)

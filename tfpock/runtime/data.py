@@ -8,6 +8,11 @@ before any step, the error naming the file, the array and what the model takes:
 * ``data.csv``: one row a line, numbers separated by commas, an optional header line; the
   last column is the label, the others the features, reshaped to the model's input row
   (``16x16x3`` images as 768 columns, in C order).
+
+A model with several inputs (a language model's ``token_ids`` and ``padding_mask``) takes an
+``.npz`` with one array per input name and ``y``. Any ``.npz`` may also hold
+``sample_weight``, the loss's weight of each row or label (:func:`sample_weight`), for a
+model compiled with ``tfpock optimize --sample-weight``.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ import numpy as np
 from tfpock.runtime.validate import InputError
 
 
-def load(spec: str, x_spec: dict, y_spec: dict) -> tuple[np.ndarray, np.ndarray]:
+def load(spec: str, x_spec: dict, y_spec: dict) -> tuple:
     """(x, y) from ``spec`` (one of the forms above), checked against the specs (the
-    model's metadata ``x``/``y``: ``{"shape": [batch, ...], "dtype": ...}``)."""
+    model's metadata ``x``/``y``: ``{"shape": [batch, ...], "dtype": ...}``; for several
+    inputs ``x_spec`` is ``{name: spec}`` and x comes back as a dict)."""
+    if "shape" not in x_spec:
+        return _inputs_npz(spec, x_spec, y_spec)
     if "," in spec:
         paths = spec.split(",")
         if len(paths) != 2 or not all(p.endswith(".npy") for p in paths):
@@ -37,6 +45,51 @@ def load(spec: str, x_spec: dict, y_spec: dict) -> tuple[np.ndarray, np.ndarray]
         raise InputError(f"data {spec!r}: expected a .npz (arrays x and y), a pair "
                          f"X.npy,Y.npy or a .csv (label in the last column)")
     return check(where, x, y, x_spec, y_spec)
+
+
+def _inputs_npz(path: str, x_specs: dict, y_spec: dict) -> tuple[dict, np.ndarray]:
+    """A model with several inputs: an .npz with an array per input name and ``y``."""
+    if not path.endswith(".npz"):
+        raise InputError(f"data {path!r}: a model with inputs {list(x_specs)} takes a .npz "
+                         f"with one array per input and 'y'")
+    _exists(path)
+    wanted = list(x_specs) + ["y"]
+    with _open_npz(path) as archive:
+        missing = [k for k in wanted if k not in archive.files]
+        if missing:
+            raise InputError(f"data file {path!r} holds arrays {sorted(archive.files)}; the "
+                             f"model needs {wanted} (missing {missing})")
+        arrays = {k: archive[k] for k in wanted}
+    x = {}
+    for name, spec in x_specs.items():
+        x[name], y = check(f"{path}: {name}", arrays[name], arrays["y"], spec, y_spec)
+    if len({len(v) for v in x.values()}) != 1:
+        raise InputError(f"data {path!r}: the inputs have different numbers of rows "
+                         f"{ {k: len(v) for k, v in x.items()} }")
+    return x, y
+
+
+def sample_weight(spec: str, rows: int) -> np.ndarray | None:
+    """The ``sample_weight`` array of an .npz data file (None when it has none, or for the
+    other forms): float32, finite, >= 0, one a row or a label (``Trainer.fit`` checks its
+    shape against ``y``), ``rows`` of them."""
+    if not spec.endswith(".npz"):
+        return None
+    with _open_npz(spec) as archive:
+        if "sample_weight" not in archive.files:
+            return None
+        w = archive["sample_weight"]
+    if w.dtype.kind not in "biuf" or w.ndim == 0 or len(w) != rows:
+        raise InputError(f"data {spec!r}: sample_weight has shape {w.shape} ({w.dtype}); it "
+                         f"takes numbers, {rows} rows like y")
+    return w.astype(np.float32)
+
+
+def _open_npz(path: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"data file {path!r} is not a readable .npz: {exc}") from None
 
 
 def _exists(path: str) -> None:
