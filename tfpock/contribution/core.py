@@ -10,9 +10,13 @@ evolutionary refinement; their search code was never published):
    averaged over seeds. Validation *loss*, not accuracy, is the score: on a few dozen
    validation examples accuracy moves in steps of 1/N and ties, the loss is continuous.
    The spread over seeds is reported as the noise.
-2. **Costs**, exact per candidate: base + each option is compiled and exported
-   (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable bytes and a
-   measured one-thread step on ai-edge-litert.
+2. **Costs**, exact per candidate (``costs="exact"``): base + each option is compiled and
+   exported (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable
+   bytes and a measured one-thread step on ai-edge-litert. Or predicted
+   (``costs="predicted"``, for models with many options): from ``depth_compiles`` exported
+   compiles along the depth and one grouped compile per option label
+   (:mod:`tfpock.contribution.estimate`: variable bytes exact, activations an upper bound by
+   depth, step time interpolated).
 3. **Selection** (:mod:`tfpock.contribution.select`): exact under the additive model.
 4. **Verification and refinement**: the probe measures the chosen combination's real gain
    (and a few other combinations'); an evolutionary search seeded by the knapsack picks
@@ -44,7 +48,8 @@ from tfpock.losses import resolve_loss
 from tfpock.runtime import atomic
 from tfpock.contribution import candidates as cand
 from tfpock.contribution.budget import Budget, BudgetError
-from tfpock.contribution.cost import exact_cost
+from tfpock.contribution.cost import exact_cost, program_variables
+from tfpock.contribution.estimate import predicted_costs
 from tfpock.contribution.probe import Probe, accuracy
 from tfpock.contribution.result import SearchResult
 from tfpock.contribution.select import Item, predict, select
@@ -68,7 +73,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            batch_size: int = 8, *, base: str | Sequence[str] | None = None,
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
            cache_dir: str | None = "default", learning_rate: float | None = None,
-           progress: bool | None = None, compile_checks: bool = False) -> SearchResult:
+           progress: bool | None = None, compile_checks: bool = False,
+           costs: str = "exact", depth_compiles: int = 8) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -91,6 +97,10 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         compile_checks: also compile the other checked combinations, to compare their
             predicted memory and time with exact ones (a compile each, ~4 s here; the
             chosen scheme is always compiled and checked).
+        costs: ``"exact"`` (compile and export base + each option) or ``"predicted"``
+            (:mod:`tfpock.contribution.estimate`: ``depth_compiles`` exported compiles plus
+            one grouped compile per option label, whatever the number of options).
+        depth_compiles: layers whose ``base + layer:full`` is exported when predicting.
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -107,9 +117,11 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         raise BudgetError(f"budget must be a tfpock.Budget, got {type(budget).__name__}")
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
                                ("seeds", seeds, 1), ("time_steps", time_steps, 0),
-                               ("refine", refine, 0)):
+                               ("refine", refine, 0), ("depth_compiles", depth_compiles, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
+    if costs not in ("exact", "predicted"):
+        raise TfpockError(f"costs must be 'exact' or 'predicted', got {costs!r}")
     if budget.step_ms is not None and time_steps == 0:
         raise BudgetError("budget.step_ms needs measured step times: time_steps must be > 0")
     loss_obj = resolve_loss(loss)
@@ -122,12 +134,13 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                 "time_steps": time_steps, "learning_rate": learning_rate,
                 "loss": [type(loss_obj).__name__, loss_obj.get_config()],
                 "optimizer": [type(optimizer).__name__, _opt_config(optimizer)],
-                "fractions": cand.FRACTIONS}
+                "fractions": cand.FRACTIONS, "costs": costs,
+                **({"depth_compiles": depth_compiles} if costs == "predicted" else {})}
     key = cache_key(model, (x, y, xv, yv), settings)
     cache = _load_cache(key, cache_dir)
     show = sys.stderr.isatty() if progress is None else progress
     state = _State(model, loss, optimizer, batch_size, steps, seeds, base_names, x, y, xv, yv,
-                   key, cache, learning_rate, show)
+                   key, cache, learning_rate, show, costs, depth_compiles)
 
     # the least any scheme needs is the base alone: refuse a budget below it before measuring
     base_cost = state.cost({}, time_steps)
@@ -328,6 +341,8 @@ class _State:
     cache: dict
     learning_rate: float | None
     show: bool
+    costs: str = "exact"
+    depth_compiles: int = 8
     probe_runs: int = 0
     compiles: int = 0
 
@@ -376,9 +391,11 @@ class _State:
         return self.cache["measured"][key]
 
     def analyse(self, options: dict, time_steps: int) -> None:
-        """Contributions (probe) and exact costs (compile) of the base and every option."""
+        """Contributions (probe) of the base and every option; their costs exact (a compile
+        each) or predicted (:mod:`tfpock.contribution.estimate`)."""
         all_options = [o for opts in options.values() for o in opts]
-        bar = _bar(2 * len(all_options) + 2, self.show)
+        predicted = self.costs == "predicted"
+        bar = _bar((1 if predicted else 2) * len(all_options) + 2, self.show)
         try:
             losses, accs = self._losses({})
             bar.update(1)
@@ -387,23 +404,38 @@ class _State:
             self.cache["base"] = {"val_losses": losses, "val_loss": float(np.mean(losses)),
                                   "val_accuracy": float(np.mean(accs)), "cost": cost}
             self.cache["candidates"] = {}
+            gains = {}
             for o in all_options:
                 l_o, a_o = self._losses({o.layer: o})
                 bar.update(1)
-                c = self.cost({o.layer: o}, time_steps)
-                bar.update(1)
-                gains = np.array(losses) - np.array(l_o)
-                c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
-                c["delta_step_ms"] = (None if c["step_ms"] is None
-                                      else c["step_ms"] - cost["step_ms"])
-                self.cache["candidates"][o.key] = {
-                    "gain": float(gains.mean()), "gain_std": float(gains.std()),
-                    "gains": gains.tolist(),
-                    "accuracy_gain": float(np.mean(a_o) - np.mean(accs)), "cost": c}
-                logger.info("search: %s gain %.4f +- %.4f, %d bytes", o.key, gains.mean(),
-                            gains.std(), c["memory_bytes"])
+                g = np.array(losses) - np.array(l_o)
+                gains[o.key] = {"gain": float(g.mean()), "gain_std": float(g.std()),
+                                "gains": g.tolist(),
+                                "accuracy_gain": float(np.mean(a_o) - np.mean(accs))}
+            if predicted:
+                costs, info = predicted_costs(options, cost, lambda c: self.cost(c, time_steps),
+                                              self._variables, self.depth_compiles)
+                self.cache["estimate"] = info
+            for o in all_options:
+                if predicted:
+                    c = costs[o.key]
+                else:
+                    c = self.cost({o.layer: o}, time_steps)
+                    bar.update(1)
+                    c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
+                    c["delta_step_ms"] = (None if c["step_ms"] is None
+                                          else c["step_ms"] - cost["step_ms"])
+                self.cache["candidates"][o.key] = {**gains[o.key], "cost": c}
+                logger.info("search: %s gain %.4f +- %.4f, %d bytes", o.key,
+                            gains[o.key]["gain"], gains[o.key]["gain_std"], c["memory_bytes"])
         finally:
             bar.close()
+
+    def _variables(self, choice: dict) -> list[dict]:
+        """Metadata variables of base + ``choice`` (a compile, no export)."""
+        self.compiles += 1
+        return program_variables(self.model, cand.scheme_of(self.base, choice), self.loss,
+                                 self.optimizer, self.batch_size)
 
     def cost(self, choice: dict, time_steps: int) -> dict:
         key = cand.choice_key(choice)

@@ -46,6 +46,16 @@ def exact_cost(model: keras.Model, scheme: Scheme, loss, optimizer, batch_size: 
     return program_cost(program, time_steps, x, y)
 
 
+def program_variables(model: keras.Model, scheme: Scheme, loss, optimizer,
+                      batch_size: int) -> list[dict]:
+    """The metadata of the variables ``scheme``'s exported model would have: a compile
+    (``tfpock.optimize``), no export; the entries :func:`program_cost` counts."""
+    from tfpock.api import optimize
+    program = optimize(model, loss=loss, optimizer=optimizer, scheme=scheme,
+                       batch_size=batch_size)
+    return list(program.metadata["variables"])
+
+
 def program_cost(program, time_steps: int = 0, x=None, y=None) -> Cost:
     """The :class:`Cost` of a compiled ``tfpock.Program`` (see :func:`exact_cost`)."""
     from tfpock.tflite import memory, model_file

@@ -1,0 +1,99 @@
+"""Predicted costs (tfpock/contribution/estimate.py) against exact compiles on a tiny CNN:
+variable bytes equal, activation peaks bound the exact ones from above (equal at the layers
+compiled along the depth), and a search with predicted costs serves a second budget from
+its cache without a compile."""
+import keras
+import numpy as np
+
+import tfpock
+from tfpock.contribution import candidates as cand
+from tfpock.contribution import core
+from tfpock.contribution.budget import Budget
+from tfpock.contribution.cost import exact_cost, program_variables
+from tfpock.contribution.estimate import predicted_costs, variable_bytes_by_layer
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((16, 2)),
+        keras.layers.Conv1D(2, 3, activation="relu", name="c1"),
+        keras.layers.Conv1D(2, 3, strides=2, activation="relu", name="c2"),
+        keras.layers.Conv1D(4, 3, activation="relu", name="c3"),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(3, name="head")], name="tiny3")
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 16, 2)).astype(np.float32)
+    return x, (x[:, :3, 0].sum(1) > 0).astype(np.int32) + (x[:, 0, 1] > 1)
+
+
+def test_variable_bytes_by_layer_counts_slots_with_their_weight():
+    variables = [
+        {"name": "m/c1/kernel", "layer": "c1", "shape": [3, 2, 4], "dtype": "float32"},
+        {"name": "m/c1/bias", "layer": "c1", "shape": [4], "dtype": "float32"},
+        {"name": "optimizer/m/m/c1/kernel", "layer": "", "shape": [3, 1, 4],
+         "dtype": "float32"},
+        {"name": "optimizer/iterations", "layer": "", "shape": [], "dtype": "float32"}]
+    assert variable_bytes_by_layer(variables) == {"c1": 4 * (24 + 4 + 12)}
+
+
+def test_predicted_costs_bound_the_exact_ones(tmp_path):
+    model, opt = cnn(), keras.optimizers.Adam(0.01)
+    base = ("head",)
+    options = {l.name: cand.layer_options(l) for l in cand.candidate_layers(model)
+               if l.name not in base}
+    compiles, memo = [], {}
+
+    def exact(choice):
+        key = cand.choice_key(choice)
+        if key not in memo:
+            compiles.append(key)
+            memo[key] = exact_cost(model, cand.scheme_of(base, choice), LOSS, opt, 4).to_dict()
+        return dict(memo[key])
+
+    def variables(choice):
+        compiles.append("variables " + cand.choice_key(choice))
+        return program_variables(model, cand.scheme_of(base, choice), LOSS, opt, 4)
+
+    base_cost = exact({})
+    # two layers along the depth: c1 and c3 exported, c2 bounded by them
+    predicted, info = predicted_costs(options, base_cost, exact, variables, 2)
+    assert info["grid"] == ["c1", "c3"]
+    labels = {o.label for opts in options.values() for o in opts}
+    assert len(compiles) == 1 + 2 + len(labels)
+    for layer, opts in options.items():
+        for o in opts:
+            truth = exact({layer: o})
+            p = predicted[o.key]
+            assert p["variable_bytes"] == truth["variable_bytes"], o.key
+            assert p["activation_bytes"] >= truth["activation_bytes"], o.key
+            assert p["memory_bytes"] >= truth["memory_bytes"], o.key
+            if layer in info["grid"] and o.label == "full":
+                assert p == {**truth, "predicted": False,
+                             "delta_variable_bytes": truth["variable_bytes"]
+                             - base_cost["variable_bytes"], "delta_step_ms": None}
+
+
+def test_predicted_search_serves_a_second_budget_without_a_compile(tmp_path, monkeypatch):
+    model = cnn()
+    x, y = data(40)
+    args = (model, (x[:24], y[:24]), (x[24:], y[24:]), LOSS, keras.optimizers.SGD(0.2))
+    small = dict(steps=3, seeds=2, time_steps=2, refine=4, costs="predicted",
+                 depth_compiles=3, cache_dir=str(tmp_path))
+    first = tfpock.search(*args, Budget(memory_bytes=10**7), 4, **small)
+    f = first.summary
+    assert f["timing"]["compiles"] >= 3 + 1       # the base and the depth grid at least
+    assert f["chosen"]["exact_memory_bytes"] <= 10**7
+    monkeypatch.setattr(core, "_MEMORY_CACHE", {})   # from disk, as a new process would
+    monkeypatch.setattr(core, "_COSTS", {})
+    budget = Budget(memory_bytes=f["chosen"]["exact_memory_bytes"])
+    second = tfpock.search(*args, budget, 4, **small)
+    s = second.summary
+    assert s["timing"]["analysis_from_cache"] and s["timing"]["compiles"] == 0
+    assert [r["gain"] for r in second.table] == [r["gain"] for r in first.table]
+    assert s["chosen"]["exact_memory_bytes"] <= budget.memory_bytes
