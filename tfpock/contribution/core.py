@@ -14,7 +14,7 @@ evolutionary refinement; their search code was never published):
    exported (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable
    bytes and a measured one-thread step on ai-edge-litert. Or predicted
    (``costs="predicted"``, for models with many options): from ``depth_compiles`` exported
-   compiles along the depth and one grouped compile per option label
+   compiles along the depth and the compiler's variable layout
    (:mod:`tfpock.contribution.estimate`: variable bytes exact, activations an upper bound by
    depth, step time interpolated).
 3. **Selection** (:mod:`tfpock.contribution.select`): exact under the additive model.
@@ -48,7 +48,7 @@ from tfpock.losses import resolve_loss
 from tfpock.runtime import atomic
 from tfpock.contribution import candidates as cand
 from tfpock.contribution.budget import Budget, BudgetError
-from tfpock.contribution.cost import exact_cost, program_variables
+from tfpock.contribution.cost import exact_cost, layout_variables
 from tfpock.contribution.estimate import predicted_costs
 from tfpock.contribution.probe import Probe, accuracy
 from tfpock.contribution.result import SearchResult
@@ -74,7 +74,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
            cache_dir: str | None = "default", learning_rate: float | None = None,
            progress: bool | None = None, compile_checks: bool = False,
-           costs: str = "exact", depth_compiles: int = 8) -> SearchResult:
+           costs: str = "exact", depth_compiles: int = 8,
+           exact_checks: int = 2) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -98,9 +99,11 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             predicted memory and time with exact ones (a compile each, ~4 s here; the
             chosen scheme is always compiled and checked).
         costs: ``"exact"`` (compile and export base + each option) or ``"predicted"``
-            (:mod:`tfpock.contribution.estimate`: ``depth_compiles`` exported compiles plus
-            one grouped compile per option label, whatever the number of options).
+            (:mod:`tfpock.contribution.estimate`: ``depth_compiles`` exported compiles,
+            whatever the number of options).
         depth_compiles: layers whose ``base + layer:full`` is exported when predicting.
+        exact_checks: combinations the final exact check may compile (the pick and its
+            repairs); beyond that the best known-cost scheme that fits is chosen.
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -117,7 +120,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         raise BudgetError(f"budget must be a tfpock.Budget, got {type(budget).__name__}")
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
                                ("seeds", seeds, 1), ("time_steps", time_steps, 0),
-                               ("refine", refine, 0), ("depth_compiles", depth_compiles, 2)):
+                               ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
+                               ("exact_checks", exact_checks, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
     if costs not in ("exact", "predicted"):
@@ -172,7 +176,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                           compile_checks)
     chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
-                                              time_steps)
+                                              time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
     selection_s = time.perf_counter() - selection_started
 
@@ -207,6 +211,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                    "exact_variable_bytes": exact["variable_bytes"],
                    "predicted_step_ms": final_pred.step_ms, "measured_step_ms": exact["step_ms"]},
         "checks": checks, "refinement": refinement, "repairs": repairs,
+        "costs": costs, "estimate": cache.get("estimate"),
         "noise": {"median_gain_std": float(np.median(noise)) if noise else 0.0,
                   "max_gain_std": float(np.max(noise)) if noise else 0.0,
                   "gain_range": [min((r["gain"] for r in table), default=0.0),
@@ -432,10 +437,8 @@ class _State:
             bar.close()
 
     def _variables(self, choice: dict) -> list[dict]:
-        """Metadata variables of base + ``choice`` (a compile, no export)."""
-        self.compiles += 1
-        return program_variables(self.model, cand.scheme_of(self.base, choice), self.loss,
-                                 self.optimizer, self.batch_size)
+        """Variables of base + ``choice``'s exported model (the compiler's layout, no trace)."""
+        return layout_variables(self.model, cand.scheme_of(self.base, choice), self.optimizer)
 
     def cost(self, choice: dict, time_steps: int) -> dict:
         key = cand.choice_key(choice)
@@ -524,13 +527,22 @@ class _State:
                         "refined_measured_gain": gain,
                         "bought": gain - start_gain, "choice": cand.choice_key(choice)}
 
-    def verify_cost(self, groups, base_item, budget, by_key, choice, time_steps):
-        """Exact memory/time of ``choice``; if the exact memory exceeds the budget, select
-        again under a budget lowered by the overshoot (up to three times), else fall back to
-        the best single option (exactly costed) that fits."""
+    def verify_cost(self, groups, base_item, budget, by_key, choice, time_steps,
+                    exact_checks: int):
+        """Exact memory/time of ``choice`` (a compile unless known); if the exact memory
+        exceeds the budget, select again under a budget lowered by the overshoot. At most
+        ``exact_checks`` combinations not costed before are compiled; after that (or three
+        repairs) the pick is the best-measured combination whose exact cost is known and fits
+        the budget (the base always is: the search checked it first). So a new budget from
+        the cache costs at most ``exact_checks`` compiles."""
         repairs = []
         limit = budget.memory_bytes
-        for _ in range(4):
+        compiled = 0
+        while len(repairs) < 4:
+            if cand.choice_key(choice) not in self.cache["exact"]:
+                if compiled >= exact_checks:
+                    break
+                compiled += 1
             exact = self.cost(choice, time_steps)
             if budget.fits(exact["memory_bytes"], exact["step_ms"]):
                 return choice, exact, repairs
@@ -541,11 +553,12 @@ class _State:
             limit = None if limit is None else limit - max(over, 1)
             picked = select(groups, base_item, limit, budget.step_ms) or []
             choice = {i.group: by_key[i.key] for i in picked}
-        fitting = [(self.cache["candidates"][i.key]["gain"], i) for g in groups for i in g
-                   if budget.fits(self.cache["candidates"][i.key]["cost"]["memory_bytes"],
-                                  self.cache["candidates"][i.key]["cost"]["step_ms"])]
-        choice = {} if not fitting else {max(fitting, key=lambda t: t[0])[1].group:
-                                         by_key[max(fitting, key=lambda t: t[0])[1].key]}
+        known = []
+        for key, c in self.cache["exact"].items():
+            parts = [] if key == "base" else key.split(",")
+            if all(p in by_key for p in parts) and budget.fits(c["memory_bytes"], c["step_ms"]):
+                known.append({by_key[p].layer: by_key[p] for p in parts})
+        choice = max(known, key=lambda c: (self.measure(c)["gain"], -len(c)))
         return choice, self.cost(choice, time_steps), repairs
 
 

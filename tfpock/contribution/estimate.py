@@ -5,10 +5,12 @@ MobileNetV2 0.35 has 206 options at 10-25 s each on a loaded 2-core machine, far
 15-minute search. The prediction measures real exported programs too, but only a few:
 
 * **Variable bytes, exact.** A variable belongs to one layer (a weight, its optimizer slots,
-  its BatchNorm statistics), so one *grouped* compile per option label (every layer that has
-  a ``1/4`` option trained at 1/4, and so on: at most five) gives, from its metadata, the
-  bytes each layer's option adds; base + option's variable bytes are the base's plus those.
-  ``tfpock.optimize`` alone gives the metadata (no export), as ``program_cost`` counts it.
+  its BatchNorm statistics), so one *grouped* layout per option label (every layer that has
+  a ``1/4`` option trained at 1/4, and so on: at most five) gives the bytes each layer's
+  option adds; base + option's variable bytes are the base's plus those. The layout is the
+  compiler's own (``cost.layout_variables``: ``tfpock.tracing.param_layout``, milliseconds;
+  a grouped *compile* of MobileNetV2 took minutes on the loaded machine), counted as
+  ``program_cost`` counts the exported metadata.
 * **Peak live activations, an upper bound by depth.** Training layer L (any option) makes the
   backward run from the loss down to L and keep what that needs; training an earlier layer
   keeps at least as much. So the exported peak ``a(L)`` is taken to fall with depth, and the
@@ -77,7 +79,7 @@ def predicted_costs(options: dict[str, list[Option]], base_cost: dict,
 
     ``options``: layer -> its options, in model order (input side first). ``exact(choice)``:
     the exact cost of base + ``choice`` ({layer: Option}) by compile and export.
-    ``variables(choice)``: the metadata variables of base + ``choice`` (a compile, no export).
+    ``variables(choice)``: the variables of base + ``choice`` as the metadata lists them.
     Returns the costs by option key and what was compiled (module docstring)."""
     order = [layer for layer, opts in options.items() if opts]
     if not order:
@@ -120,6 +122,5 @@ def predicted_costs(options: dict[str, list[Option]], base_cost: dict,
             cost["delta_step_ms"] = (None if cost["step_ms"] is None
                                      else cost["step_ms"] - base_cost["step_ms"])
             out[o.key] = cost
-    info = {"grid": [order[g] for g in grid], "grouped": labels,
-            "compiles": len(grid) + len(labels)}
+    info = {"grid": [order[g] for g in grid], "grouped": labels, "compiles": len(grid)}
     return out, info
