@@ -87,6 +87,10 @@ def test_predicted_search_serves_a_second_budget_without_a_compile(tmp_path, mon
     f = first.summary
     assert f["timing"]["compiles"] >= 3 + 1       # the base and the depth grid at least
     assert f["chosen"]["exact_memory_bytes"] <= 10**7
+    # every layer is on the depth grid (3 compiles, 3 layers): full options exact, others not
+    assert {r["option"] for r in first.table if not r["predicted"]} == {"full"}
+    first.save(str(tmp_path / "saved"))
+    assert "predicted" in (tmp_path / "saved" / "table.csv").read_text().splitlines()[0]
     monkeypatch.setattr(core, "_MEMORY_CACHE", {})   # from disk, as a new process would
     monkeypatch.setattr(core, "_COSTS", {})
     budget = Budget(memory_bytes=f["chosen"]["exact_memory_bytes"])

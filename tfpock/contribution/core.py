@@ -187,8 +187,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             c = cache["candidates"][o.key]
             table.append({"layer": o.layer, "option": o.label, "policy": o.policy,
                           "gain": c["gain"], "gain_std": c["gain_std"],
-                          "accuracy_gain": c["accuracy_gain"], **c["cost"],
-                          "chosen": o.key in chosen_keys})
+                          "accuracy_gain": c["accuracy_gain"],
+                          **{"predicted": False, **c["cost"]}, "chosen": o.key in chosen_keys})
     final_items = [_item(cache["candidates"][o.key], o.key, o.layer) for o in final.values()]
     final_pred = predict(final_items, base_item)
     measured = state.measure(final)
