@@ -174,7 +174,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     # 4: verification (measured gain of the pick and of a few other schemes) and refinement
     checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
                           compile_checks)
-    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
+    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine,
+                                      [_choice_of(c["choice"], by_key) for c in checks])
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
                                               time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
@@ -493,14 +494,22 @@ class _State:
                         "predicted_step_ms": p.step_ms, "measured_step_ms": exact["step_ms"]})
         return out
 
-    def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int):
-        """MCUNetV3-style evolutionary search seeded by the knapsack pick: each generation
+    def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int,
+               checked: Sequence[dict] = ()):
+        """MCUNetV3-style evolutionary search seeded by the knapsack pick and the checked
+        schemes (all predicted-feasible, their gains already measured): each generation
         mutates the best combinations (one layer's option changed, or dropped), keeps the
-        predicted-feasible ones and measures them with the probe; the best measured wins."""
+        predicted-feasible ones and measures them with the probe; the best measured wins
+        (a checked single option can beat a combination whose gains did not add up)."""
         rng = np.random.default_rng(0)
         start_gain = self.measure(start)["gain"]
         best = [(start_gain, dict(start))]
         seen = {cand.choice_key(start)}
+        for choice in checked:
+            if cand.choice_key(choice) not in seen:
+                seen.add(cand.choice_key(choice))
+                best.append((self.measure(choice)["gain"], dict(choice)))
+        best.sort(key=lambda t: -t[0])
         tried = 0
         layer_items = {g[0].group: g for g in groups if g}
         while tried < evaluations and layer_items:
@@ -553,13 +562,20 @@ class _State:
             limit = None if limit is None else limit - max(over, 1)
             picked = select(groups, base_item, limit, budget.step_ms) or []
             choice = {i.group: by_key[i.key] for i in picked}
-        known = []
-        for key, c in self.cache["exact"].items():
-            parts = [] if key == "base" else key.split(",")
-            if all(p in by_key for p in parts) and budget.fits(c["memory_bytes"], c["step_ms"]):
-                known.append({by_key[p].layer: by_key[p] for p in parts})
+        known = [_choice_of(key, by_key) for key, c in self.cache["exact"].items()
+                 if budget.fits(c["memory_bytes"], c["step_ms"])]
+        known = [c for c in known if c is not None]
         choice = max(known, key=lambda c: (self.measure(c)["gain"], -len(c)))
         return choice, self.cost(choice, time_steps), repairs
+
+
+def _choice_of(key: str, by_key: dict) -> dict | None:
+    """The combination a :func:`candidates.choice_key` names ({layer: Option}), None if it
+    names an option this search does not have."""
+    parts = [] if key == "base" else key.split(",")
+    if not all(p in by_key for p in parts):
+        return None
+    return {by_key[p].layer: by_key[p] for p in parts}
 
 
 def _fits(p, budget: Budget) -> bool:
