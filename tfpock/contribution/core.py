@@ -161,7 +161,9 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     analysis_s = time.perf_counter() - started
 
     base_item = _item(cache["base"], "base", "base")
-    groups = [[_item(cache["candidates"][o.key], o.key, o.layer) for o in opts]
+    # predicted costs: activations summed, not maxed (see _item)
+    summed = base_item.activation_bytes if costs == "predicted" else None
+    groups = [[_item(cache["candidates"][o.key], o.key, o.layer, summed) for o in opts]
               for opts in options.values()]
     by_key = {o.key: o for opts in options.values() for o in opts}
     base_cost = cache["base"]["cost"]
@@ -190,7 +192,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                           "gain": c["gain"], "gain_std": c["gain_std"],
                           "accuracy_gain": c["accuracy_gain"],
                           **{"predicted": False, **c["cost"]}, "chosen": o.key in chosen_keys})
-    final_items = [_item(cache["candidates"][o.key], o.key, o.layer) for o in final.values()]
+    final_items = [_item(cache["candidates"][o.key], o.key, o.layer, summed)
+                   for o in final.values()]
     final_pred = predict(final_items, base_item)
     measured = state.measure(final)
     noise = [row["gain_std"] for row in table]
@@ -323,10 +326,24 @@ def _opt_config(optimizer) -> dict:
     return {k: v for k, v in optimizer.get_config().items() if k != "name"}
 
 
-def _item(entry: dict, key: str, group: str) -> Item:
-    return Item(key, group, entry.get("gain", 0.0), entry["cost"]["activation_bytes"],
-                entry["cost"].get("delta_variable_bytes", entry["cost"]["variable_bytes"]),
-                entry["cost"].get("delta_step_ms", entry["cost"]["step_ms"]))
+def _item(entry: dict, key: str, group: str, summed: int | None = None) -> Item:
+    """An option as selection sees it. ``summed`` (the base's activation peak): the option's
+    activations above the base's count as additive bytes, so a combination's predicted
+    memory is ``a(base) + sum(a(base + c) - a(base)) + variables`` instead of the max-plus
+    model of :mod:`tfpock.contribution.select`. Used with predicted costs: every trained
+    layer keeps its own input for its weight gradient, and with dozens of layers trained the
+    max-plus model under-predicted by far (MobileNetV2 0.35 @96: a pick of 35 options
+    predicted under 7.5 MB compiled to 12.6 MB; bench/results/2026-12-06-x86_64-2core-
+    search-mobilenet-maxplus.md). The sum counts shared backward chains more than once, so
+    it is mostly conservative, but not a bound: on the tiny CNN of
+    tests/search/test_estimate.py c1:full + c3:full compiled to 5,472 bytes against 5,112
+    predicted. The chosen scheme is compiled and repaired if over (``verify_cost``)."""
+    cost = entry["cost"]
+    extra = 0 if summed is None else max(cost["activation_bytes"] - summed, 0)
+    return Item(key, group, entry.get("gain", 0.0),
+                cost["activation_bytes"] if summed is None else summed,
+                cost.get("delta_variable_bytes", cost["variable_bytes"]) + extra,
+                cost.get("delta_step_ms", cost["step_ms"]))
 
 
 # ---- the measuring state -----------------------------------------------------------------------
