@@ -176,8 +176,14 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     # 4: verification (measured gain of the pick and of a few other schemes) and refinement
     checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
                           compile_checks)
+    # seeds of the refinement: the checked schemes, and every measured combination whose
+    # exact cost is known and fits (a pick of an earlier budget), so a larger budget never
+    # ends below a smaller one's measured pick
+    known = [k for k, c in cache["exact"].items() if k in cache["measured"]
+             and budget.fits(c["memory_bytes"], c["step_ms"])]
+    seeds_ = [_choice_of(k, by_key) for k in [c["choice"] for c in checks] + known]
     chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine,
-                                      [_choice_of(c["choice"], by_key) for c in checks])
+                                      [c for c in seeds_ if c is not None])
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
                                               time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
