@@ -44,6 +44,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 20, "Optimizer steps of each brief fine-tuning run.",
                          lower_bound=1)
     flags.DEFINE_integer("seeds", 3, "Batch orders each gain is averaged over.", lower_bound=1)
+    flags.DEFINE_enum("costs", "exact", ["exact", "predicted"],
+                      "Each option's cost: compiled (exact) or predicted from --depth-compiles "
+                      "compiles (for models with many layers, e.g. MobileNetV2).")
+    flags.DEFINE_integer("depth-compiles", 8, "Compiles along the depth with --costs "
+                         "predicted.", lower_bound=2)
     define_model_flags()
 
 
@@ -72,7 +77,8 @@ def main(args: list[str]) -> int:
     budget = tfpock.Budget(memory_bytes=_flag("memory-budget"), step_ms=_flag("step-ms"))
     result = tfpock.search(model, train, val, loss or model.loss, optimizer or model.optimizer,
                            budget, batch_size=batch, base=_flag("base"), steps=_flag("steps"),
-                           seeds=_flag("seeds"))
+                           seeds=_flag("seeds"), costs=_flag("costs"),
+                           depth_compiles=_flag("depth-compiles"))
     result.save(out)
     chosen = result.summary["chosen"]
     sys.stdout.write(f"wrote {out}: scheme {os.path.join(out, 'scheme.json')} "

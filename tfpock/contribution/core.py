@@ -10,9 +10,13 @@ evolutionary refinement; their search code was never published):
    averaged over seeds. Validation *loss*, not accuracy, is the score: on a few dozen
    validation examples accuracy moves in steps of 1/N and ties, the loss is continuous.
    The spread over seeds is reported as the noise.
-2. **Costs**, exact per candidate: base + each option is compiled and exported
-   (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable bytes and a
-   measured one-thread step on ai-edge-litert.
+2. **Costs**, exact per candidate (``costs="exact"``): base + each option is compiled and
+   exported (:mod:`tfpock.contribution.cost`): the file's peak live activations, its variable
+   bytes and a measured one-thread step on ai-edge-litert. Or predicted
+   (``costs="predicted"``, for models with many options): from ``depth_compiles`` exported
+   compiles along the depth and the compiler's variable layout
+   (:mod:`tfpock.contribution.estimate`: variable bytes exact, activations an upper bound by
+   depth, step time interpolated).
 3. **Selection** (:mod:`tfpock.contribution.select`): exact under the additive model.
 4. **Verification and refinement**: the probe measures the chosen combination's real gain
    (and a few other combinations'); an evolutionary search seeded by the knapsack picks
@@ -44,7 +48,8 @@ from tfpock.losses import resolve_loss
 from tfpock.runtime import atomic
 from tfpock.contribution import candidates as cand
 from tfpock.contribution.budget import Budget, BudgetError
-from tfpock.contribution.cost import exact_cost
+from tfpock.contribution.cost import exact_cost, layout_variables
+from tfpock.contribution.estimate import predicted_costs
 from tfpock.contribution.probe import Probe, accuracy
 from tfpock.contribution.result import SearchResult
 from tfpock.contribution.select import Item, predict, select
@@ -68,7 +73,9 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            batch_size: int = 8, *, base: str | Sequence[str] | None = None,
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
            cache_dir: str | None = "default", learning_rate: float | None = None,
-           progress: bool | None = None, compile_checks: bool = False) -> SearchResult:
+           progress: bool | None = None, compile_checks: bool = False,
+           costs: str = "exact", depth_compiles: int = 8,
+           exact_checks: int = 2) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -91,6 +98,12 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         compile_checks: also compile the other checked combinations, to compare their
             predicted memory and time with exact ones (a compile each, ~4 s here; the
             chosen scheme is always compiled and checked).
+        costs: ``"exact"`` (compile and export base + each option) or ``"predicted"``
+            (:mod:`tfpock.contribution.estimate`: ``depth_compiles`` exported compiles,
+            whatever the number of options).
+        depth_compiles: layers whose ``base + layer:full`` is exported when predicting.
+        exact_checks: combinations the final exact check may compile (the pick and its
+            repairs); beyond that the best known-cost scheme that fits is chosen.
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -107,9 +120,12 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         raise BudgetError(f"budget must be a tfpock.Budget, got {type(budget).__name__}")
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
                                ("seeds", seeds, 1), ("time_steps", time_steps, 0),
-                               ("refine", refine, 0)):
+                               ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
+                               ("exact_checks", exact_checks, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
+    if costs not in ("exact", "predicted"):
+        raise TfpockError(f"costs must be 'exact' or 'predicted', got {costs!r}")
     if budget.step_ms is not None and time_steps == 0:
         raise BudgetError("budget.step_ms needs measured step times: time_steps must be > 0")
     loss_obj = resolve_loss(loss)
@@ -122,12 +138,13 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                 "time_steps": time_steps, "learning_rate": learning_rate,
                 "loss": [type(loss_obj).__name__, loss_obj.get_config()],
                 "optimizer": [type(optimizer).__name__, _opt_config(optimizer)],
-                "fractions": cand.FRACTIONS}
+                "fractions": cand.FRACTIONS, "costs": costs,
+                **({"depth_compiles": depth_compiles} if costs == "predicted" else {})}
     key = cache_key(model, (x, y, xv, yv), settings)
     cache = _load_cache(key, cache_dir)
     show = sys.stderr.isatty() if progress is None else progress
     state = _State(model, loss, optimizer, batch_size, steps, seeds, base_names, x, y, xv, yv,
-                   key, cache, learning_rate, show)
+                   key, cache, learning_rate, show, costs, depth_compiles)
 
     # the least any scheme needs is the base alone: refuse a budget below it before measuring
     base_cost = state.cost({}, time_steps)
@@ -144,7 +161,9 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     analysis_s = time.perf_counter() - started
 
     base_item = _item(cache["base"], "base", "base")
-    groups = [[_item(cache["candidates"][o.key], o.key, o.layer) for o in opts]
+    # predicted costs: activations summed, not maxed (see _item)
+    summed = base_item.activation_bytes if costs == "predicted" else None
+    groups = [[_item(cache["candidates"][o.key], o.key, o.layer, summed) for o in opts]
               for opts in options.values()]
     by_key = {o.key: o for opts in options.values() for o in opts}
     base_cost = cache["base"]["cost"]
@@ -157,9 +176,16 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     # 4: verification (measured gain of the pick and of a few other schemes) and refinement
     checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
                           compile_checks)
-    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine)
+    # seeds of the refinement: the checked schemes, and every measured combination whose
+    # exact cost is known and fits (a pick of an earlier budget), so a larger budget never
+    # ends below a smaller one's measured pick
+    known = [k for k, c in cache["exact"].items() if k in cache["measured"]
+             and budget.fits(c["memory_bytes"], c["step_ms"])]
+    seeds_ = [_choice_of(k, by_key) for k in [c["choice"] for c in checks] + known]
+    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine,
+                                      [c for c in seeds_ if c is not None])
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
-                                              time_steps)
+                                              time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
     selection_s = time.perf_counter() - selection_started
 
@@ -170,9 +196,10 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             c = cache["candidates"][o.key]
             table.append({"layer": o.layer, "option": o.label, "policy": o.policy,
                           "gain": c["gain"], "gain_std": c["gain_std"],
-                          "accuracy_gain": c["accuracy_gain"], **c["cost"],
-                          "chosen": o.key in chosen_keys})
-    final_items = [_item(cache["candidates"][o.key], o.key, o.layer) for o in final.values()]
+                          "accuracy_gain": c["accuracy_gain"],
+                          **{"predicted": False, **c["cost"]}, "chosen": o.key in chosen_keys})
+    final_items = [_item(cache["candidates"][o.key], o.key, o.layer, summed)
+                   for o in final.values()]
     final_pred = predict(final_items, base_item)
     measured = state.measure(final)
     noise = [row["gain_std"] for row in table]
@@ -194,6 +221,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                    "exact_variable_bytes": exact["variable_bytes"],
                    "predicted_step_ms": final_pred.step_ms, "measured_step_ms": exact["step_ms"]},
         "checks": checks, "refinement": refinement, "repairs": repairs,
+        "costs": costs, "estimate": cache.get("estimate"),
         "noise": {"median_gain_std": float(np.median(noise)) if noise else 0.0,
                   "max_gain_std": float(np.max(noise)) if noise else 0.0,
                   "gain_range": [min((r["gain"] for r in table), default=0.0),
@@ -304,10 +332,24 @@ def _opt_config(optimizer) -> dict:
     return {k: v for k, v in optimizer.get_config().items() if k != "name"}
 
 
-def _item(entry: dict, key: str, group: str) -> Item:
-    return Item(key, group, entry.get("gain", 0.0), entry["cost"]["activation_bytes"],
-                entry["cost"].get("delta_variable_bytes", entry["cost"]["variable_bytes"]),
-                entry["cost"].get("delta_step_ms", entry["cost"]["step_ms"]))
+def _item(entry: dict, key: str, group: str, summed: int | None = None) -> Item:
+    """An option as selection sees it. ``summed`` (the base's activation peak): the option's
+    activations above the base's count as additive bytes, so a combination's predicted
+    memory is ``a(base) + sum(a(base + c) - a(base)) + variables`` instead of the max-plus
+    model of :mod:`tfpock.contribution.select`. Used with predicted costs: every trained
+    layer keeps its own input for its weight gradient, and with dozens of layers trained the
+    max-plus model under-predicted by far (MobileNetV2 0.35 @96: a pick of 35 options
+    predicted under 7.5 MB compiled to 12.6 MB; bench/results/2026-12-06-x86_64-2core-
+    search-mobilenet-maxplus.md). The sum counts shared backward chains more than once, so
+    it is mostly conservative, but not a bound: on the tiny CNN of
+    tests/search/test_estimate.py c1:full + c3:full compiled to 5,472 bytes against 5,112
+    predicted. The chosen scheme is compiled and repaired if over (``verify_cost``)."""
+    cost = entry["cost"]
+    extra = 0 if summed is None else max(cost["activation_bytes"] - summed, 0)
+    return Item(key, group, entry.get("gain", 0.0),
+                cost["activation_bytes"] if summed is None else summed,
+                cost.get("delta_variable_bytes", cost["variable_bytes"]) + extra,
+                cost.get("delta_step_ms", cost["step_ms"]))
 
 
 # ---- the measuring state -----------------------------------------------------------------------
@@ -328,6 +370,8 @@ class _State:
     cache: dict
     learning_rate: float | None
     show: bool
+    costs: str = "exact"
+    depth_compiles: int = 8
     probe_runs: int = 0
     compiles: int = 0
 
@@ -376,9 +420,11 @@ class _State:
         return self.cache["measured"][key]
 
     def analyse(self, options: dict, time_steps: int) -> None:
-        """Contributions (probe) and exact costs (compile) of the base and every option."""
+        """Contributions (probe) of the base and every option; their costs exact (a compile
+        each) or predicted (:mod:`tfpock.contribution.estimate`)."""
         all_options = [o for opts in options.values() for o in opts]
-        bar = _bar(2 * len(all_options) + 2, self.show)
+        predicted = self.costs == "predicted"
+        bar = _bar((1 if predicted else 2) * len(all_options) + 2, self.show)
         try:
             losses, accs = self._losses({})
             bar.update(1)
@@ -387,23 +433,36 @@ class _State:
             self.cache["base"] = {"val_losses": losses, "val_loss": float(np.mean(losses)),
                                   "val_accuracy": float(np.mean(accs)), "cost": cost}
             self.cache["candidates"] = {}
+            gains = {}
             for o in all_options:
                 l_o, a_o = self._losses({o.layer: o})
                 bar.update(1)
-                c = self.cost({o.layer: o}, time_steps)
-                bar.update(1)
-                gains = np.array(losses) - np.array(l_o)
-                c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
-                c["delta_step_ms"] = (None if c["step_ms"] is None
-                                      else c["step_ms"] - cost["step_ms"])
-                self.cache["candidates"][o.key] = {
-                    "gain": float(gains.mean()), "gain_std": float(gains.std()),
-                    "gains": gains.tolist(),
-                    "accuracy_gain": float(np.mean(a_o) - np.mean(accs)), "cost": c}
-                logger.info("search: %s gain %.4f +- %.4f, %d bytes", o.key, gains.mean(),
-                            gains.std(), c["memory_bytes"])
+                g = np.array(losses) - np.array(l_o)
+                gains[o.key] = {"gain": float(g.mean()), "gain_std": float(g.std()),
+                                "gains": g.tolist(),
+                                "accuracy_gain": float(np.mean(a_o) - np.mean(accs))}
+            if predicted:
+                costs, info = predicted_costs(options, cost, lambda c: self.cost(c, time_steps),
+                                              self._variables, self.depth_compiles)
+                self.cache["estimate"] = info
+            for o in all_options:
+                if predicted:
+                    c = costs[o.key]
+                else:
+                    c = self.cost({o.layer: o}, time_steps)
+                    bar.update(1)
+                    c["delta_variable_bytes"] = c["variable_bytes"] - cost["variable_bytes"]
+                    c["delta_step_ms"] = (None if c["step_ms"] is None
+                                          else c["step_ms"] - cost["step_ms"])
+                self.cache["candidates"][o.key] = {**gains[o.key], "cost": c}
+                logger.info("search: %s gain %.4f +- %.4f, %d bytes", o.key,
+                            gains[o.key]["gain"], gains[o.key]["gain_std"], c["memory_bytes"])
         finally:
             bar.close()
+
+    def _variables(self, choice: dict) -> list[dict]:
+        """Variables of base + ``choice``'s exported model (the compiler's layout, no trace)."""
+        return layout_variables(self.model, cand.scheme_of(self.base, choice), self.optimizer)
 
     def cost(self, choice: dict, time_steps: int) -> dict:
         key = cand.choice_key(choice)
@@ -458,14 +517,22 @@ class _State:
                         "predicted_step_ms": p.step_ms, "measured_step_ms": exact["step_ms"]})
         return out
 
-    def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int):
-        """MCUNetV3-style evolutionary search seeded by the knapsack pick: each generation
+    def refine(self, groups, base_item, budget, by_key, start: dict, evaluations: int,
+               checked: Sequence[dict] = ()):
+        """MCUNetV3-style evolutionary search seeded by the knapsack pick and the checked
+        schemes (all predicted-feasible, their gains already measured): each generation
         mutates the best combinations (one layer's option changed, or dropped), keeps the
-        predicted-feasible ones and measures them with the probe; the best measured wins."""
+        predicted-feasible ones and measures them with the probe; the best measured wins
+        (a checked single option can beat a combination whose gains did not add up)."""
         rng = np.random.default_rng(0)
         start_gain = self.measure(start)["gain"]
         best = [(start_gain, dict(start))]
         seen = {cand.choice_key(start)}
+        for choice in checked:
+            if cand.choice_key(choice) not in seen:
+                seen.add(cand.choice_key(choice))
+                best.append((self.measure(choice)["gain"], dict(choice)))
+        best.sort(key=lambda t: -t[0])
         tried = 0
         layer_items = {g[0].group: g for g in groups if g}
         while tried < evaluations and layer_items:
@@ -492,13 +559,22 @@ class _State:
                         "refined_measured_gain": gain,
                         "bought": gain - start_gain, "choice": cand.choice_key(choice)}
 
-    def verify_cost(self, groups, base_item, budget, by_key, choice, time_steps):
-        """Exact memory/time of ``choice``; if the exact memory exceeds the budget, select
-        again under a budget lowered by the overshoot (up to three times), else fall back to
-        the best single option (exactly costed) that fits."""
+    def verify_cost(self, groups, base_item, budget, by_key, choice, time_steps,
+                    exact_checks: int):
+        """Exact memory/time of ``choice`` (a compile unless known); if the exact memory
+        exceeds the budget, select again under a budget lowered by the overshoot. At most
+        ``exact_checks`` combinations not costed before are compiled; after that (or three
+        repairs) the pick is the best-measured combination whose exact cost is known and fits
+        the budget (the base always is: the search checked it first). So a new budget from
+        the cache costs at most ``exact_checks`` compiles."""
         repairs = []
         limit = budget.memory_bytes
-        for _ in range(4):
+        compiled = 0
+        while len(repairs) < 4:
+            if cand.choice_key(choice) not in self.cache["exact"]:
+                if compiled >= exact_checks:
+                    break
+                compiled += 1
             exact = self.cost(choice, time_steps)
             if budget.fits(exact["memory_bytes"], exact["step_ms"]):
                 return choice, exact, repairs
@@ -509,12 +585,20 @@ class _State:
             limit = None if limit is None else limit - max(over, 1)
             picked = select(groups, base_item, limit, budget.step_ms) or []
             choice = {i.group: by_key[i.key] for i in picked}
-        fitting = [(self.cache["candidates"][i.key]["gain"], i) for g in groups for i in g
-                   if budget.fits(self.cache["candidates"][i.key]["cost"]["memory_bytes"],
-                                  self.cache["candidates"][i.key]["cost"]["step_ms"])]
-        choice = {} if not fitting else {max(fitting, key=lambda t: t[0])[1].group:
-                                         by_key[max(fitting, key=lambda t: t[0])[1].key]}
+        known = [_choice_of(key, by_key) for key, c in self.cache["exact"].items()
+                 if budget.fits(c["memory_bytes"], c["step_ms"])]
+        known = [c for c in known if c is not None]
+        choice = max(known, key=lambda c: (self.measure(c)["gain"], -len(c)))
         return choice, self.cost(choice, time_steps), repairs
+
+
+def _choice_of(key: str, by_key: dict) -> dict | None:
+    """The combination a :func:`candidates.choice_key` names ({layer: Option}), None if it
+    names an option this search does not have."""
+    parts = [] if key == "base" else key.split(",")
+    if not all(p in by_key for p in parts):
+        return None
+    return {by_key[p].layer: by_key[p] for p in parts}
 
 
 def _fits(p, budget: Budget) -> bool:

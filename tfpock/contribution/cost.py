@@ -49,6 +49,26 @@ def exact_cost(model: keras.Model, scheme: Scheme, loss, optimizer, batch_size: 
     return program_cost(program, time_steps, x, y)
 
 
+def layout_variables(model: keras.Model, scheme: Scheme, optimizer) -> list[dict]:
+    """The variables ``scheme``'s exported model holds, as its metadata lists them (name,
+    layer, shape, dtype: what :func:`program_cost` counts), from the compiler's own parameter
+    layout (``tfpock.tracing.param_layout``, which decides them) without tracing: a few
+    milliseconds instead of a compile (tests/search/test_estimate.py checks it against the
+    compiled metadata). A partial-channel weight counts its checkpoint (whole) shape, as the
+    metadata does; its slots the trained channels."""
+    from tfpock.optimizers import compile_optimizer
+    from tfpock.tracing import param_layout
+    layout = param_layout(model, scheme.resolve(model), compile_optimizer(optimizer))
+    weights = {w.path: w for w in layout.weights}
+    out = []
+    for v in layout.variables:
+        w = weights.get(v.key)
+        shape = w.value.shape if v.kind == "weight" else v.value.shape
+        out.append({"name": v.key, "kind": v.kind, "layer": w.layer if w is not None else "",
+                    "shape": [int(d) for d in shape], "dtype": str(v.value.dtype)})
+    return out
+
+
 def program_cost(program, time_steps: int = 0, x=None, y=None) -> Cost:
     """The :class:`Cost` of a compiled ``tfpock.Program`` (see :func:`exact_cost`)."""
     from tfpock.tflite import memory, model_file

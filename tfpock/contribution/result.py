@@ -11,7 +11,7 @@ import tempfile
 from tfpock.scheme import Scheme
 
 TABLE_COLUMNS = ("layer", "option", "gain", "gain_std", "accuracy_gain", "activation_bytes",
-                 "variable_bytes", "memory_bytes", "step_ms", "chosen")
+                 "variable_bytes", "memory_bytes", "step_ms", "predicted", "chosen")
 
 
 class SearchResult:
@@ -21,7 +21,8 @@ class SearchResult:
         scheme: the chosen :class:`tfpock.Scheme` (``optimize(model, scheme=result.scheme)``).
         table: one dict per candidate option: layer, option, gain (validation-loss decrease of
             base + option over the base, mean over seeds), gain_std, accuracy_gain, the exact
-            costs of base + option (activation, variable and memory bytes, step_ms), chosen.
+            costs of base + option (activation, variable and memory bytes, step_ms; exact, or
+            ``predicted`` True: see tfpock/contribution/estimate.py), chosen.
         summary: budget, predicted vs measured gain and cost of the pick, the other schemes
             checked, what refinement bought, the noise, timings.
     """
