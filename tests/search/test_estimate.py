@@ -76,14 +76,23 @@ def test_predicted_costs_bound_the_exact_ones(tmp_path):
                 assert p == {**truth, "predicted": False,
                              "delta_variable_bytes": truth["variable_bytes"]
                              - base_cost["variable_bytes"], "delta_step_ms": None}
-    # combinations: the search's summed model (core._item) is near, not a bound (c1:full +
-    # c3:full: 5,112 bytes predicted, 5,472 compiled); the chosen scheme is always compiled
+    # combinations: the search's summed model (core._item) is near where the options' costs
+    # are their own (every layer's bias) ...
     base_item = core._item({"cost": base_cost}, "base", "base")
-    for combo in ({"c1": options["c1"][-1], "c3": options["c3"][-1]},
-                  {layer: opts[0] for layer, opts in options.items()}):
-        items = [core._item({"cost": predicted[o.key]}, o.key, o.layer,
-                            base_item.activation_bytes) for o in combo.values()]
-        assert exact(combo)["memory_bytes"] <= 1.1 * predict(items, base_item).memory_bytes
+
+    def summed(combo):
+        return predict([core._item({"cost": predicted[o.key]}, o.key, o.layer,
+                                   base_item.activation_bytes) for o in combo.values()],
+                       base_item).memory_bytes
+
+    biases = {layer: opts[0] for layer, opts in options.items()}
+    assert exact(biases)["memory_bytes"] <= 1.1 * summed(biases)
+    # ... and not a bound where one option makes another's backward dearer: with c1 trained
+    # the gradient must cross c3, and c3 trained too runs that input gradient on a runtime
+    # kernel (patches + matmul) where frozen c3 has a constant conv (graph_passes/lowering/
+    # conv.py): 5,472 bytes compiled against 3,576 summed. The chosen scheme is therefore
+    # always compiled and repaired (core.verify_cost), and its exact memory is what the
+    # search tests hold against the budget.
 
 
 def test_predicted_search_serves_a_second_budget_without_a_compile(tmp_path, monkeypatch):

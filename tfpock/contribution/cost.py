@@ -54,8 +54,9 @@ def layout_variables(model: keras.Model, scheme: Scheme, optimizer) -> list[dict
     layer, shape, dtype: what :func:`program_cost` counts), from the compiler's own parameter
     layout (``tfpock.tracing.param_layout``, which decides them) without tracing: a few
     milliseconds instead of a compile (tests/search/test_estimate.py checks it against the
-    compiled metadata). A partial-channel weight counts its checkpoint (whole) shape, as the
-    metadata does; its slots the trained channels."""
+    compiled metadata). Shapes are as the file stores them: a partial-channel weight and its
+    slots are their k trained channels (the frozen channels are constants), the count
+    :func:`program_cost` makes with :func:`tfpock.runtime.slices.stored_shape`."""
     from tfpock.optimizers import compile_optimizer
     from tfpock.tracing import param_layout
     layout = param_layout(model, scheme.resolve(model), compile_optimizer(optimizer))
@@ -63,9 +64,8 @@ def layout_variables(model: keras.Model, scheme: Scheme, optimizer) -> list[dict
     out = []
     for v in layout.variables:
         w = weights.get(v.key)
-        shape = w.value.shape if v.kind == "weight" else v.value.shape
         out.append({"name": v.key, "kind": v.kind, "layer": w.layer if w is not None else "",
-                    "shape": [int(d) for d in shape], "dtype": str(v.value.dtype)})
+                    "shape": [int(d) for d in v.value.shape], "dtype": str(v.value.dtype)})
     return out
 
 

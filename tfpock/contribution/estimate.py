@@ -36,19 +36,21 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tfpock.contribution.candidates import Option
+from tfpock.runtime.slices import stored_shape
 
 
 def variable_bytes_by_layer(variables: Sequence[dict]) -> dict[str, int]:
     """Bytes of an exported program's variables per owning layer (``program_cost``'s count:
-    the metadata's shapes). Optimizer slots are named ``optimizer/<slot>/<weight name>`` and
-    belong to that weight's layer; variables of no layer (the step counter) are left out."""
+    the stored shapes, a partial weight's k channels). Optimizer slots are named
+    ``optimizer/<slot>/<weight name>`` and belong to that weight's layer; variables of no
+    layer (the step counter) are left out."""
     owner = {v["name"]: v["layer"] for v in variables if v.get("layer")}
     out: dict[str, int] = {}
     for v in variables:
         layer = v.get("layer") or next((owner[w] for w in sorted(owner, key=len, reverse=True)
                                         if v["name"].endswith("/" + w)), "")
         if layer:
-            nbytes = int(np.prod(v["shape"], dtype=np.int64)) * np.dtype(v["dtype"]).itemsize
+            nbytes = int(np.prod(stored_shape(v), dtype=np.int64)) * np.dtype(v["dtype"]).itemsize
             out[layer] = out.get(layer, 0) + nbytes
     return out
 
