@@ -564,9 +564,14 @@ class _State:
         """Exact memory/time of ``choice`` (a compile unless known); if the exact memory
         exceeds the budget, select again under a budget lowered by the overshoot. At most
         ``exact_checks`` combinations not costed before are compiled; after that (or three
-        repairs) the pick is the best-measured combination whose exact cost is known and fits
-        the budget (the base always is: the search checked it first). So a new budget from
-        the cache costs at most ``exact_checks`` compiles."""
+        repairs), and whenever a repair was needed, the pick is the best-measured combination
+        whose exact cost is known and fits the budget (the base always is: the search checked
+        it first; the repaired pick is one of them). A repair lowers the budget by the
+        overshoot, and memory is not additive, so it can land far below what fits: on the
+        digits task two repairs ended at the base (gain 0) while ``conv3:full``, costed
+        exactly and fitting, had gain 8.15 (bench/results/2026-12-06-x86_64-2core-search-
+        merged.md, before this rule). So a new budget from the cache costs at most
+        ``exact_checks`` compiles."""
         repairs = []
         limit = budget.memory_bytes
         compiled = 0
@@ -577,7 +582,9 @@ class _State:
                 compiled += 1
             exact = self.cost(choice, time_steps)
             if budget.fits(exact["memory_bytes"], exact["step_ms"]):
-                return choice, exact, repairs
+                if not repairs:
+                    return choice, exact, repairs
+                break
             over = exact["memory_bytes"] - (budget.memory_bytes or exact["memory_bytes"])
             repairs.append({"choice": cand.choice_key(choice),
                             "exact_memory_bytes": exact["memory_bytes"],
