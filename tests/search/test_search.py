@@ -331,3 +331,39 @@ def test_a_dataset_reads_like_arrays():
     assert ys.dtype == np.int32 and ys.tolist() == y.tolist()
     with pytest.raises(TfpockError, match="val_data is empty"):
         core.check_data("val_data", ds.take(0), model, LOSS, 1)
+
+
+class _CostsOnly:
+    """What ``_State.verify_cost`` reads of a search: exact costs by combination (a compile
+    in a real search) and measured gains."""
+
+    def __init__(self, exact: dict[str, int], gains: dict[str, float]):
+        self.cache = {"exact": {}}
+        self._exact, self._gains = exact, gains
+
+    def cost(self, choice, time_steps):
+        key = cand.choice_key(choice)
+        self.cache["exact"][key] = {"memory_bytes": self._exact[key], "step_ms": None}
+        return dict(self.cache["exact"][key])
+
+    def measure(self, choice):
+        return {"gain": self._gains[cand.choice_key(choice)]}
+
+
+def test_a_repair_never_ends_below_a_known_scheme_that_fits():
+    """The knapsack's pair compiles far over the budget; the repair lowers the budget by the
+    overshoot and lands on the base, but ``a:full`` alone, exactly costed and fitting, measured
+    better: that is the pick (on the digits task the repair had ended at the base:
+    bench/results/2026-12-06-x86_64-2core-search-merged.md)."""
+    a, b = cand.Option("a", "full", "full"), cand.Option("b", "full", "full")
+    base = Item("base", "base", 0.0, 10, 0, None)
+    groups = [[Item("a:full", "a", 5.0, 10, 10, None)], [Item("b:full", "b", 1.0, 10, 10, None)]]
+    state = _CostsOnly({"base": 10, "a:full": 25, "b:full": 25, "a:full,b:full": 100},
+                       {"base": 0.0, "a:full": 5.0, "b:full": 1.0, "a:full,b:full": 6.0})
+    state.cost({}, 0)
+    state.cost({"a": a}, 0)                    # costed during the analysis, as in a search
+    final, exact, repairs = core._State.verify_cost(
+        state, groups, base, Budget(memory_bytes=40), {"a:full": a, "b:full": b},
+        {"a": a, "b": b}, 0, exact_checks=2)
+    assert [r["choice"] for r in repairs] == ["a:full,b:full"]
+    assert cand.choice_key(final) == "a:full" and exact["memory_bytes"] == 25
