@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from tfpock.federated.quiet import ENVIRONMENT
-from tfpock.federated.simulation import wait_gone
+from tfpock.federated.simulation import stop_stragglers
 
 APP_TOML = """\
 [build-system]
@@ -89,7 +89,8 @@ def stop(processes: list[subprocess.Popen], marks: list[str], grace: float = 10.
     """SIGTERM to each started session, then SIGKILL to what is left; reaps them. Then waits
     up to ``grace`` seconds for every process naming one of ``marks`` (Flower's app
     processes, started by the SuperLink and SuperNodes in sessions of their own, exit when
-    they see their parent gone) and returns those that did not, after killing them by pid."""
+    they see their parent gone) and returns those that did not, after ending them
+    (``stop_stragglers``, what a simulation run does too)."""
     for p in processes:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -105,12 +106,7 @@ def stop(processes: list[subprocess.Popen], marks: list[str], grace: float = 10.
         except ProcessLookupError:
             pass
         p.wait()
-    stragglers = wait_gone(marks, grace)
-    for line in stragglers:
-        try:
-            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    stragglers, _ = stop_stragglers(marks, grace)
     return stragglers
 
 

@@ -336,6 +336,7 @@ def test_a_dataset_reads_like_arrays():
 class _CostsOnly:
     """What ``_State.verify_cost`` reads of a search: exact costs by combination (a compile
     in a real search) and measured gains."""
+    known_fits = core._State.known_fits
 
     def __init__(self, exact: dict[str, int], gains: dict[str, float]):
         self.cache = {"exact": {}}

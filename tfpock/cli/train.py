@@ -107,8 +107,7 @@ def main(args: list[str]) -> int:
         val = (vx, vy, data.sample_weight(f.val, len(vy)))
     if f.resume:
         _check_checkpoint(f.checkpoint, metadata)
-    compiled = next(iter(x_spec.values()))["shape"][0] if "shape" not in x_spec \
-        else x_spec["shape"][0]
+    compiled = fitting.compiled_batch(metadata)
     if _flag("batch-size") not in (None, compiled):
         raise UsageError(f"--batch-size {_flag('batch-size')}: the model was compiled for "
                          f"batches of {compiled} (tfpock optimize --batch-size)")

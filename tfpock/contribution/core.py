@@ -179,11 +179,11 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     # seeds of the refinement: the checked schemes, and every measured combination whose
     # exact cost is known and fits (a pick of an earlier budget), so a larger budget never
     # ends below a smaller one's measured pick
-    known = [k for k, c in cache["exact"].items() if k in cache["measured"]
-             and budget.fits(c["memory_bytes"], c["step_ms"])]
-    seeds_ = [_choice_of(k, by_key) for k in [c["choice"] for c in checks] + known]
+    checked = [_choice_of(c["choice"], by_key) for c in checks]
+    known = [c for c in state.known_fits(budget, by_key)
+             if cand.choice_key(c) in cache["measured"]]
     chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine,
-                                      [c for c in seeds_ if c is not None])
+                                      [c for c in checked if c is not None] + known)
     final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
                                               time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
@@ -592,11 +592,15 @@ class _State:
             limit = None if limit is None else limit - max(over, 1)
             picked = select(groups, base_item, limit, budget.step_ms) or []
             choice = {i.group: by_key[i.key] for i in picked}
+        choice = max(self.known_fits(budget, by_key),
+                     key=lambda c: (self.measure(c)["gain"], -len(c)))
+        return choice, self.cost(choice, time_steps), repairs
+
+    def known_fits(self, budget, by_key) -> list[dict]:
+        """The combinations whose exact cost is known (compiled) and fits ``budget``."""
         known = [_choice_of(key, by_key) for key, c in self.cache["exact"].items()
                  if budget.fits(c["memory_bytes"], c["step_ms"])]
-        known = [c for c in known if c is not None]
-        choice = max(known, key=lambda c: (self.measure(c)["gain"], -len(c)))
-        return choice, self.cost(choice, time_steps), repairs
+        return [c for c in known if c is not None]
 
 
 def _choice_of(key: str, by_key: dict) -> dict | None:

@@ -26,8 +26,7 @@ from flwr.clientapp import ClientApp
 
 from tfpock.federated import records
 from tfpock.federated.data import local_batches
-from tfpock.runtime import fit
-from tfpock.runtime import Trainer, slices
+from tfpock.runtime import Trainer, fit, slices
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The server side: a Flower ServerApp averaging trained slices, evaluated with ``Trainer.infer``.
 
-The strategies are Flower's (FedAvg, FedAvgM, FedProx, FedAdam), each wrapped by :func:`strategy` so
-that what it averages is the model's trained slice and nothing else:
+The strategies are Flower's (FedAvg, FedAvgM, FedProx, FedAdam), each wrapped by
+:func:`strategy` so that what it averages is the model's trained slice and nothing else:
 
 * a client reply that is not this model's slice (names, shapes, exact dtypes, finite, one
   ``num-examples`` >= 0) is refused and logged, never averaged in

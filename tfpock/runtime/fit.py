@@ -81,11 +81,16 @@ def pad(x, rows: int):
 
 
 def batch_size(trainer) -> int:
+    """The compiled batch size of ``trainer``'s model (:func:`compiled_batch`)."""
+    return compiled_batch(trainer.metadata)
+
+
+def compiled_batch(metadata: dict) -> int:
     """The compiled batch size: the first dimension of the inputs (each has it): of the
     metadata's ``inputs`` (files of models with several inputs, which have no ``x``), else
     of ``x`` (a spec, or a dict of them)."""
-    inputs = trainer.metadata.get("inputs")
-    spec = inputs[0] if inputs else trainer.metadata["x"]
+    inputs = metadata.get("inputs")
+    spec = inputs[0] if inputs else metadata["x"]
     if "shape" not in spec:
         spec = next(iter(spec.values()))
     return int(spec["shape"][0])
