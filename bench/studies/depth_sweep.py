@@ -37,6 +37,10 @@ def define_flags() -> None:
     flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
     flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
     flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
+    flags.DEFINE_string("name", "depth", "Results file name after the date and machine.")
+    flags.DEFINE_string("from_json", None, "Re-write an earlier sweep's results (its .json; "
+                        "its exported files must still be there) with the work columns "
+                        "counted from the files, without timing anything.")
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-depth"), "Exported models.")
@@ -120,6 +124,23 @@ def ratios(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda row: row["depth"])
 
 
+def add_work(group: dict, forward_file: str) -> None:
+    """Adds to each ratio row what its ``train`` signature must do, counted from the file
+    (:mod:`tfpock.tflite.work`): its multiply-accumulates over the forward floor's, the
+    time the floor would take for them at the floor's own speed (``mac_bound_ms``: what a
+    step could reach if every added MAC ran as fast as XNNPACK runs the forward's), and the
+    bytes its variable reads and assigns copy."""
+    from tfpock.tflite import work
+    forward = work.count(open(forward_file, "rb").read(), "serving_default")
+    for r in group["ratios"]:
+        step = work.count(open(group["schemes"][r["scheme"]]["files"][str(group["batch"])],
+                               "rb").read(), "train")
+        r["macs_over_forward"] = step.macs / forward.macs
+        r["mac_bound_ms"] = (r["floor_ms"] * r["macs_over_forward"]
+                             if r["floor_ms"] else None)
+        r["variable_copy_mb"] = step.variable_copy_bytes / 2**20
+
+
 def _f(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
@@ -140,12 +161,15 @@ def markdown(doc: dict) -> str:
              "tfpock over the floor, Keras full and tf.function over tfpock. Targets (batch 1, "
              f"depth <= {TARGET_DEPTH}): <= {FLOOR_RATIO}x the floor, >= {KERAS_SPEEDUP}x "
              f"Keras full, >= {TF_SPEEDUP}x tf.function. Reproduce: `python -m "
-             "bench.studies.depth_sweep`.", ""]
+             "bench.studies.depth_sweep`. MACs x floor: the train signature's "
+             "multiply-accumulates over the forward's (`tfpock.tflite.work`), the floor a "
+             "step reaches if its added MACs run at the forward's speed; variable copies: "
+             "what its READ_VARIABLE and ASSIGN_VARIABLE copy per step.", ""]
     for group in doc["groups"]:
         lines += [f"## {group['model']}, BN {group['bn']}, batch {group['batch']}", "",
                   "| scheme | trained params | tfpock ms | floor ms | x floor | Keras full ms | "
                   "vs Keras | tf.function ms | vs tf.function | RSS tfpock / Keras MB | "
-                  "targets |", "|" + "---|" * 11]
+                  "MACs x floor | variable copies MB | targets |", "|" + "---|" * 13]
         params = {s: row["trained_parameters"] for s, row in group["schemes"].items()}
         for r in group["ratios"]:
             lines.append(" | ".join([
@@ -154,6 +178,7 @@ def markdown(doc: dict) -> str:
                 _f(r["keras_full_ms"], ".1f"), _f(r["vs_keras_full"], ".1f", "x"),
                 _f(r["tf_function_ms"], ".2f"), _f(r["vs_tf_function"], ".1f", "x"),
                 f"{_f(r['tfpock_rss_mb'], '.0f')} / {_f(r['keras_full_rss_mb'], '.0f')}",
+                _f(r.get("macs_over_forward"), ".2f"), _f(r.get("variable_copy_mb"), ".2f"),
                 verdicts(r) if group["batch"] == 1 else ""]) + " |")
         failed = [f"{r['id']} {r['scheme']}: {r['error'][:200]}" for r in group["rows"]
                   if r["status"] != "ok"]
@@ -183,8 +208,25 @@ def plot(doc: dict, path: str) -> None:
     plt.close(fig)
 
 
+def rewrite_with_work(path: str) -> None:
+    """``--from_json``: an earlier sweep's document with the work columns, under --name."""
+    import json
+    with open(path) as f:
+        doc = json.load(f)
+    for group in doc["groups"]:
+        forward = os.path.join(os.path.dirname(next(iter(group["schemes"].values()))
+                                               ["files"][str(group["batch"])]),
+                               f"forward-b{group['batch']}.tflite")
+        add_work(group, forward)
+    doc["work_from"] = path
+    stem = cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
+    plot(doc, stem + ".png")
+
+
 def main(argv):
     del argv
+    if FLAGS.from_json:
+        return rewrite_with_work(FLAGS.from_json)
     names = ["mobilenet_v2_035_128"] if FLAGS.quick else FLAGS.models
     depths = [1, 2, 3, 4] if FLAGS.quick else [int(d) for d in FLAGS.depths]
     batches = [1] if FLAGS.quick else [int(b) for b in FLAGS.batches]
@@ -198,14 +240,16 @@ def main(argv):
             for batch in batches:
                 logging.info("timing %s BN %s batch %d", name, bn, batch)
                 rows = harness.run_group(contenders(entry, batch), timing)
-                groups.append({"model": name, "bn": bn, "batch": batch, "rows": rows,
-                               "schemes": entry["schemes"], "ratios": ratios(rows)})
+                group = {"model": name, "bn": bn, "batch": batch, "rows": rows,
+                         "schemes": entry["schemes"], "ratios": ratios(rows)}
+                add_work(group, entry["forward"][str(batch)])
+                groups.append(group)
     doc = {"schema": "tfpock-depth/1",
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "mode": "quick" if FLAGS.quick else "full",
            "timing": dataclasses.asdict(timing),
            "groups": groups}
-    stem = cli.write_results(doc, markdown(doc), "depth", FLAGS.out_dir)
+    stem = cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
     plot(doc, stem + ".png")
 
 
