@@ -155,6 +155,34 @@ def verdicts(row: dict) -> str:
     return " ".join(f"{name} {'PASS' if ok else 'MISS'}" for name, ok in checks)
 
 
+def reachability(group: dict) -> list[str]:
+    """Lines saying which targets no step can reach: a step runs at least the forward, so a
+    speed-up over Keras full (or tf.function) above the floor's own is out of reach, and a
+    step cannot beat the floor by more than its MACs allow (``mac_bound_ms``) unless the
+    added MACs run faster than the forward's."""
+    if group["batch"] != 1:
+        return []
+    out = []
+    for r in group["ratios"]:
+        if r["depth"] > TARGET_DEPTH or None in (r["floor_ms"], r["keras_full_ms"],
+                                                 r["tf_function_ms"]):
+            continue
+        keras_ms, tf_ms = r["keras_full_ms"] / KERAS_SPEEDUP, r["tf_function_ms"] / TF_SPEEDUP
+        bound = r.get("mac_bound_ms")
+        least = bound or r["floor_ms"]
+        limits = (("floor", FLOOR_RATIO * r["floor_ms"]), ("Keras", keras_ms),
+                  ("tf.function", tf_ms))
+        verdict = ", ".join(f"{name} {'reachable' if limit >= least else 'out of reach'}"
+                            for name, limit in limits)
+        out.append(
+            f"* {r['scheme']}: the targets ask for a step of at most "
+            f"{limits[0][1]:.2f} ms (floor), {keras_ms:.2f} ms (Keras), {tf_ms:.2f} ms "
+            f"(tf.function); the floor is {r['floor_ms']:.2f} ms"
+            + (f", the step's MACs at the floor's speed {bound:.2f} ms" if bound else "")
+            + f": {verdict}")
+    return [""] + out if out else []
+
+
 def markdown(doc: dict) -> str:
     lines = [f"# Depth sweep, {doc['date']} ({doc['machine']})", "",
              "One pinned core, ai-edge-litert; median step of all timed steps; ratios as "
@@ -180,6 +208,7 @@ def markdown(doc: dict) -> str:
                 f"{_f(r['tfpock_rss_mb'], '.0f')} / {_f(r['keras_full_rss_mb'], '.0f')}",
                 _f(r.get("macs_over_forward"), ".2f"), _f(r.get("variable_copy_mb"), ".2f"),
                 verdicts(r) if group["batch"] == 1 else ""]) + " |")
+        lines += reachability(group)
         failed = [f"{r['id']} {r['scheme']}: {r['error'][:200]}" for r in group["rows"]
                   if r["status"] != "ok"]
         lines += [""] + [f"* failed: {f}" for f in failed] + ([""] if failed else [])
