@@ -53,7 +53,7 @@ from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from tfpock.tflite.flatbuffer import builtin, constant_value, pack  # noqa: E402
-from tfpock.tflite import model_file  # noqa: E402
+from tfpock.tflite import work  # noqa: E402
 from bench import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -140,24 +140,20 @@ def profile(path: str, signature: str = "train", reps: int = 30,
     """Times each op of ``signature`` alone; returns ops (timed, skipped, variable), the
     per-type summary, the sum of medians and the whole signature's measured time."""
     with open(path, "rb") as f:
-        model = schema.ModelT.InitFromPackedBuf(f.read(), 0)
+        content = f.read()
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
     keys = {s.signatureKey.decode(): s.subgraphIndex for s in model.signatureDefs}
     if signature not in keys:
         raise ValueError(f"{path} has no signature {signature!r} (has {sorted(keys)})")
     sg = model.subgraphs[keys[signature]]
     rng = np.random.default_rng(0)
     ops, variables = [], collections.Counter()
-    variable_bytes = 0
     for i, op in enumerate(sg.operators):
         kind = OP_NAMES.get(builtin(model, op), str(builtin(model, op)))
         shapes = {side: [[int(d) for d in sg.tensors[t].shape] if t >= 0 else None
                          for t in getattr(op, side)] for side in ("inputs", "outputs")}
         if kind in VARIABLE_OPS:
             variables[kind] += 1
-            if kind in ("READ_VARIABLE", "ASSIGN_VARIABLE"):
-                tensor = sg.tensors[op.outputs[0] if kind == "READ_VARIABLE" else op.inputs[-1]]
-                itemsize = np.dtype(model_file.type_name(tensor.type).lower()).itemsize
-                variable_bytes += int(np.prod(tensor.shape)) * itemsize
             continue
         row = {"index": i, "type": kind, **shapes}
         try:
@@ -173,11 +169,12 @@ def profile(path: str, signature: str = "train", reps: int = 30,
         entry["ms"] += row.get("ms", 0.0)
         entry["skipped"] += "skipped" in row
     total = sum(e["ms"] for e in by_type.values())
+    copied = work.count(content, signature).variable_copy_bytes
     for entry in by_type.values():
         entry["share"] = entry["ms"] / total if total else 0.0
     return {"model": path, "signature": signature, "reps": reps, "xnnpack": not no_xnnpack,
             "ops": ops, "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1]["ms"])),
-            "variables": {"counts": dict(variables), "bytes_copied": variable_bytes},
+            "variables": {"counts": dict(variables), "bytes_copied": copied},
             "sum_ms": total, "signature_ms": signature_ms(path, signature, reps, no_xnnpack)}
 
 
