@@ -102,9 +102,10 @@ def contenders(config, seq, batch, schemes, cache_dir) -> list[harness.Contender
     return out
 
 
-def ratios(rows: list[dict], schemes: list[str]) -> list[dict]:
+def ratios(rows: list[dict], schemes: list[str], files: dict | None = None) -> list[dict]:
     """Per tfpock scheme: Keras full / tfpock and tf.function / tfpock step time, Keras full
-    / tfpock peak RSS, each against its target."""
+    / tfpock peak RSS, each against its target; with ``files`` (scheme -> exported file),
+    the step's multiply-accumulates over its forward's (:mod:`tfpock.tflite.work`)."""
     by = {(r["id"], r["scheme"]): r for r in rows if r["status"] == "ok"}
     out = []
     keras_row, floor = by.get(("keras_full", "full")), by.get(("forward", "-"))
@@ -125,6 +126,11 @@ def ratios(rows: list[dict], schemes: list[str]) -> list[dict]:
                 entry["keras_speed_at_floor"] = (keras_row["step_ms"]["median"]
                                                  / floor["step_ms"]["median"])
                 entry["keras_memory_at_floor"] = keras_row["peak_rss_mb"] / floor["peak_rss_mb"]
+        if files and scheme in files:
+            from tfpock.tflite import model_file, work
+            parsed = model_file.read(open(files[scheme], "rb").read())
+            entry["macs_over_forward"] = (work.count(parsed, "train").macs
+                                          / work.count(parsed, "infer").macs)
         out.append(entry)
     return out
 
@@ -142,8 +148,10 @@ def run_steps(config, seqs, batches, schemes, timing, cache_dir, written=None) -
                     row["tokens_per_s"] = batch * seq / row["step_ms"]["median"] * 1e3
                 else:
                     logging.warning("%s %s failed: %s", row["id"], row["scheme"], row["error"])
+            files = {scheme: export(config, scheme, batch, seq, cache_dir)
+                     for scheme in schemes}
             groups.append({"seq": seq, "batch": batch, "rows": rows,
-                           "ratios": ratios(rows, schemes)})
+                           "ratios": ratios(rows, schemes, files)})
             logging.info("seq %d batch %d done", seq, batch)
             if written:
                 written(groups)
@@ -190,12 +198,13 @@ def steps_markdown(doc: dict) -> str:
                          f"{r['tokens_per_s']:.0f} | {r['peak_rss_mb']:.0f} |")
         lines += ["", "| tfpock scheme | Keras full / tfpock (target 8) | tf.function same "
                   "scheme / tfpock (target 3) | Keras RSS / tfpock RSS (target 5) | tfpock / "
-                  "forward floor | Keras full / forward floor (time, RSS) |",
-                  "|---|---|---|---|---|---|"]
+                  "forward floor | its MACs / the forward's | Keras full / forward floor "
+                  "(time, RSS) |", "|---|---|---|---|---|---|---|"]
         for e in g["ratios"]:
             lines.append(f"| {e['scheme']} | {_fmt(e.get('keras_speed'), 2)} | "
                          f"{_fmt(e.get('tf_function_speed'), 2)} | "
                          f"{_fmt(e.get('keras_memory'), 2)} | {_fmt(e.get('over_floor'), 2)} | "
+                         f"{_fmt(e.get('macs_over_forward'), 2)} | "
                          f"{_fmt(e.get('keras_speed_at_floor'), 2)}, "
                          f"{_fmt(e.get('keras_memory_at_floor'), 2)} |")
         lines.append("")
@@ -229,7 +238,9 @@ def rewrite(path: str) -> None:
         doc = json.load(f)
     for group in doc["groups"]:
         schemes = [r["scheme"] for r in group["rows"] if r["id"] == "tfpock"]
-        group["ratios"] = ratios(group["rows"], schemes)
+        files = {scheme: export(doc["config"], scheme, group["batch"], group["seq"],
+                                FLAGS.cache_dir) for scheme in schemes}
+        group["ratios"] = ratios(group["rows"], schemes, files)
     print(steps_markdown(doc))
     cli.write_results(doc, steps_markdown(doc), FLAGS.name, FLAGS.out_dir)
 
