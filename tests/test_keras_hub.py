@@ -210,3 +210,16 @@ def test_unknown_sublayer_is_named():
     with pytest.raises(tfpock.UnsupportedModelError, match=r"'odd_scale' \(Scaled\) \(in "
                        r"'block', Block\)"):
         tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR), batch_size=2)
+
+
+def test_lora_policy_copies_a_tied_llama():
+    """``Scheme.lora`` compiles a copy of the model; keras-hub 0.32's backbone config leaves
+    out ``tie_word_embeddings``, so the copy from config had an untied output embedding (a
+    variable more) and the policy was refused: the backbone's own flag is put back."""
+    model = tiny_llama()
+    copy = tfpock.Scheme.lora(model, 4).lora_model(model)
+    paths = {v.path for v in copy.weights}
+    assert {v.path for v in model.weights} <= paths
+    assert sorted(p for p in paths if "lora_kernel" in p) == sorted(
+        f"transformer_layer_{i}/self_attention/{proj}/lora_kernel_{ab}"
+        for i in range(2) for proj in ("query", "value") for ab in "ab")

@@ -38,13 +38,22 @@ def last_block(model: keras.Model) -> dict:
     return tfpock.Scheme.last_blocks(model, 1, pattern=r"block_\d+").to_dict()
 
 
+def mlp_half(model: keras.Model) -> dict:
+    """The last block's MLP projections on the first half of their input channels: the
+    SwiGLU gate is an EinsumDense in Dense form (``btd,df->btf``), the others Dense."""
+    return {"default": "frozen", "layers": {
+        name: {"weight_fraction": 0.5} for name in ("block_1_mlp_gate", "block_1_mlp_up",
+                                                    "block_1_mlp_down")}}
+
+
 SCHEMES = {"full": lambda model: {"default": "full", "layers": {}},
-           "last_block": last_block, "norms_and_biases": norms_and_biases}
+           "last_block": last_block, "norms_and_biases": norms_and_biases,
+           "mlp_half": mlp_half}
 # (mlp, norm, scheme): each scheme once, to keep the file fast (GELU and LayerNormalization
 # are differentiated by the norms-and-biases case: its biases reach back to the embedding's
 # block 0; tests/test_keras_hub.py trains RMS norms and SiLU gates fully too)
 CASES = [("swiglu", "rms", "full"), ("swiglu", "rms", "last_block"),
-         ("gelu", "layer", "norms_and_biases")]
+         ("gelu", "layer", "norms_and_biases"), ("swiglu", "rms", "mlp_half")]
 
 
 def batch(seed: int = 0):

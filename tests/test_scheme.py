@@ -160,3 +160,18 @@ def test_policy_json_forms():
     assert Policy.parse("full", "x").to_json() == "full"
     assert Policy.parse({"weight_channels": 4}, "x").to_json() == {"weight_channels": 4,
                                                                     "bias": True}
+
+
+def test_an_einsum_dense_in_dense_form_takes_channel_policies():
+    """``btd,df->btf`` is a Dense written as an einsum: its kernel's first axis is the input
+    channels, cut as a Dense's; a kernel with more axes (``btd,dhk->bthk``) is refused."""
+    x = keras.Input((4, 6))
+    dense_form = keras.layers.EinsumDense("btd,df->btf", (4, 8), bias_axes="f", name="gate")
+    heads = keras.layers.EinsumDense("btd,dhk->bthk", (4, 2, 3), name="heads")
+    model = keras.Model(x, [dense_form(x), heads(x)])
+    resolved = {w.path: w for w in Scheme(layers={"gate": {"weight_fraction": 0.5}})
+                .resolve(model)}
+    assert (resolved["gate/kernel"].channels, resolved["gate/kernel"].axis) == (3, 0)
+    assert "gate/bias" in resolved
+    with pytest.raises(SchemeError, match=r"'heads' \(EinsumDense\).*Dense form"):
+        Scheme(layers={"heads": {"weight_fraction": 0.5}}).resolve(model)

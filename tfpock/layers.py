@@ -148,7 +148,27 @@ def supported_names() -> str:
 
 
 def kernel_layer_names() -> str:
-    return ", ".join(sorted(cls.__name__ for cls, kind in WEIGHTED_LAYERS.items() if kind.kernels))
+    return ", ".join(sorted(cls.__name__ for cls, kind in WEIGHTED_LAYERS.items() if kind.kernels)
+                     + ["EinsumDense in Dense form ('btd,df->btf')"])
+
+
+def channel_kernels(layer: keras.layers.Layer, kind: LayerKind) -> tuple[str, ...]:
+    """The weights of ``layer`` with input channels on axis -2, which channel policies cut:
+    the table's, and an EinsumDense's kernel when the layer is a Dense written as an einsum
+    (a 2-D kernel ``df`` whose first axis is the input's last, contracted, the output the
+    input's other axes then ``f``: ``"btd,df->btf"``, the MLP projections of KerasHub's
+    Gemma and of plain Keras decoders). Its kernel is then laid out as a Dense's, so the
+    partial update (the first ``k`` rows trained, the rest a constant) is the same."""
+    if isinstance(layer, keras.layers.EinsumDense) and _dense_form(layer.equation):
+        return ("kernel",)
+    return kind.kernels
+
+
+def _dense_form(equation: str) -> bool:
+    inputs, _, output = equation.replace(" ", "").partition("->")
+    x, _, kernel = inputs.partition(",")
+    return (len(kernel) == 2 and "." not in x and x[-1:] == kernel[0]
+            and output == x[:-1] + kernel[1])
 
 
 def leaf_layers(model: keras.Model) -> list[keras.layers.Layer]:

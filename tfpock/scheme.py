@@ -428,9 +428,10 @@ def _apply(policy: Policy, layer, explicit: bool):
         if explicit and not biases and policy.kernels == "none":
             raise SchemeError(f"scheme trains the bias of {where}, which has no trainable bias")
         picked += [(v, TrainedWeight(v.path, layer.name)) for v in biases]
-    kernels = [weights[r] for r in kind.kernels if r in weights and weights[r].trainable]
+    channel_kernels = layer_table.channel_kernels(layer, kind)
+    kernels = [weights[r] for r in channel_kernels if r in weights and weights[r].trainable]
     if policy.kernels == "all":
-        others = [weights[r] for r in weights if r not in kind.bias and r not in kind.kernels
+        others = [weights[r] for r in weights if r not in kind.bias and r not in channel_kernels
                   and weights[r].trainable]
         picked += [(v, TrainedWeight(v.path, layer.name)) for v in kernels + others]
     elif policy.kernels == "channels":
@@ -453,7 +454,7 @@ def _apply(policy: Policy, layer, explicit: bool):
 def _copy(model: keras.Model) -> keras.Model:
     """A copy of ``model`` with the same variable paths (``Scheme.lora_model``)."""
     paths = sorted(v.path for v in model.weights)
-    for make in (lambda: type(model).from_config(model.get_config()),
+    for make in (lambda: type(model).from_config(_config_with_ties(model)),
                  lambda: keras.models.clone_model(model)):
         copy = make()
         if sorted(v.path for v in copy.weights) == paths:
@@ -461,6 +462,18 @@ def _copy(model: keras.Model) -> keras.Model:
     raise UnsupportedModelError(f"model {model.name!r}: no copy of it has the same variable "
                                 "paths (from its config, or keras.models.clone_model); LoRA "
                                 "policies compile such a copy")
+
+
+def _config_with_ties(model: keras.Model) -> dict:
+    """``model.get_config()``, with its KerasHub backbone's ``tie_word_embeddings`` put back
+    where the backbone's own config leaves it out (keras-hub 0.32's ``LlamaBackbone``: a copy
+    from that config would have an untied output embedding, another variable)."""
+    config = model.get_config()
+    tie = getattr(getattr(model, "backbone", None), "tie_word_embeddings", None)
+    backbone = config.get("backbone")
+    if tie is not None and isinstance(backbone, dict) and isinstance(backbone.get("config"), dict):
+        backbone["config"].setdefault("tie_word_embeddings", tie)
+    return config
 
 
 def lora_candidates(model: keras.Model) -> dict[str, keras.layers.Layer]:

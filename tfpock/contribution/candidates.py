@@ -64,7 +64,8 @@ def layer_options(layer: keras.layers.Layer, fractions=FRACTIONS) -> list[Option
     out = []
     if any(r in weights and weights[r].trainable for r in kind.bias):
         out.append(Option(layer.name, "bias", "bias"))
-    kernels = [weights[r] for r in kind.kernels if r in weights and weights[r].trainable]
+    kernels = [weights[r] for r in layer_table.channel_kernels(layer, kind)
+               if r in weights and weights[r].trainable]
     seen = set()
     for f in fractions:
         counts = tuple(Policy("channels", True, fraction=f).channels_of(v.shape[-2])
