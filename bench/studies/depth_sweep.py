@@ -33,7 +33,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("quick", False, "MobileNetV2 only, depths 1-4, batch 1, short rounds.")
     flags.DEFINE_list("models", ["mobilenet_v2_035_128", "resnet18_half_96"],
                       "Models to sweep.")
-    flags.DEFINE_list("depths", ["1", "2", "3", "4", "6", "8"], "N of the last:N schemes.")
+    flags.DEFINE_list("depths", ["1", "2", "3", "4", "6", "8"], "N of the last:N schemes; "
+                      "'full' for full backpropagation (issue 11's stretch, at batch 8).")
     flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
     flags.DEFINE_list("bn", ["frozen", "trainable"], "BatchNorm as the user left it.")
     flags.DEFINE_integer("rounds", 3, "Rounds per contender (alternating).")
@@ -44,6 +45,13 @@ def define_flags() -> None:
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-depth"), "Exported models.")
+
+
+FULL = 10**6   # the depth that stands for full backpropagation (sorts after every last:N)
+
+
+def depth_of(scheme: str) -> int:
+    return FULL if scheme == "full" else int(scheme.split(":")[1])
 
 
 # Targets of issue 11 (batch 1, up to the last 4 layers with weights)
@@ -68,12 +76,12 @@ def prepare(name: str, bn: str, batches: list[int], depths: list[int], folder: s
         bench_prepare.export_forward(model, batch, path)
         entry["forward"][str(batch)] = path
     for n in depths:
-        text = f"last:{n}"
+        text = "full" if n == FULL else f"last:{n}"
         paths = tfpock.Scheme.parse(text, model).trained_paths(model)
         row = {"trained_count": len(paths), "files": {}}
         for batch in batches:
             logging.info("%s BN %s: tfpock %s batch %d", name, bn, text, batch)
-            path = os.path.join(folder, f"tfpock-last{n}-b{batch}.tflite")
+            path = os.path.join(folder, f"tfpock-{text.replace(':', '')}-b{batch}.tflite")
             figures = bench_prepare.compile_tfpock(model, text, batch, path)
             row["files"][str(batch)] = path
             row["trained_parameters"] = figures["trained_parameters"]
@@ -111,7 +119,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         ms = r["step_ms"]["median"]
         tf_fn = by.get(("tf_function", scheme))
         out.append({
-            "scheme": scheme, "depth": int(scheme.split(":")[1]), "tfpock_ms": ms,
+            "scheme": scheme, "depth": depth_of(scheme), "tfpock_ms": ms,
             "tfpock_rss_mb": r["peak_rss_mb"],
             "floor_ms": floor["step_ms"]["median"] if floor else None,
             "keras_full_ms": keras_full["step_ms"]["median"] if keras_full else None,
@@ -223,7 +231,8 @@ def plot(doc: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4), squeeze=False)
     for ax, batch in zip(axes[0], batches):
         for g in (g for g in doc["groups"] if g["batch"] == batch):
-            points = [(r["depth"], r["over_floor"]) for r in g["ratios"] if r["over_floor"]]
+            points = [(r["depth"], r["over_floor"]) for r in g["ratios"]
+                      if r["over_floor"] and r["depth"] != FULL]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                     linestyle="-" if g["bn"] == "frozen" else "--",
                     label=f"{g['model']}, BN {g['bn']}")
@@ -257,7 +266,8 @@ def main(argv):
     if FLAGS.from_json:
         return rewrite_with_work(FLAGS.from_json)
     names = ["mobilenet_v2_035_128"] if FLAGS.quick else FLAGS.models
-    depths = [1, 2, 3, 4] if FLAGS.quick else [int(d) for d in FLAGS.depths]
+    depths = [1, 2, 3, 4] if FLAGS.quick else [FULL if d == "full" else int(d)
+                                               for d in FLAGS.depths]
     batches = [1] if FLAGS.quick else [int(b) for b in FLAGS.batches]
     timing = harness.Timing(FLAGS.rounds, warmup=3, round_s=0.3 if FLAGS.quick else 0.8,
                             min_steps=5, max_steps=20)
