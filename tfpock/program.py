@@ -124,7 +124,8 @@ class Program:
         """The verified TFLite training model (converted once, with the compile-time weights;
         host-side ``train_step`` calls do not change it)."""
         if self._content is None:
-            graphs = [self._module.train_graph, self._module.infer_graph]
+            graphs = [g for g in (self._module.train_graph, self._module.infer_graph,
+                                  self._module.decode_graph) if g is not None]
             content = export.convert(self._module, graphs, self._layer_names)
             converted, records = self._file_pipeline(TfliteFile(content, "train"))
             if records:
