@@ -190,15 +190,16 @@ def metadata_for(step: TracedStep, extra: dict) -> dict:
 
 
 def _decode_metadata(step: TracedStep) -> dict:
-    """``{"decode": {"inputs": [...], "logits": spec}}`` for a file with the kv-cache
-    signature (:mod:`tfpock.decode`): the runtime reads the cache's shape and the window."""
+    """``{"decode": {"inputs": [...], "logits": spec, "length": positions}}`` for a file with
+    the kv-cache signature (:mod:`tfpock.decode`): the runtime reads the cache's shape, the
+    window and how many positions the cache holds (``infer``'s window)."""
     if step.decode_inputs is None:
         return {}
     tokens = step.decode_inputs["token_ids"].shape
     logits = {"shape": [tokens[0], tokens[1], step.output_spec.shape[-1]], "dtype": "float32"}
     return {"decode": {"inputs": [{"name": name, **_spec(spec)}
                                   for name, spec in step.decode_inputs.items()],
-                       "logits": logits}}
+                       "logits": logits, "length": step.inputs["token_ids"].shape[1]}}
 
 
 def _trained_slice(variable, weight) -> dict:

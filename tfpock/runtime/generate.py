@@ -54,13 +54,15 @@ def window_layout(trainer) -> tuple[str, str | None, int]:
 
 def generate(trainer, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
              seed: int | None = None, top_k: int | None = None,
-             stop_token_ids=(), pad_id: int = 0) -> np.ndarray:
+             stop_token_ids=(), pad_id: int = 0, kv_cache: bool = True) -> np.ndarray:
     """The prompt followed by up to ``max_new_tokens`` generated tokens.
 
     ``prompt_ids``: one prompt (1-D) or several of one length (2-D ``[rows, length]``, any
     number of rows: they run ``batch`` at a time). A row stops after it emits one of
     ``stop_token_ids``; its later positions hold ``pad_id``; generation ends when every row
-    has stopped. Returns int32 ids, 1-D for a 1-D prompt."""
+    has stopped. ``kv_cache``: use the file's ``decode`` signature if it has one (False:
+    ``infer``'s window for every token, as a file without it). Returns int32 ids, 1-D for a
+    1-D prompt."""
     token, mask, seq = window_layout(trainer)
     vocab = trainer.metadata["output"]["shape"][2]
     prompts = np.asarray(prompt_ids)
@@ -83,15 +85,51 @@ def generate(trainer, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
     stops = np.asarray(list(stop_token_ids), np.int64)
     out = prompts.astype(np.int32)
     done = np.zeros(len(out), bool)
+    cache = KvCache(trainer, len(out)) if kv_cache and trainer.kv_cache else None
     for _ in range(max_new_tokens):
         if done.all():
             break
-        logits = _last_logits(trainer, out, token, mask, seq, pad_id)
+        logits = cache.last_logits(out) if cache is not None else None
+        if logits is None:   # no cache, or the sequence outgrew it: infer's sliding window
+            logits = _last_logits(trainer, out, token, mask, seq, pad_id)
         chosen = _choose(logits, temperature, top_k, rng)
         chosen = np.where(done, pad_id, chosen).astype(np.int32)
         out = np.concatenate([out, chosen[:, None]], axis=1)
         done |= np.isin(chosen, stops)
     return out[0] if single else out
+
+
+class KvCache:
+    """The key/value caches of ``rows`` sequences, ``batch`` rows per cache (the decode
+    signature's batch; the last one's spare rows repeat its first), and how many positions
+    they hold. Each step feeds the positions not yet in the cache one at a time (the prompt
+    on the first step, then the token chosen last), the window-1 ``decode`` at each."""
+
+    def __init__(self, trainer, rows: int):
+        layout = trainer.kv_cache
+        specs = {s["name"]: s for s in layout["inputs"]}
+        self._trainer, self._rows, self.length = trainer, rows, layout["length"]
+        self._batch = specs["token_ids"]["shape"][0]
+        cache = specs["cache"]
+        self._caches = [np.zeros(cache["shape"], cache["dtype"])
+                        for _ in range(0, rows, self._batch)]
+        self.filled = 0
+
+    def last_logits(self, ids: np.ndarray) -> np.ndarray | None:
+        """[rows, vocab]: each row's logits after its last token, or None once ``ids`` is
+        longer than the cache (the caller then slides ``infer``'s window, as without one)."""
+        if ids.shape[1] > self.length:
+            return None
+        logits = []
+        for i, start in enumerate(range(0, self._rows, self._batch)):
+            chunk = ids[start:start + self._batch]
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], self._batch - len(chunk), 0)])
+            for position in range(self.filled, ids.shape[1]):
+                last, self._caches[i] = self._trainer.decode(
+                    chunk[:, position:position + 1], self._caches[i], position)
+            logits.append(last[:, -1])
+        self.filled = ids.shape[1]
+        return np.asarray(np.concatenate(logits)[:self._rows], np.float64)
 
 
 def _last_logits(trainer, ids: np.ndarray, token: str, mask: str | None, seq: int,
