@@ -3,7 +3,8 @@ its logits and cache equal KerasHub's ``call_with_cache`` (before and after devi
 it reads the trained weights), ``Trainer.generate`` with it equals Keras' greedy loop and the
 windowed path (greedy and seeded sampling, past the cache's length, rows over several
 batches) on the tiny Llama and the tiny Gemma (sliding-window attention, soft caps); a model
-without ``call_with_cache`` is refused by name. One export per model (module fixtures)."""
+without ``call_with_cache`` is refused by name. One export per model: the Llama's is shared
+with tests/test_keras_hub.py and tests/test_generate.py."""
 from __future__ import annotations
 
 import keras
@@ -13,7 +14,8 @@ import pytest
 import tfpock
 from tests.numerics import assert_close
 from tests.test_generate import keras_greedy
-from tests.test_keras_hub import BATCH, SEQ, SHAPES, batch, loss_fn, tiny_llama
+from tests.test_keras_hub import (BATCH, LR, SEQ, SHAPES, batch, exported, loss_fn,
+                                  tiny_llama)
 from tests.test_keras_hub_models import tiny_gemma
 from tfpock.errors import UnsupportedModelError
 from tfpock.runtime import InputError, Trainer
@@ -24,12 +26,16 @@ MODELS = {"llama": tiny_llama, "gemma": tiny_gemma}
 
 @pytest.fixture(scope="module", params=list(MODELS))
 def cached(request, tmp_path_factory):
-    """(name, the Keras model, the file's path) of a model compiled with kv_cache=True."""
+    """(name, the Keras model, the file's path) of a model compiled with kv_cache=True: the
+    Llama's is tests/test_keras_hub.py's "full" file (compiled once per session)."""
+    path = tmp_path_factory.mktemp(request.param) / "model.tflite"
     model = MODELS[request.param]()
-    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(0.5),
+    if request.param == "llama":
+        path.write_bytes(exported("full")[1])
+        return request.param, model, path
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
                               batch_size=BATCH, sample_weight=True, input_shapes=SHAPES,
                               kv_cache=True)
-    path = tmp_path_factory.mktemp(request.param) / "model.tflite"
     program.export(path)
     return request.param, model, path
 

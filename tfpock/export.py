@@ -265,14 +265,15 @@ def _explain(exc: Exception, graphs: list[Graph], layer_names: set[str]) -> Expo
     return ExportError(f"TFLite conversion failed: {first}")
 
 
-def verify(content: bytes) -> model_file.ModelFile:
-    """Checks a converted model: builtin ops only and every tfpock signature present."""
+def verify(content: bytes, signatures: Iterable[str] = SIGNATURES) -> model_file.ModelFile:
+    """Checks a converted model: builtin ops only and every tfpock signature present (and
+    the optional ones it was built with, ``signatures``)."""
     parsed = model_file.read(content)
     custom = parsed.custom_ops()
     if custom:
         raise ExportError(f"the converted model contains custom/Flex ops {custom}; tfpock "
                           "models must be builtin-only")
-    missing = [s for s in SIGNATURES if s not in parsed.signatures]
+    missing = [s for s in (*SIGNATURES, *signatures) if s not in parsed.signatures]
     if missing:
         raise ExportError(f"the converted model lacks signatures {missing}")
     for problem in runtime_hazards(parsed):

@@ -131,7 +131,7 @@ class Program:
             if records:
                 self._records["export"] = records
             content = converted.content
-            export.verify(content)
+            export.verify(content, self._module.signature_names)
             self._content = content
         return self._content
 

@@ -1,4 +1,5 @@
-"""Text generation on the device with a causal language model's ``infer`` signature.
+"""Text generation on the device with a causal language model's ``infer`` signature, or its
+``decode`` signature and a key/value cache when the file has one.
 
 The exported ``infer`` takes a fixed window: ``[batch, seq]`` token ids (and a
 ``padding_mask`` when the model has one) -> ``[batch, seq, vocab]`` logits. Each new token is
@@ -15,14 +16,21 @@ logits only, with ``numpy.random.default_rng(seed)`` (a seed makes it reproducib
 model's output is read as logits (as KerasHub's ``CausalLM`` and ``from_logits=True``
 losses have it).
 
-Cost: every token runs the whole window, so a token costs ``infer``'s time at ``seq``
-whatever the prompt's length. A key/value cache would run one position per token instead. It
-would pay: on a 15M-parameter Llama (one thread, batch 1) ``infer`` takes 8 ms for a window
-of 1, 46 ms for 64 and 174 ms for 256, so a cached step (at least the cost of one position)
-could be up to 6x cheaper at 64 and 22x at 256
-(``bench/results/2026-12-06-x86_64-2core-lm-generate.md``,
-``python -m bench.studies.lm_steps --kv``). Not built yet: it needs a signature that keeps
-the keys and values of each layer as variables and runs one position at a given offset.
+With a key/value cache (a file compiled with ``kv_cache=True`` has the ``decode``
+signature, :mod:`tfpock.decode`): the prompt is fed one token at a time through ``decode``
+(prefill), then each chosen token is fed at its position, one call each, the keys and values
+of every earlier position read from the cache instead of recomputed. The cache holds
+``infer``'s window: the logits are the same function of the same exact prefix, so greedy
+tokens equal the windowed path's (tests/test_kv_cache.py); once the sequence outgrows the
+cache, generation goes on with the sliding window, as without one.
+
+Cost: without the cache every token runs the whole window, ``infer``'s time at ``seq``
+whatever the prompt's length (on a 15M-parameter Llama, one thread, batch 1: 8 ms for a
+window of 1, 46 ms for 64, 174 ms for 256; ``bench/results/2026-12-06-x86_64-2core-lm-
+generate.md``). With it a token costs one ``decode`` step, about ``infer`` of one position:
+KVFIGURES
+(``bench/results/2026-12-07-x86_64-2core-lm-kvcache.md``, ``python -m
+bench.studies.lm_kvcache``).
 """
 from __future__ import annotations
 

@@ -161,9 +161,10 @@ class Trainer:
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
                  seed: int | None = None, **options) -> np.ndarray:
-        """A causal language model's continuation of ``prompt_ids`` with ``infer``: greedy at
-        temperature 0, else sampled (``seed``; ``top_k``, ``stop_token_ids``, ``pad_id``):
-        :func:`tfpock.runtime.generate.generate`."""
+        """A causal language model's continuation of ``prompt_ids`` with ``infer``, or with
+        ``decode`` and a key/value cache when the file has it (``kv_cache=False``: ``infer``
+        anyway): greedy at temperature 0, else sampled (``seed``; ``top_k``,
+        ``stop_token_ids``, ``pad_id``): :func:`tfpock.runtime.generate.generate`."""
         return _generate.generate(self, prompt_ids, max_new_tokens, temperature, seed,
                                   **options)
 
