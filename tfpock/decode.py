@@ -16,16 +16,31 @@ under a :class:`keras.StatelessScope` that maps each model variable to its place
 after training, ``decode`` generates with the trained weights.
 
 The decision: the cache is a signature input and output (stateless), not variables. The
-runtime keeps it as a numpy array and passes it in and out of each call. Variables would
-save that copy in and out but TFLite copies a resource variable on every read and assign
-too, a file would need a reset signature and one cache per batch row count, and the copy is
-small against the step: on the 15M Llama a window-1 decode step at cache length 256 (cache
-4 x 2 x 256 x 2 x 64 floats, 1 MB) costs about what ``infer`` of one token does
-(``bench/results/2026-12-07-x86_64-2core-lm-kvcache.md``).
+runtime keeps it as a numpy array and passes it in and out of each call: two copies of the
+cache per step (1 MB for the 15M Llama at 256 positions), small against the step (23 ms,
+loaded). Variables would save only those two: TFLite's READ_VARIABLE and ASSIGN_VARIABLE
+copy too, and the graph's own copies (each layer's slice of the stacked cache, the stack of
+the updated ones, DYNAMIC_UPDATE_SLICE) stay either way; and a file would need a reset
+signature and a cache for each batch of rows. Measured on that Llama: a decode step takes
+16 ms with 80 positions and 23 ms with 256 (loaded), against 88 and 304 ms for ``infer`` of
+the window, what a token costs without the cache; generation is 4.7x faster at window 80
+(64 new tokens) and 10.8x at 256 (240 new tokens), greedy tokens equal
+(``bench/results/2026-12-07-x86_64-2core-lm-kvcache.md``, ``python -m
+bench.studies.lm_kvcache``). The step grows with the cache's length: attention over it and
+those copies; per-layer cache inputs would avoid the slices and the stack but depart from
+``call_with_cache``'s stacked layout (not built).
 
-The window is one token: the generation step. A prompt is fed through the same signature one
-token at a time (prefill); a second signature with a longer window would prefill faster but
-doubles what the export converts (same file).
+The window is one token: the generation step. The prompt is fed through the same signature
+one token at a time (prefill), the simpler form: measured, 16 prompt tokens take 265 ms that
+way against 25 ms for one ``infer`` of a 16-token window, the lower bound for a prefill
+signature with that window, so such a signature would save about a fifth of a 64-token
+generation (1.2 s cached) and a twentieth of a 240-token one. Not built: a second traced and
+converted graph per file.
+
+The option is off by default (``optimize(..., kv_cache=True)`` turns it on): it adds no
+size to the file (106.8 MB either way: the converter shares the frozen weights' buffers with
+``infer``'s) but its export took 76 s against 41 s without (window 64, loaded), and most
+files are exported to train.
 
 The index is shape ``[1]``, not a scalar, as ``learning_rate`` (``tfpock/tracing.py`` says
 why).
