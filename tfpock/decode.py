@@ -42,6 +42,11 @@ size to the file (106.8 MB either way: the converter shares the frozen weights' 
 ``infer``'s) but its export took 76 s against 41 s without (window 64, loaded), and most
 files are exported to train.
 
+``call_with_cache`` slices each layer's part of the 6-D cache; tflite-runtime 2.14 slices
+at most 5 axes, so the lower pass merges axes first (``graph_passes/lowering/slicing.py``):
+the file's decode runs there too (checked by hand on the tiny Llama: the same greedy tokens
+as on ai-edge-litert; not in CI, which has no 2.14 runtime in every run).
+
 The index is shape ``[1]``, not a scalar, as ``learning_rate`` (``tfpock/tracing.py`` says
 why).
 """
