@@ -38,14 +38,15 @@ generation (1.2 s cached) and a twentieth of a 240-token one. Not built: a secon
 converted graph per file.
 
 The option is off by default (``optimize(..., kv_cache=True)`` turns it on): it adds no
-size to the file (106.8 MB either way: the converter shares the frozen weights' buffers with
-``infer``'s) but its export took 76 s against 41 s without (window 64, loaded), and most
-files are exported to train.
+size to the file (106.8 MB either way for the ``norms`` scheme, whose frozen weights are
+constants: the converter stores equal buffers once, it seems) but its export took 76 s
+against 41 s without (window 64, loaded), and most files are exported to train.
 
 ``call_with_cache`` slices each layer's part of the 6-D cache; tflite-runtime 2.14 slices
 at most 5 axes, so the lower pass merges axes first (``graph_passes/lowering/slicing.py``):
 the file's decode runs there too (checked by hand on the tiny Llama: the same greedy tokens
-as on ai-edge-litert; not in CI, which has no 2.14 runtime in every run).
+as on ai-edge-litert; not in the suite: ``tests/lowering/test_slicing.py`` runs the
+lowered slice on ai-edge-litert only).
 
 The index is shape ``[1]``, not a scalar, as ``learning_rate`` (``tfpock/tracing.py`` says
 why).
