@@ -94,12 +94,14 @@ def loss_fn():
 @functools.cache
 def exported(case: str) -> tuple[tfpock.Program, bytes]:
     """The case's program and its exported file, compiled once per session (the tiny
-    Llama's compile is most of this file's time; tests/test_generate.py uses "full")."""
+    Llama's compile is most of this file's time; tests/test_generate.py and
+    tests/test_kv_cache.py use "full", which has the kv-cache decode signature too)."""
     lora, scheme, _ = CASES[case]
     model = tiny_llama(lora)
     program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
                               scheme=scheme if isinstance(scheme, str) else scheme(model),
-                              batch_size=BATCH, sample_weight=True, input_shapes=SHAPES)
+                              batch_size=BATCH, sample_weight=True, input_shapes=SHAPES,
+                              kv_cache=case == "full")
     with tempfile.TemporaryDirectory() as folder:
         program.export(os.path.join(folder, "model.tflite"))
         with open(os.path.join(folder, "model.tflite"), "rb") as f:

@@ -16,7 +16,10 @@ builtin ops:
   the default learning rate);
 * ``merged() -> m000, m001, ...``, only in a model with LoRA layers: each one's kernel with
   its factors merged, ``kernel + scale * (A @ B)`` as Keras computes it (the metadata's
-  ``lora`` says which), so trained weights load into the model without LoRA.
+  ``lora`` says which), so trained weights load into the model without LoRA;
+* ``decode(token_ids, cache, cache_update_index) -> logits, cache``, only in a causal LM
+  compiled with ``kv_cache=True``: one generation step with a key/value cache
+  (:mod:`tfpock.decode`), reading the same weight variables as ``infer``.
 
 Weights and loads replace TF's Save/Restore ops, which TFLite only has through Flex.
 The graphs are imported into the signature functions with ``tf.graph_util.import_graph_def``,
@@ -58,11 +61,12 @@ def merged_key(index: int) -> str:
 class TrainingModule(tf.Module):
     """Variables of the trained state and the signature functions over the graphs."""
 
-    def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict):
+    def __init__(self, train: Graph, infer: Graph, step: TracedStep, metadata: dict,
+                 decode: Graph | None = None):
         super().__init__(name="tfpock")
         self._train_graph = train.to_graph_def()
         self._infer_graph = infer.to_graph_def()
-        self.train_graph, self.infer_graph = train, infer
+        self.train_graph, self.infer_graph, self.decode_graph = train, infer, decode
         self.specs = step.variables
         self._partial = {w.path: w for w in step.weights if w.channels is not None}
         self.variables_ = {v.key: tf.Variable(v.value, name=variable_key(i), trainable=False)
@@ -87,6 +91,12 @@ class TrainingModule(tf.Module):
         self.signature_names = SIGNATURES + (("merged",) if self._lora else ())
         if self._lora:
             self.merged = tf.function(self._merged_fn, input_signature=[], autograph=False)
+        if decode is not None:
+            self._decode_graph = decode.to_graph_def()
+            self._decode_names = list(step.decode_inputs)
+            self.signature_names += ("decode",)
+            self.decode = tf.function(self._decode_fn, autograph=False,
+                                      input_signature=list(step.decode_inputs.values()))
 
     def _feed(self, graph: Graph, **inputs) -> dict:
         feed = {graph.inputs[k]: v for k, v in inputs.items()}
@@ -111,6 +121,14 @@ class TrainingModule(tf.Module):
                                                     **dict(zip(self._infer_names, args))),
             return_elements=[self.infer_graph.outputs["output"]], name="infer")
         return {"output": out}
+
+    def _decode_fn(self, *args):
+        outputs = self.decode_graph.outputs
+        logits, cache = tf.graph_util.import_graph_def(
+            self._decode_graph, input_map=self._feed(self.decode_graph,
+                                                     **dict(zip(self._decode_names, args))),
+            return_elements=[outputs["logits"], outputs["cache"]], name="decode")
+        return {"logits": logits, "cache": cache}
 
     def _weights_fn(self):
         out = {}
@@ -166,8 +184,22 @@ def metadata_for(step: TracedStep, extra: dict) -> dict:
         **weighted,
         "output": _spec(step.output_spec),
         "learning_rate": step.learning_rate,
+        **_decode_metadata(step),
         **extra,
     }
+
+
+def _decode_metadata(step: TracedStep) -> dict:
+    """``{"decode": {"inputs": [...], "logits": spec, "length": positions}}`` for a file with
+    the kv-cache signature (:mod:`tfpock.decode`): the runtime reads the cache's shape, the
+    window and how many positions the cache holds (``infer``'s window)."""
+    if step.decode_inputs is None:
+        return {}
+    tokens = step.decode_inputs["token_ids"].shape
+    logits = {"shape": [tokens[0], tokens[1], step.output_spec.shape[-1]], "dtype": "float32"}
+    return {"decode": {"inputs": [{"name": name, **_spec(spec)}
+                                  for name, spec in step.decode_inputs.items()],
+                       "logits": logits, "length": step.inputs["token_ids"].shape[1]}}
 
 
 def _trained_slice(variable, weight) -> dict:
@@ -233,14 +265,15 @@ def _explain(exc: Exception, graphs: list[Graph], layer_names: set[str]) -> Expo
     return ExportError(f"TFLite conversion failed: {first}")
 
 
-def verify(content: bytes) -> model_file.ModelFile:
-    """Checks a converted model: builtin ops only and every tfpock signature present."""
+def verify(content: bytes, signatures: Iterable[str] = SIGNATURES) -> model_file.ModelFile:
+    """Checks a converted model: builtin ops only and every tfpock signature present (and
+    the optional ones it was built with, ``signatures``)."""
     parsed = model_file.read(content)
     custom = parsed.custom_ops()
     if custom:
         raise ExportError(f"the converted model contains custom/Flex ops {custom}; tfpock "
                           "models must be builtin-only")
-    missing = [s for s in SIGNATURES if s not in parsed.signatures]
+    missing = [s for s in (*SIGNATURES, *signatures) if s not in parsed.signatures]
     if missing:
         raise ExportError(f"the converted model lacks signatures {missing}")
     for problem in runtime_hazards(parsed):

@@ -124,13 +124,14 @@ class Program:
         """The verified TFLite training model (converted once, with the compile-time weights;
         host-side ``train_step`` calls do not change it)."""
         if self._content is None:
-            graphs = [self._module.train_graph, self._module.infer_graph]
+            graphs = [g for g in (self._module.train_graph, self._module.infer_graph,
+                                  self._module.decode_graph) if g is not None]
             content = export.convert(self._module, graphs, self._layer_names)
             converted, records = self._file_pipeline(TfliteFile(content, "train"))
             if records:
                 self._records["export"] = records
             content = converted.content
-            export.verify(content)
+            export.verify(content, self._module.signature_names)
             self._content = content
         return self._content
 

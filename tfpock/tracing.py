@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from graph_passes.ir import Graph
+from tfpock import decode
 from tfpock import layers as layer_table
 from tfpock.errors import UnsupportedModelError
 from tfpock.losses import label_spec
@@ -96,6 +97,8 @@ class TracedStep:
     output_spec: tf.TensorSpec
     learning_rate: float
     sample_weight_spec: tf.TensorSpec | None = None   # None: the loss takes no weights
+    decode: Graph | None = None                        # the kv-cache step (tfpock/decode.py)
+    decode_inputs: dict[str, tf.TensorSpec] | None = None   # its input name -> spec
 
     @property
     def x_spec(self) -> tf.TensorSpec:
@@ -422,12 +425,14 @@ def guard_nonfinite(outputs: dict[str, tf.Tensor], params: dict[str, tf.Tensor],
 def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimizer,
           batch_size: int, trained: list[TrainedWeight],
           nonfinite: str = "skip", sample_weight: bool = False,
-          input_shapes: dict | None = None) -> TracedStep:
+          input_shapes: dict | None = None, kv_cache: bool = False) -> TracedStep:
     """Traces the training and inference steps of ``model`` at a fixed ``batch_size``;
     ``nonfinite`` says what a step whose loss or updates are not finite does
     (:func:`guard_nonfinite`); ``sample_weight`` whether the train step takes per-label
     weights for the loss (shaped like the labels' loss, ``[batch, *output[1:-1]]``);
-    ``input_shapes`` fixes dynamic input dimensions (:func:`input_specs`)."""
+    ``input_shapes`` fixes dynamic input dimensions (:func:`input_specs`); ``kv_cache``
+    traces the key/value-cache decode step too, its cache as long as ``infer``'s window
+    (:mod:`tfpock.decode`)."""
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
     check_model(model)
@@ -460,9 +465,20 @@ def trace(model: keras.Model, loss: keras.losses.Loss, optimizer: CompiledOptimi
     train_inputs = [*specs, "y", *(["sample_weight"] if sample_weight else []), "learning_rate"]
     train_graph = _graph_of(train_fn, train_inputs, layout.keys, train.backward)
     infer_graph = _graph_of(infer_fn, list(specs), layout.model_keys, ())
+    decode_graph = decode_specs = None
+    if kv_cache:
+        decode.check_decodable(model)
+        tokens = specs.get(decode.TOKENS)
+        if tokens is None or tokens.shape.rank != 2:
+            raise UnsupportedModelError(
+                f"kv_cache=True: model {model.name!r} takes {', '.join(specs)}; the decode "
+                f"signature needs {decode.TOKENS!r} [batch, seq] (KerasHub's causal LMs)")
+        decode_fn, decode_specs = decode.decode_function(model, layout, batch_size,
+                                                         tokens.shape[1], tokens.dtype)
+        decode_graph = _graph_of(decode_fn, list(decode_specs), layout.model_keys, ())
     return TracedStep(train_graph, infer_graph, layout.weights, layout.params, layout.variables,
                       layout.frozen, specs, y_spec, output_spec, optimizer.learning_rate,
-                      sw_spec)
+                      sw_spec, decode_graph, decode_specs)
 
 
 def _graph_of(concrete, input_names, keys, backward) -> Graph:

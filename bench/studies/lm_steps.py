@@ -58,23 +58,31 @@ def define_flags() -> None:
     flags.adopt_module_key_flags(cli)
 
 
-def export(config: dict, scheme: str, batch: int, seq: int, cache_dir: str) -> str:
-    """The tfpock file of (scheme, batch, seq), exported unless ``cache_dir`` has it."""
-    name = hashed(config) + f"-{scheme}-b{batch}-s{seq}.tflite"
+def export(config: dict, scheme: str, batch: int, seq: int, cache_dir: str,
+           kv_cache: bool = False) -> str:
+    """The tfpock file of (scheme, batch, seq), exported unless ``cache_dir`` has it; with
+    ``kv_cache`` the file has the ``decode`` signature too. An export writes ``<file>.json``
+    beside it: its wall time and the load average (what ``lm_kvcache`` reports)."""
+    name = hashed(config) + f"-{scheme}-b{batch}-s{seq}{'-kv' if kv_cache else ''}.tflite"
     path = os.path.join(cache_dir, name)
     if os.path.exists(path):
         return path
+    import time
     import keras
     import tfpock
     keras.backend.clear_session()
+    start, load = time.perf_counter(), os.getloadavg()
     model = lm.build(config, scheme)
     program = tfpock.optimize(model, loss=lm.loss_fn(),
                               optimizer=keras.optimizers.SGD(lm.LEARNING_RATE),
                               scheme=lm.scheme_for(model, scheme), batch_size=batch,
-                              sample_weight=True,
+                              sample_weight=True, kv_cache=kv_cache,
                               input_shapes={"token_ids": (seq,), "padding_mask": (seq,)})
     os.makedirs(cache_dir, exist_ok=True)
     program.export(path)
+    with open(path + ".json", "w") as f:
+        json.dump({"export_s": time.perf_counter() - start,
+                   "load": [round(v, 2) for v in load + os.getloadavg()]}, f)
     logging.info("exported %s", path)
     return path
 

@@ -28,6 +28,20 @@ reshape that merges the two:
 
 which the converter keeps as TRANSPOSE + RESHAPE (the transpose is dropped when it is the
 identity). The same numbers: only copies.
+
+**StridedSlice of more than 5 axes** as RESHAPE + SLICE + RESHAPE. tflite-runtime 2.14's
+STRIDED_SLICE prepares 1-5-D inputs only ("StridedSlice op only supports 1D-5D input
+arrays"): KerasHub's ``call_with_cache`` reads each layer's part of its 6-D cache,
+``cache[:, i, ...]`` on ``[batch, layers, 2, length, kv_heads, head_dim]``, so the decode
+signature (:mod:`tfpock.decode`) would not load there. A box-shaped read (as above) is the
+same read on the input with axes merged: from the last axis backwards, an axis joins the
+group after it while that group is read whole, so each group is one axis read in a run,
+
+    out = RESHAPE(SLICE(RESHAPE(x, [prod(group)]_g), [lo_g * rest_g]_g,
+                        [(hi_g - lo_g + 1) * rest_g]_g), out_shape)
+
+(``lo_g, hi_g`` the run of the group's first axis, ``rest_g`` the product of its others);
+``cache[:, i, ...]`` becomes a 2-D slice. Only copies; fewer than 6 axes is left as it is.
 """
 from __future__ import annotations
 
@@ -41,10 +55,10 @@ from graph_passes.lowering.base import LoweringRule
 _MASKS = ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")
 
 
-def read_positions(graph, node) -> np.ndarray | None:
-    """Flat input positions the slice reads, in the order of its output (None if the shape,
-    begin, end or strides are not static)."""
-    shape = graph.spec(node.name).shape
+def read_positions(graph, node, shape) -> np.ndarray | None:
+    """Flat positions a slice of an input of ``shape`` reads (``node``: a StridedSlice or its
+    gradient, which share begin, end, strides and masks), in the order of its output (None
+    if the shape, begin, end or strides are not static)."""
     spec = [constant_value(graph, ref) for ref in node.input[1:4]]
     if shape is None or None in shape or any(v is None for v in spec):
         return None
@@ -74,7 +88,7 @@ class StridedSliceGradRule(LoweringRule):
     op_type = "StridedSliceGrad"
 
     def check(self, graph, node):
-        positions = read_positions(graph, node)
+        positions = read_positions(graph, node, graph.spec(node.name).shape)
         if positions is None:
             return "the gradient of a slice needs static shapes, begins, ends and strides"
         if box(graph.spec(node.name).shape, positions) is None:
@@ -87,7 +101,7 @@ class StridedSliceGradRule(LoweringRule):
 
     def build(self, graph, node, dy):
         shape = graph.spec(node.name).shape
-        bounds = box(shape, read_positions(graph, node))
+        bounds = box(shape, read_positions(graph, node, shape))
         inside = tf.reshape(dy, [hi - lo + 1 for lo, hi in bounds])
         return [tf.pad(inside, [[lo, dim - 1 - hi] for (lo, hi), dim in zip(bounds, shape)])]
 
@@ -130,4 +144,55 @@ class ConcatOfUnstackRule(LoweringRule):
         return [tf.reshape(moved, list(graph.spec(node.name).shape))]
 
 
-RULES = [StridedSliceGradRule(), ConcatOfUnstackRule()]
+MAX_SLICE_RANK = 5   # tflite-runtime 2.14's STRIDED_SLICE
+
+
+def merged_box(shape, bounds) -> tuple[list[int], list[int], list[int]]:
+    """(merged shape, begin, size) of a box read over axis groups (the module docstring)."""
+    groups: list[list[int]] = []
+    for axis in reversed(range(len(shape))):
+        whole = groups and all(bounds[a] == (0, shape[a] - 1) for a in groups[0])
+        if whole:
+            groups[0].insert(0, axis)
+        else:
+            groups.insert(0, [axis])
+    dims, begin, size = [], [], []
+    for group in groups:
+        rest = int(np.prod([shape[a] for a in group[1:]], dtype=np.int64))
+        lo, hi = bounds[group[0]]
+        dims.append(shape[group[0]] * rest)
+        begin.append(lo * rest)
+        size.append((hi - lo + 1) * rest)
+    return dims, begin, size
+
+
+class HighRankStridedSliceRule(LoweringRule):
+    """StridedSlice of a >5-D input -> RESHAPE + SLICE + RESHAPE (the module docstring)."""
+
+    op_type = "StridedSlice"
+
+    def applies(self, graph, node):
+        shape = graph.spec(node.input[0]).shape
+        return shape is not None and len(shape) > MAX_SLICE_RANK
+
+    def check(self, graph, node):
+        shape = graph.spec(node.input[0]).shape
+        positions = None if None in shape else read_positions(graph, node, shape)
+        if positions is None or box(shape, positions) is None:
+            return (f"a {len(shape)}-D strided slice (tflite-runtime 2.14 slices 1-5-D "
+                    "inputs) is lowered only with static shapes and a box-shaped read (unit "
+                    "strides, static begin and end)")
+        return None
+
+    def inputs(self, graph, node):
+        return [node.input[0]]
+
+    def build(self, graph, node, x):
+        shape = list(graph.spec(node.input[0]).shape)
+        bounds = box(shape, read_positions(graph, node, shape))
+        dims, begin, size = merged_box(shape, bounds)
+        merged = tf.slice(tf.reshape(x, dims), begin, size)
+        return [tf.reshape(merged, list(graph.spec(node.name).shape))]
+
+
+RULES = [StridedSliceGradRule(), ConcatOfUnstackRule(), HighRankStridedSliceRule()]

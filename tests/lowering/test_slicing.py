@@ -1,5 +1,5 @@
-"""Slice gradients and concatenations of an unstack: op gone, numbers in TF and on LiteRT
-(exact: both lowerings only copy), declines named."""
+"""Slice gradients, concatenations of an unstack and slices of more than 5 axes: op gone,
+numbers in TF and on LiteRT (exact: the lowerings only copy), declines named."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 from graph_passes.lower import LoweringError
-from graph_passes.lowering.slicing import ConcatOfUnstackRule, StridedSliceGradRule
-from tests.lowering.harness import lowered
+from graph_passes.lowering.slicing import (ConcatOfUnstackRule, HighRankStridedSliceRule,
+                                           StridedSliceGradRule)
+from tests.lowering.harness import graph_of, lowered
 from tests.numerics import assert_close
 
 
@@ -53,3 +54,32 @@ def test_concat_of_unstack_is_a_transpose(unstack_axis, concat_axis):
     assert (result.count, result.left) == (1, 0)   # the Unpack is left dead, for the DCE
     assert_close(result.run_tf(), result.reference())
     assert_close(result.run_litert(), result.reference())
+
+
+HIGH_RANK = {   # name -> the slice of a [2, 3, 2, 4, 1, 5] input (a decode cache's layout)
+    "layer": lambda c: c[:, 1, ...],               # call_with_cache: one layer's cache
+    "box": lambda c: c[1:, :2, :, 1:3],            # runs on several axes
+    "inner": lambda c: c[:, :, 0, :, 0, 2:4],      # shrinks in the middle
+}
+
+
+@pytest.mark.parametrize("name", HIGH_RANK)
+def test_slice_of_six_axes_is_a_slice_of_fewer(name):
+    """tflite-runtime 2.14's STRIDED_SLICE refuses more than 5 axes (the rule's docstring);
+    the lowered form slices the input with its whole-read axes merged."""
+    cache = np.random.default_rng(2).standard_normal((2, 3, 2, 4, 1, 5)).astype(np.float32)
+    result = lowered(HIGH_RANK[name], HighRankStridedSliceRule(), cache)
+    assert (result.count, result.left) == (1, 0)
+    [sliced] = result.graph.nodes_of(["Slice"])
+    assert len(result.graph.spec(sliced.input[0]).shape) <= 5
+    assert_close(result.run_tf(), result.reference())
+    assert_close(result.run_litert(), result.reference())
+
+
+def test_slice_of_six_axes_with_steps_is_declined_and_five_axes_are_left():
+    rule = HighRankStridedSliceRule()
+    with pytest.raises(LoweringError, match="box-shaped read"):
+        lowered(lambda c: c[:, ::2], rule, np.ones((2, 4, 1, 1, 1, 3), np.float32))
+    five = graph_of(lambda c: c[:, 1], np.ones((2, 3, 2, 4, 5), np.float32))
+    [node] = five.nodes_of(["StridedSlice"])
+    assert not rule.applies(five, node)

@@ -1,4 +1,5 @@
-"""Text generation on the device with a causal language model's ``infer`` signature.
+"""Text generation on the device with a causal language model's ``infer`` signature, or its
+``decode`` signature and a key/value cache when the file has one.
 
 The exported ``infer`` takes a fixed window: ``[batch, seq]`` token ids (and a
 ``padding_mask`` when the model has one) -> ``[batch, seq, vocab]`` logits. Each new token is
@@ -15,14 +16,25 @@ logits only, with ``numpy.random.default_rng(seed)`` (a seed makes it reproducib
 model's output is read as logits (as KerasHub's ``CausalLM`` and ``from_logits=True``
 losses have it).
 
-Cost: every token runs the whole window, so a token costs ``infer``'s time at ``seq``
-whatever the prompt's length. A key/value cache would run one position per token instead. It
-would pay: on a 15M-parameter Llama (one thread, batch 1) ``infer`` takes 8 ms for a window
-of 1, 46 ms for 64 and 174 ms for 256, so a cached step (at least the cost of one position)
-could be up to 6x cheaper at 64 and 22x at 256
-(``bench/results/2026-12-06-x86_64-2core-lm-generate.md``,
-``python -m bench.studies.lm_steps --kv``). Not built yet: it needs a signature that keeps
-the keys and values of each layer as variables and runs one position at a given offset.
+With a key/value cache (a file compiled with ``kv_cache=True`` has the ``decode``
+signature, :mod:`tfpock.decode`): the prompt is fed one token at a time through ``decode``
+(prefill), then each chosen token is fed at its position, one call each, the keys and values
+of every earlier position read from the cache instead of recomputed. The cache holds
+``infer``'s window: the logits are the same function of the same exact prefix, so greedy
+tokens equal the windowed path's (tests/test_kv_cache.py); once the sequence outgrows the
+cache, generation goes on with the sliding window, as without one.
+
+Cost: without the cache every token runs the whole window, ``infer``'s time at ``seq``
+whatever the prompt's length (on a 15M-parameter Llama, one thread, batch 1: 8 ms for a
+window of 1, 46 ms for 64, 174 ms for 256; ``bench/results/2026-12-06-x86_64-2core-lm-
+generate.md``). With it a token costs one ``decode`` step, near ``infer`` of one position,
+growing with the cache's length: on that Llama (loaded machine) 16 ms with 80 positions and
+23 ms with 256, against 88 and 304 ms for ``infer`` of the window; ``generate`` with a
+16-token prompt is 4.7x faster for 64 new tokens at window 80 (53 against 10 tokens/s) and
+10.8x for 240 new tokens at window 256 (29 against 2.4 tokens/s), the same greedy tokens
+(``bench/results/2026-12-07-x86_64-2core-lm-kvcache.md``, ``python -m
+bench.studies.lm_kvcache``). Feeding the prompt one token at a time costs 265 ms for 16
+tokens there (one ``infer`` of a 16-token window: 25 ms), about a fifth of the 64-token run.
 """
 from __future__ import annotations
 
@@ -54,13 +66,15 @@ def window_layout(trainer) -> tuple[str, str | None, int]:
 
 def generate(trainer, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
              seed: int | None = None, top_k: int | None = None,
-             stop_token_ids=(), pad_id: int = 0) -> np.ndarray:
+             stop_token_ids=(), pad_id: int = 0, kv_cache: bool = True) -> np.ndarray:
     """The prompt followed by up to ``max_new_tokens`` generated tokens.
 
     ``prompt_ids``: one prompt (1-D) or several of one length (2-D ``[rows, length]``, any
     number of rows: they run ``batch`` at a time). A row stops after it emits one of
     ``stop_token_ids``; its later positions hold ``pad_id``; generation ends when every row
-    has stopped. Returns int32 ids, 1-D for a 1-D prompt."""
+    has stopped. ``kv_cache``: use the file's ``decode`` signature if it has one (False:
+    ``infer``'s window for every token, as a file without it). Returns int32 ids, 1-D for a
+    1-D prompt."""
     token, mask, seq = window_layout(trainer)
     vocab = trainer.metadata["output"]["shape"][2]
     prompts = np.asarray(prompt_ids)
@@ -83,15 +97,51 @@ def generate(trainer, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
     stops = np.asarray(list(stop_token_ids), np.int64)
     out = prompts.astype(np.int32)
     done = np.zeros(len(out), bool)
+    cache = KvCache(trainer, len(out)) if kv_cache and trainer.kv_cache else None
     for _ in range(max_new_tokens):
         if done.all():
             break
-        logits = _last_logits(trainer, out, token, mask, seq, pad_id)
+        logits = cache.last_logits(out) if cache is not None else None
+        if logits is None:   # no cache, or the sequence outgrew it: infer's sliding window
+            logits = _last_logits(trainer, out, token, mask, seq, pad_id)
         chosen = _choose(logits, temperature, top_k, rng)
         chosen = np.where(done, pad_id, chosen).astype(np.int32)
         out = np.concatenate([out, chosen[:, None]], axis=1)
         done |= np.isin(chosen, stops)
     return out[0] if single else out
+
+
+class KvCache:
+    """The key/value caches of ``rows`` sequences, ``batch`` rows per cache (the decode
+    signature's batch; the last one's spare rows repeat its first), and how many positions
+    they hold. Each step feeds the positions not yet in the cache one at a time (the prompt
+    on the first step, then the token chosen last), the window-1 ``decode`` at each."""
+
+    def __init__(self, trainer, rows: int):
+        layout = trainer.kv_cache
+        specs = {s["name"]: s for s in layout["inputs"]}
+        self._trainer, self._rows, self.length = trainer, rows, layout["length"]
+        self._batch = specs["token_ids"]["shape"][0]
+        cache = specs["cache"]
+        self._caches = [np.zeros(cache["shape"], cache["dtype"])
+                        for _ in range(0, rows, self._batch)]
+        self.filled = 0
+
+    def last_logits(self, ids: np.ndarray) -> np.ndarray | None:
+        """[rows, vocab]: each row's logits after its last token, or None once ``ids`` is
+        longer than the cache (the caller then slides ``infer``'s window, as without one)."""
+        if ids.shape[1] > self.length:
+            return None
+        logits = []
+        for i, start in enumerate(range(0, self._rows, self._batch)):
+            chunk = ids[start:start + self._batch]
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], self._batch - len(chunk), 0)])
+            for position in range(self.filled, ids.shape[1]):
+                last, self._caches[i] = self._trainer.decode(
+                    chunk[:, position:position + 1], self._caches[i], position)
+            logits.append(last[:, -1])
+        self.filled = ids.shape[1]
+        return np.asarray(np.concatenate(logits)[:self._rows], np.float64)
 
 
 def _last_logits(trainer, ids: np.ndarray, token: str, mask: str | None, seq: int,

@@ -20,7 +20,8 @@ from tfpock.runtime.validate import (InputError, check_batch, check_inputs, chec
 FORMAT = "tfpock-training-model/5"   # /5: a partial-channel weight's "slice" in the metadata
 READS = ("tfpock-training-model/4", FORMAT)   # /4: train returns "finite" (non-finite guard)
 SIGNATURES = ("train", "infer", "weights", "load", "metadata")
-OPTIONAL_SIGNATURES = ("merged",)   # models with LoRA layers: Trainer.merged_weights
+OPTIONAL_SIGNATURES = ("merged",    # models with LoRA layers: Trainer.merged_weights
+                       "decode")    # causal LMs compiled with kv_cache=True: generate
 
 
 def step_result(loss, finite, nonfinite: str | None) -> dict:
@@ -160,11 +161,39 @@ class Trainer:
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
                  seed: int | None = None, **options) -> np.ndarray:
-        """A causal language model's continuation of ``prompt_ids`` with ``infer``: greedy at
-        temperature 0, else sampled (``seed``; ``top_k``, ``stop_token_ids``, ``pad_id``):
-        :func:`tfpock.runtime.generate.generate`."""
+        """A causal language model's continuation of ``prompt_ids`` with ``infer``, or with
+        ``decode`` and a key/value cache when the file has it (``kv_cache=False``: ``infer``
+        anyway): greedy at temperature 0, else sampled (``seed``; ``top_k``,
+        ``stop_token_ids``, ``pad_id``): :func:`tfpock.runtime.generate.generate`."""
         return _generate.generate(self, prompt_ids, max_new_tokens, temperature, seed,
                                   **options)
+
+    @property
+    def kv_cache(self) -> dict | None:
+        """The ``decode`` signature's layout (metadata ``decode``: its inputs, logits and the
+        cache's length in positions) in a file compiled with ``kv_cache=True``, else None."""
+        return self.metadata.get("decode") if "decode" in self._runners else None
+
+    def decode(self, token_ids, cache, cache_update_index: int):
+        """One key/value-cache step (:mod:`tfpock.decode`): the logits of ``token_ids``
+        ``[batch, window]`` at positions ``cache_update_index ..`` and the cache with their
+        keys and values written in; refuses a file without the ``decode`` signature."""
+        layout = self.kv_cache
+        if layout is None:
+            raise ModelFileError(f"{self.path!r} has no decode signature; compile with "
+                                 f"tfpock.optimize(..., kv_cache=True)")
+        specs = {s["name"]: (tuple(s["shape"]), np.dtype(s["dtype"])) for s in layout["inputs"]}
+        inputs = {name: check_batch(name, value, *specs[name], signature="Trainer.decode")
+                  for name, value in (("token_ids", token_ids), ("cache", cache))}
+        index = int(cache_update_index)
+        window = specs["token_ids"][0][1]
+        if not 0 <= index <= layout["length"] - window:
+            raise InputError(f"Trainer.decode: cache_update_index {index} is outside [0, "
+                             f"{layout['length'] - window}]: the cache holds "
+                             f"{layout['length']} positions")
+        out = self._runners["decode"](**inputs,
+                                      cache_update_index=np.array([index], np.int32))
+        return out["logits"], out["cache"]
 
     def state(self) -> dict[str, np.ndarray]:
         """Every variable of the model (what a checkpoint holds): trained weights (whole,
@@ -354,6 +383,17 @@ def _check_signatures(model_path: str, metadata: dict, runners: dict) -> None:
         ("load", "input"): {v["key"]: spec(v) for v in metadata["variables"]},
         ("weights", "output"): {v["key"]: spec(v) for v in metadata["variables"]},
     }
+    if "decode" in runners:   # a kv-cache file: its metadata "decode" describes it
+        decode = metadata.get("decode") or {}
+        listed = list(decode.get("inputs") or []) + [decode.get("logits")]
+        if not all(_is_spec(s) and isinstance(s.get("name", ""), str) for s in listed) or \
+                not isinstance(decode.get("length"), int):
+            raise ModelFileError(f"{model_path!r} has a decode signature but its metadata "
+                                 f"does not describe it")
+        named = {s["name"]: spec(s) for s in decode["inputs"]}
+        wanted[("decode", "input")] = named
+        wanted[("decode", "output")] = {"logits": spec(decode["logits"]),
+                                        "cache": named.get("cache")}
     for (signature, which), expected in wanted.items():
         try:
             found = details(runners[signature], which)
