@@ -133,3 +133,32 @@ def test_inputs_must_be_a_dict_of_the_input_names(compiled):
         trainer.infer({"token_ids": x["token_ids"]})
     with pytest.raises(InputError, match="keys"):
         program.train_step({**x, "segment_ids": x["token_ids"]}, y)
+
+
+def test_step_without_a_delegate_matches_gradient_tape(tmp_path):
+    """The GELU + LayerNormalization decoder, full scheme, on ai-edge-litert's builtin kernels
+    with no delegate, whose memory plan is tflite-runtime 2.14's: without the file's inplace
+    pass (``tfpock/tflite/inplace.py``) the planner wrote a MUL over the final norm's output
+    before the LM head read it, and the loss was 3.373 instead of 3.421."""
+    from ai_edge_litert.interpreter import OpResolverType
+    model = models.decoder(mlp="gelu", norm="layer", vocab=VOCAB, seq=SEQ)
+    scheme = SCHEMES["full"](model)
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                              scheme=scheme, batch_size=BATCH, sample_weight=True)
+    path = program.export(tmp_path / "model.tflite")
+    [record] = [r for r in program.pass_records["export"] if r.name == "inplace"]
+    [(commuted, left)] = [(len(s["commuted"]), s["left"])
+                          for s in record.stats["subgraphs"].values()]
+    assert (commuted, left) == (1, 0)   # the MUL reading RESHAPE(final norm) * lr
+    reference = Reference(models.decoder(mlp="gelu", norm="layer", vocab=VOCAB, seq=SEQ),
+                          scheme, keras.optimizers.SGD(LR), loss_fn())
+    x, y, weights = batch()
+    ref_loss = reference.step(x, y, sample_weight=weights)
+    trainer = Trainer(path, experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    out = trainer.train(x, y, sample_weight=weights)
+    assert_close(out["loss"], ref_loss, rtol=1e-5, where="no delegate: loss")
+    after, new = reference.weights(), trainer.weights()
+    assert sorted(new) == sorted(after)
+    for p, value in new.items():
+        assert_close(value, after[p], atol=1e-4, where=f"no delegate: weight {p}")
