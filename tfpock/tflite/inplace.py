@@ -1,38 +1,46 @@
 """Inplace: keep TFLite's in-place buffer sharing from overwriting a tensor still to be read.
 
 The rule TFLite breaks. Since 2.14 the arena planner (``ArenaPlanner::IdentifyInPlaceTensors``
-in ``tensorflow/lite/arena_planner.cc``; ai-edge-litert 2.3 plans the same way) lets an
-operator registered as in-place write its output into an input's buffer, and lets RESHAPE
-(SQUEEZE, EXPAND_DIMS, BITCAST: "data unmodified") give its output its input's buffer. Sharing
-tensors form a class with one buffer, named after its first tensor, the root. An in-place
-*writer* (ADD, SUB, MUL, DIV on either input, SOFTMAX on its input: the kernels both runtimes
-were seen sharing, ``bench/results/2026-12-07-x86_64-2core-tflite-runtime-214-fix.md``) may
-take input ``x`` when ``x`` has the output's bytes (more than 4), one reader, and the class
-root has at most one reader. That check counts the readers of ``x`` and of the root only, not
-of the class's other tensors: a RESHAPE's input ``y`` joins the class whatever its readers. So
+and ``InputTensorCanBeShared`` in ``tensorflow/lite/arena_planner.cc``, tag v2.14.0; the same
+code is LiteRT's ``tflite/arena_planner.cc`` today) lets an operator registered as in-place
+write its output into an input's buffer, and lets RESHAPE (also SQUEEZE, EXPAND_DIMS, BITCAST:
+``kTfLiteInplaceOpDataUnmodified``) give its output its input's buffer. Sharing tensors form a
+class with one buffer, named after its first tensor, the root. An in-place *writer* (ADD, SUB,
+MUL, DIV on either input, SOFTMAX on its input: the kernels both runtimes were seen sharing)
+may take input ``x`` when ``x`` has the output's bytes (more than 4), one reader
+(``refcounts_[input_id] > 1`` declines), and the class root has at most one reader
+(``refcounts_[actual_output_tensor_id] > 1`` declines). Those counts are of ``x``'s and the
+root's own readers, not of the class's other tensors, and a RESHAPE's input joins the class
+whatever its readers. So
 
-    y = ADD(p, q)           # y shares p's buffer (p read once): the root is p, read once
-    x = RESHAPE(y)          # x shares it too; y is still read later, by BATCH_MATMUL
+    y = ADD(p, q)           # y takes p's buffer (p read once): the root is p, read once
+    x = RESHAPE(y)          # x takes it too; y is still read later, by BATCH_MATMUL
     w = MUL(x, lr)          # x read once, root read once: w is written over y
 
-and BATCH_MATMUL reads ``w``'s values as ``y``. It happens without any delegate (XNNPACK plans
-the operators it takes itself), so on tflite-runtime 2.14, whose XNNPACK does not take a
-training subgraph, and on ai-edge-litert with ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``: the plain
-decoder with LayerNormalization lost 3.373 instead of 3.421 on both.
+and BATCH_MATMUL reads ``w``'s values as ``y``. It happens wherever the builtin kernels run
+without a delegate: on tflite-runtime 2.14 (with or without its default XNNPACK, which does
+not take the training subgraph there) and on ai-edge-litert 2.3 with
+``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; ai-edge-litert's default XNNPACK plans the operators it
+takes itself. The plain decoder with LayerNormalization lost 3.373 instead of 3.421 on both
+(the final norm's ``add_2``, read by the LM head after ``RESHAPE(add_2) * lr``, from SinkScale,
+was overwritten).
 
-What this pass does. :func:`plan` computes the sharing as the planner does, from the file
-(static shapes); :func:`hazards` lists each in-place write over a class that holds a tensor
-read after it. Each is rewritten so the writer reads the RESHAPE's input instead:
+What this pass does. :func:`plan` computes the sharing as the planner does, from the file's
+static shapes (it equals the sharing both runtimes were measured doing, tensor for tensor, on
+the suite's language models and CNNs); :func:`hazards` lists each in-place write over a class
+that holds a tensor read after it. Each is rewritten so the writer reads the RESHAPE's input:
 
-    ``commute``  ``w = OP(RESHAPE(y), s..)``, ``OP`` elementwise and every other operand one
-        element (a scalar learning rate, a constant) -> ``w = RESHAPE(OP(y, s..))``. ``OP(y)``
+    ``commute``  ``w = OP(RESHAPE(y), s)``, ``OP`` an elementwise ADD/SUB/MUL/DIV, ``s`` one
+        element (a scalar learning rate, a constant) -> ``w = RESHAPE(OP(y, s))``. ``OP(y)``
         cannot take ``y``'s buffer (``y`` has other readers), so it gets its own, which the
-        RESHAPE then shares: the same operators, bit-identical values, and the buffer the
+        RESHAPE then shares: the same operators, bit-identical values, and the one buffer a
         correct plan needs anyway.
 
 A hazard ``commute`` declines is counted in the stats and left (none is known: the suite's
-language models and CNNs show one hazard, the decoder's, which ``commute`` removes). The pass
-runs last on the file, since operator order decides the plan, on every subgraph of the file.
+models show one hazard, the decoder's, which ``commute`` removes). The pass runs last on the
+file, since operator order decides the plan, on every subgraph of the file. Measured
+(``bench/results/2026-12-07-x86_64-2core-tflite-runtime-214-fix.md``: runtimes' plans and
+results; ``...-inplace-cost.md``: memory and step time with the pass on and off).
 """
 from __future__ import annotations
 
