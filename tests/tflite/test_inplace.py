@@ -100,11 +100,14 @@ def test_no_hazard_leaves_the_file_as_it_is():
     assert fixed is content and stats == {}
 
 
-def test_declines_what_it_cannot_commute(hazardous):
-    """A writer whose other operand has more than one element: counted, left as it is."""
+def test_declines_what_it_cannot_commute_and_says_so(hazardous, caplog):
+    """A writer whose other operand has more than one element: counted, left as it is, and a
+    warning names what may train wrong where."""
     model, sg = _model(hazardous)
     lr = [int(op.inputs[1]) for op in sg.operators][4]
     sg.tensors[lr].shape = [16]   # as if the MUL broadcast a vector over the reshape
-    stats = inplace_module.make_safe(model)
+    with caplog.at_level("WARNING", logger="tfpock.tflite.inplace"):
+        stats = inplace_module.make_safe(model)
     assert stats == {0: {"hazards": 1, "commuted": [], "left": 1, "declined": [
         "the writer's other operand has more than one element"]}}
+    assert "may train wrong on tflite-runtime 2.14" in caplog.text

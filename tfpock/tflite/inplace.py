@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
@@ -57,6 +58,7 @@ from tfpock.tflite.flatbuffer import builtin, pack
 from tfpock.tflite.ir import TfliteFile
 
 _OPS = schema.BuiltinOperator
+logger = logging.getLogger(__name__)
 # in-place writers -> the inputs they may share; kernels that leave the bytes as they are
 WRITERS = {_OPS.ADD: (0, 1), _OPS.SUB: (0, 1), _OPS.MUL: (0, 1), _OPS.DIV: (0, 1),
            _OPS.SOFTMAX: (0,)}
@@ -92,11 +94,14 @@ class Hazard:
 def plan(model: schema.ModelT, sg: schema.SubGraphT) -> tuple[dict[int, int], list[tuple]]:
     """The planner's sharing (module docstring): output -> class root, and each in-place
     write as (op index, shared input, output)."""
-    is_constant = {t for t, tensor in enumerate(sg.tensors)
-                   if tensor.buffer and model.buffers[tensor.buffer].data is not None
-                   and len(model.buffers[tensor.buffer].data)}
-    ends = set(_ints(sg.inputs)) | set(_ints(sg.outputs))
-    refcount = collections.Counter(_ints(sg.inputs) + _ints(sg.outputs))
+    # the subgraph's inputs are never shared; constants live in the file and variable
+    # tensors in the persistent arena, so neither is either
+    unshareable = {t for t, tensor in enumerate(sg.tensors) if tensor.isVariable or (
+        tensor.buffer and model.buffers[tensor.buffer].data is not None
+        and len(model.buffers[tensor.buffer].data))} | set(_ints(sg.inputs))
+    ends = set(_ints(sg.outputs))   # never written in place of something else
+    variables = [t for t, tensor in enumerate(sg.tensors) if tensor.isVariable]
+    refcount = collections.Counter(_ints(sg.inputs) + _ints(sg.outputs) + variables)
     for op in sg.operators:
         refcount.update(t for t in _ints(op.inputs) if t >= 0)
     root: dict[int, int] = {}
@@ -114,7 +119,7 @@ def plan(model: schema.ModelT, sg: schema.SubGraphT) -> tuple[dict[int, int], li
             if position >= len(inputs) or inputs[position] < 0:
                 continue
             x = inputs[position]
-            if x in is_constant or x in ends or out in set(_ints(sg.outputs)):
+            if x in unshareable or out in ends:
                 continue
             if sg.tensors[x].type == schema.TensorType.RESOURCE:
                 continue
@@ -236,8 +241,15 @@ def make_safe(model: schema.ModelT) -> dict[int, dict]:
             if not outcome.fired:
                 break
         if before:
-            stats[index] = {"hazards": before, "commuted": fired,
-                            "left": len(hazards(model, sg)), "declined": declined}
+            left = len(hazards(model, sg))
+            stats[index] = {"hazards": before, "commuted": fired, "left": left,
+                            "declined": declined}
+            if left:
+                logger.warning("subgraph %d keeps %d operator(s) that TFLite's in-place "
+                               "buffer sharing lets write over a tensor still read (%s): it "
+                               "may train wrong on tflite-runtime 2.14 and on ai-edge-litert "
+                               "without a delegate (tfpock/tflite/inplace.py)", index, left,
+                               "; ".join(sorted(set(declined))))
     return stats
 
 
