@@ -6,17 +6,31 @@ wrong plan makes an operator overwrite a tensor a later operator still reads
 (``tfpock/tflite/inplace.py`` has the rule and the fix). This study looks at the plan itself,
 on each runtime, with no delegate (XNNPACK plans its partitions itself and hides it):
 
-* ``addresses`` (runs in any runtime's environment: numpy and the interpreter only) writes the
-  buffer address and size of every tensor of the ``train`` subgraph after allocation;
+* :func:`run_device` (a script for any runtime's environment: numpy, the interpreter and
+  ``tfpock.runtime``) records the buffer address and size of every tensor of the ``train``
+  subgraph after allocation, then the losses of a few ``Trainer`` steps and the weights;
 * :func:`hazards` reads them with the file's operator order: an operator whose output overlaps
   a tensor written earlier and read later is a hazard (a RESHAPE-like operator that leaves its
   input's bytes where they are is not);
 * ``check`` exports the plain decoder, KerasHub's tiny Llama, Gemma and BERT (the tests'
-  models) and the tests' CNNs, and per file and runtime lists the hazards and the losses of a
-  few train steps, written to ``--out``::
+  models) and the tests' CNNs, and per file and runtime lists the hazards, the losses and how
+  far losses and weights are from ai-edge-litert's with XNNPACK, written to ``--out``::
 
     python -m bench.studies.inplace_hazards check \\
         --out bench/results/2026-12-07-x86_64-2core-tflite-runtime-214-fix.md
+
+* ``cost`` exports the decoder and MobileNetV2 (96 px) with the inplace pass on and off and
+  compares what a user of ai-edge-litert pays: timeline peak, the arena the plan spans, the
+  first step's resident growth, step times in interleaved rounds::
+
+    taskset -c 1 python -m bench.studies.inplace_hazards cost \\
+        --out bench/results/2026-12-07-x86_64-2core-inplace-cost.md
+
+``tflite-runtime 2.14`` runs in its own environment (``--python``, default
+``/work/venv-tfl214/bin/python``: ``python -m venv``, ``pip install tflite-runtime==2.14.0
+"numpy<2"``); the repository goes on its path, its runtime side needs numpy only. The same
+check on the decoder runs in the suite (``tests/test_language_models.py``, in the venv that
+``tests/portability`` builds).
 """
 from __future__ import annotations
 
@@ -274,20 +288,19 @@ def cost(work: str, names: list[str], rounds: int, steps: int) -> list[str]:
     step with XNNPACK (``measured_arena``), and the step time in interleaved rounds (one
     thread; median over rounds of each round's median of ``steps`` steps), with XNNPACK and
     without a delegate."""
-    import hashlib
-
     from ai_edge_litert.interpreter import OpResolverType
 
     from bench import cli
     from tfpock.runtime import Trainer
     from tfpock.tflite import memory
-    lines = ["| model | file | same bytes | timeline peak KB | plan span KB (no delegate) | "
+    lines = ["| model | file | same operators | timeline peak KB | plan span KB (no delegate) | "
              "first-step RSS growth KB (XNNPACK) | step ms XNNPACK | step ms no delegate |",
              "|---|---|---|---|---|---|---|---|"]
+    ratios = ["", "Per-round ratio of step times, pass on / off (median [quartiles] over rounds):",
+              ""]
     for name in names:
         on, off, b = export_pair(work, name)
-        same = (hashlib.sha256(open(on, "rb").read()).digest()
-                == hashlib.sha256(open(off, "rb").read()).digest())
+        same = _operators(on) == _operators(off)
         trainers = {(p, r): Trainer(p, num_threads=1, experimental_op_resolver_type=r)
                     for p in (on, off) for r in (OpResolverType.BUILTIN,
                                                  OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)}
@@ -312,7 +325,13 @@ def cost(work: str, names: list[str], rounds: int, steps: int) -> list[str]:
                          f"{memory.measured_arena(p, 'train') / 1024:.0f} | {ms[0]:.3f} | "
                          f"{ms[1]:.3f} |")
             print(lines[-1], flush=True)
-    return lines
+        for r, label in ((OpResolverType.BUILTIN, "XNNPACK"),
+                         (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "no delegate")):
+            q = np.percentile(np.array(times[(on, r)]) / np.array(times[(off, r)]),
+                              [25, 50, 75])
+            ratios.append(f"- {name}, {label}: {q[1]:.3f} [{q[0]:.3f}, {q[2]:.3f}]")
+            print(ratios[-1], flush=True)
+    return lines + ratios
 
 
 def _save_batch(work: str, b: dict) -> str:
@@ -321,6 +340,15 @@ def _save_batch(work: str, b: dict) -> str:
     np.savez(path, **x, y=b["y"], **({} if b["sample_weight"] is None
                                       else {"sample_weight": b["sample_weight"]}))
     return path
+
+
+def _operators(model: str) -> list[tuple]:
+    """Every subgraph's operators (kind, inputs, outputs): the files' metadata differ anyway
+    (it records the passes switched)."""
+    from tfpock.tflite import model_file
+    with open(model, "rb") as f:
+        parsed = model_file.read(f.read())
+    return [[(op.name, op.inputs, op.outputs) for op in sg.operators] for sg in parsed.subgraphs]
 
 
 def _written(model: str) -> set[int]:
