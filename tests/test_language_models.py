@@ -172,9 +172,9 @@ def test_step_without_a_delegate_matches_gradient_tape(gelu_layer_full):
     before the LM head read it, and the loss was 3.373 instead of 3.421."""
     from ai_edge_litert.interpreter import OpResolverType
     path, record, ref_loss, ref_weights = gelu_layer_full
-    [(commuted, left)] = [(len(s["commuted"]), s["left"])
+    [(deferred, left)] = [(len(s["defer"]), s["left"])
                           for s in record.stats["subgraphs"].values()]
-    assert (commuted, left) == (1, 0)   # the MUL reading RESHAPE(final norm) * lr
+    assert (deferred, left) == (1, 0)   # RESHAPE(final norm) * lr, after the LM head
     x, y, weights = batch()
     trainer = Trainer(path, experimental_op_resolver_type=(
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))

@@ -358,6 +358,57 @@ def _written(model: str) -> set[int]:
     return {o for op in train.operators for o in op.outputs}
 
 
+BLOCKS = {"decoder-gelu-layer": r"block_\d+", "decoder-swiglu-rms": r"block_\d+",
+          "llama": r"transformer_layer_\d+", "gemma": r"decoder_block_\d+",
+          "bert": r"transformer_layer_\d+"}
+
+
+def scan() -> list[str]:
+    """Static hazards (:func:`tfpock.tflite.inplace.hazards`, which equals both runtimes'
+    plans) of the language models under each scheme issue 13 names: full, LoRA rank 4
+    (``Scheme.lora``: KerasHub's query and value targets), the last block, norms and biases;
+    exported with the pass off, then what the pass leaves."""
+    import keras
+
+    import tfpock
+    from tests import test_keras_hub, test_keras_hub_models as hub
+    from tests.test_language_models import LR, SEQ, VOCAB, loss_fn, norms_and_biases
+    from tfpock.tflite import inplace
+    from tfpock.testing import models
+    builders = {f"decoder-{m}-{n}": (lambda m=m, n=n: models.decoder(
+        mlp=m, norm=n, vocab=VOCAB, seq=SEQ), None) for m, n in (("gelu", "layer"),
+                                                                   ("swiglu", "rms"))}
+    builders["llama"] = (test_keras_hub.tiny_llama, test_keras_hub.SHAPES)
+    builders.update({name: (hub.MODELS[name][0], {k: (hub.SEQ,) for k in hub.MODELS[name][1]})
+                     for name in ("gemma", "bert")})
+    schemes = {"full": lambda m, name: "full",
+               "lora r4": lambda m, name: tfpock.Scheme.lora(m, 4),
+               "last block": lambda m, name: tfpock.Scheme.last_blocks(m, 1,
+                                                                       pattern=BLOCKS[name]),
+               "norms and biases": lambda m, name: norms_and_biases(m)}
+    lines = ["| model | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    for name, (build, shapes) in builders.items():
+        cells = []
+        for scheme in schemes.values():
+            model = build()
+            try:
+                program = tfpock.optimize(
+                    model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                    scheme=scheme(model, name), batch_size=2, input_shapes=shapes,
+                    sample_weight=name != "bert", passes={"inplace": False})
+                content = program.to_tflite()
+            except Exception as exc:   # a scheme a model does not have: say so
+                cells.append(f"n/a ({type(exc).__name__})")
+                continue
+            _, stats = inplace.inplace(content)
+            found = sum(s["hazards"] for s in stats.values())
+            left = sum(s["left"] for s in stats.values())
+            cells.append(f"{found} -> {left}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -374,7 +425,21 @@ def main() -> None:
     k.add_argument("--steps", type=int, default=20)
     k.add_argument("--work", default="/tmp/tfpock-inplace")
     k.add_argument("--out", help="write the table to this markdown file")
+    n = sub.add_parser("scan", help="static hazards of the language models per scheme")
+    n.add_argument("--out", help="write the table to this markdown file")
     args = parser.parse_args()
+    if args.command == "scan":
+        rows = scan()
+        if args.out:
+            load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write("\n".join([
+                    "# In-place hazards of the language models per scheme", "",
+                    f"Command: `python -m bench.studies.inplace_hazards scan --out {args.out}`",
+                    f"Machine load: `{load}`", "", scan.__doc__.replace("\n    ", " "), "",
+                    "Each cell: hazards in the exported file (every subgraph) -> left after "
+                    "the inplace pass.", "", *rows, ""]))
+        return
     if args.command == "cost":
         import os
         os.makedirs(args.work, exist_ok=True)

@@ -14,6 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from tfpock.tflite import inplace as inplace_module
+from tfpock.tflite.flatbuffer import pack
 from tfpock.tflite.inplace import Hazard, hazards, inplace, plan
 from tests.tflite.test_fuse import SIGNATURE, convert, op_names
 
@@ -56,7 +57,7 @@ def test_the_pattern_is_a_hazard(hazardous):
     # the ADD takes the MUL's buffer, the RESHAPE y's, the second MUL the reshape's
     assert plan(model, sg)[0] == {y: product, reshaped: product, scaled: product}
     assert hazards(model, sg) == [Hazard(op=4, shared=reshaped, output=scaled, root=product,
-                                         live=y)]
+                                         live=y, until=6)]
 
 
 def test_plan_is_the_runtimes(hazardous):
@@ -82,7 +83,9 @@ def test_rewrite_makes_the_step_right(hazardous):
     assert not np.allclose(run(hazardous)["projected"], truth["projected"], atol=1e-3), \
         "the runtime planned the hazard away itself: the test no longer tests the pass"
     fixed, stats = inplace(hazardous)
-    assert stats == {0: {"hazards": 1, "commuted": ["op 4 MUL"], "left": 0, "declined": []}}
+    # defer declines: the SUM reads the MUL's output before the BATCH_MATMUL reads y
+    assert stats == {0: {"hazards": 1, "defer": [], "commute": ["op 4 MUL"], "left": 0,
+                         "declined": []}}
     assert op_names(fixed) == ["MUL", "SUB", "ADD", "MUL", "RESHAPE", "SUM", "BATCH_MATMUL"]
     assert hazards(*_model(fixed)) == []
     # the same operators: bit-identical, with the builtin kernels and with XNNPACK (which
@@ -91,6 +94,23 @@ def test_rewrite_makes_the_step_right(hazardous):
                                             run(hazardous, OpResolverType.BUILTIN))]:
         for name, value in want.items():
             np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_defer_moves_the_writer_after_the_last_read(hazardous):
+    """With the SUM after the BATCH_MATMUL, nothing between the MUL and y's last read needs
+    the MUL: it moves after that read, the sharing stays and is now right."""
+    model, sg = _model(hazardous)
+    sg.operators[5], sg.operators[6] = sg.operators[6], sg.operators[5]
+    reordered = pack(model)
+    assert op_names(reordered)[4:] == ["MUL", "BATCH_MATMUL", "SUM"]
+    fixed, stats = inplace(reordered)
+    assert stats == {0: {"hazards": 1, "defer": ["op 4 MUL after op 5"], "commute": [],
+                         "left": 0, "declined": []}}
+    assert op_names(fixed)[4:] == ["BATCH_MATMUL", "MUL", "SUM"]
+    assert plan(*_model(fixed))[0] == plan(*_model(reordered))[0]   # the same sharing
+    truth = run(reordered, preserve=True)
+    for name, value in run(fixed).items():
+        np.testing.assert_array_equal(value, truth[name], err_msg=name)
 
 
 def test_no_hazard_leaves_the_file_as_it_is():
@@ -108,6 +128,7 @@ def test_declines_what_it_cannot_commute_and_says_so(hazardous, caplog):
     sg.tensors[lr].shape = [16]   # as if the MUL broadcast a vector over the reshape
     with caplog.at_level("WARNING", logger="tfpock.tflite.inplace"):
         stats = inplace_module.make_safe(model)
-    assert stats == {0: {"hazards": 1, "commuted": [], "left": 1, "declined": [
-        "the writer's other operand has more than one element"]}}
+    assert stats == {0: {"hazards": 1, "defer": [], "commute": [], "left": 1, "declined": [
+        "defer: the writer's output is read before the live tensor's last read",
+        "commute: the writer's other operand has more than one element"]}}
     assert "may train wrong on tflite-runtime 2.14" in caplog.text

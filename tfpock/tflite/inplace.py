@@ -28,17 +28,22 @@ was overwritten).
 What this pass does. :func:`plan` computes the sharing as the planner does, from the file's
 static shapes (it equals the sharing both runtimes were measured doing, tensor for tensor, on
 the suite's language models and CNNs); :func:`hazards` lists each in-place write over a class
-that holds a tensor read after it. Each is rewritten so the writer reads the RESHAPE's input:
+that holds a tensor read after it. Each is rewritten by the first rule that takes it:
 
+    ``defer``  the writer moves to just after the last read of the class's live tensors (none
+        of the operators it passes reads its output). The planner shares exactly as before,
+        but the write now comes after every read: the same operators, values and memory, a
+        different order. The decoder's hazard is this one (the MUL moves past the LM head's
+        BATCH_MATMUL).
     ``commute``  ``w = OP(RESHAPE(y), s)``, ``OP`` an elementwise ADD/SUB/MUL/DIV, ``s`` one
         element (a scalar learning rate, a constant) -> ``w = RESHAPE(OP(y, s))``. ``OP(y)``
         cannot take ``y``'s buffer (``y`` has other readers), so it gets its own, which the
         RESHAPE then shares: the same operators, bit-identical values, and the one buffer a
         correct plan needs anyway.
 
-A hazard ``commute`` declines is counted in the stats and left (none is known: the suite's
-models show one hazard, the decoder's, which ``commute`` removes). The pass runs last on the
-file, since operator order decides the plan, on every subgraph of the file. Measured
+A hazard both decline is counted in the stats, left, and logged as a warning (none is known:
+of the suite's models only the GELU + LayerNormalization decoder has one). The pass runs last
+on the file, since operator order decides the plan, on every subgraph of the file. Measured
 (``bench/results/2026-12-07-x86_64-2core-tflite-runtime-214-fix.md``: runtimes' plans and
 results; ``...-inplace-cost.md``: memory and step time with the pass on and off).
 """
@@ -83,12 +88,14 @@ def _bytes(tensor: schema.TensorT) -> int:
 @dataclasses.dataclass(frozen=True)
 class Hazard:
     """Operator ``op`` (an index) writes ``output`` into the buffer of class ``root`` through
-    its input ``shared``, while ``live`` of that class is read after it."""
+    its input ``shared``, while ``live`` of that class is read after it; the last read of a
+    tensor of the class live at ``op`` is by operator ``until``."""
     op: int
     shared: int
     output: int
     root: int
     live: int
+    until: int
 
 
 def plan(model: schema.ModelT, sg: schema.SubGraphT) -> tuple[dict[int, int], list[tuple]]:
@@ -157,10 +164,10 @@ def hazards(model: schema.ModelT, sg: schema.SubGraphT) -> list[Hazard]:
     found = []
     for k, x, out in writes:
         r = root[out]
-        for t in members[r]:
-            if t not in (x, out) and written.get(t, -1) < k < last_read.get(t, -1):
-                found.append(Hazard(k, x, out, r, t))
-                break
+        live = [t for t in members[r]
+                if t not in (x, out) and written.get(t, -1) < k < last_read.get(t, -1)]
+        if live:
+            found.append(Hazard(k, x, out, r, live[0], max(last_read[t] for t in live)))
     return found
 
 
@@ -174,13 +181,42 @@ class _Graph:
                     None)
 
 
-class CommuteReshape(Rule):
+class _HazardRule(Rule):
+    """Anchored at the hazards, in operator order; one an earlier rewrite removed (or moved)
+    is passed over."""
+
+    def anchors(self, g: _Graph) -> list[Hazard]:
+        return hazards(g.model, g.sg)
+
+    def alive(self, g: _Graph, hazard: Hazard) -> bool:
+        return hazard in hazards(g.model, g.sg)
+
+
+class Defer(_HazardRule):
+    """The writer moves to just after the last read of the class's live tensors (module
+    docstring)."""
+
+    name = "defer"
+
+    def check(self, g: _Graph, hazard: Hazard) -> str | None:
+        outputs = set(_ints(g.sg.operators[hazard.op].outputs))
+        between = g.sg.operators[hazard.op + 1:hazard.until + 1]
+        if any(outputs & set(_ints(op.inputs)) for op in between):
+            return "the writer's output is read before the live tensor's last read"
+        return None
+
+    def rewrite(self, g: _Graph, hazard: Hazard) -> str:
+        ops = g.sg.operators
+        writer = ops.pop(hazard.op)
+        ops.insert(hazard.until, writer)   # right after the op that was at ``until``
+        return (f"op {hazard.op} {model_file._BUILTIN_NAMES.get(builtin(g.model, writer))} "
+                f"after op {hazard.until}")
+
+
+class CommuteReshape(_HazardRule):
     """``OP(RESHAPE(y), s..) -> RESHAPE(OP(y, s..))`` at a hazard (module docstring)."""
 
     name = "commute"
-
-    def anchors(self, g: _Graph) -> list[Hazard]:
-        return hazards(g.model, g.sg)[:1]   # one at a time: a rewrite changes the plan
 
     def match(self, g: _Graph, hazard: Hazard):
         k = g.producer(hazard.shared)
@@ -227,23 +263,32 @@ class CommuteReshape(Rule):
         return f"op {hazard.op} {model_file._BUILTIN_NAMES.get(builtin(g.model, writer))}"
 
 
+RULES = (Defer(), CommuteReshape())
+
+
 def make_safe(model: schema.ModelT) -> dict[int, dict]:
-    """Rewrites the hazards of every subgraph of ``model`` in place; returns, per subgraph
-    that had any, the hazards found, the rewrites and the hazards left with why."""
-    rule, stats = CommuteReshape(), {}
+    """Rewrites the hazards of every subgraph of ``model`` in place, each by the first of
+    :data:`RULES` that takes it (sweeps repeat while one fires: a rewrite changes the plan);
+    returns, per subgraph that had any, the hazards found, the rewrites per rule, the hazards
+    left and why the rules declined them."""
+    stats = {}
     for index, sg in enumerate(model.subgraphs):
-        g, fired, declined = _Graph(model, sg), [], []
+        g = _Graph(model, sg)
         before = len(hazards(model, sg))
+        fired: dict[str, list] = {rule.name: [] for rule in RULES}
+        declined: list[str] = []
         for _ in range(len(sg.operators) if before else 0):
-            outcome = apply_rule(g, rule)
-            fired += [detail for _, detail in outcome.fired]
-            declined += [reason for _, reason in outcome.declined]
-            if not outcome.fired:
+            outcomes = [(rule, apply_rule(g, rule)) for rule in RULES]
+            for rule, outcome in outcomes:
+                fired[rule.name] += [detail for _, detail in outcome.fired]
+            if not any(outcome.fired for _, outcome in outcomes):
+                declined = [f"{rule.name}: {reason}" for rule, outcome in outcomes
+                            for _, reason in outcome.declined]
                 break
         if before:
             left = len(hazards(model, sg))
-            stats[index] = {"hazards": before, "commuted": fired, "left": left,
-                            "declined": declined}
+            stats[index] = {"hazards": before, **fired, "left": left,
+                            "declined": declined if left else []}
             if left:
                 logger.warning("subgraph %d keeps %d operator(s) that TFLite's in-place "
                                "buffer sharing lets write over a tensor still read (%s): it "
@@ -258,7 +303,7 @@ def inplace(content: bytes) -> tuple[bytes, dict[int, dict]]:
     no subgraph had a hazard) and the stats."""
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     stats = make_safe(model)
-    changed = any(s["commuted"] for s in stats.values())
+    changed = any(s["hazards"] > s["left"] for s in stats.values())
     return (pack(model) if changed else content), stats
 
 
@@ -271,17 +316,17 @@ class Inplace(Pass):
     def run(self, ir: TfliteFile) -> PassResult:
         model = ir.unpack()
         stats = make_safe(model)
-        changed = any(s["commuted"] for s in stats.values())
+        changed = any(s["hazards"] > s["left"] for s in stats.values())
         if changed:
             ir.update(model)
         return PassResult(changed, {"subgraphs": stats})
 
     def postcondition(self, ir: TfliteFile) -> None:
-        """No hazard is left that :class:`CommuteReshape` would have taken."""
+        """No hazard is left that one of :data:`RULES` would have taken."""
         model = ir.unpack()
         for sg in model.subgraphs:
-            g, rule = _Graph(model, sg), CommuteReshape()
-            takeable = [h for h in hazards(model, sg) if (m := rule.match(g, h)) is not None
-                        and rule.check(g, m) is None]
+            g = _Graph(model, sg)
+            takeable = [h for h in hazards(model, sg) for rule in RULES
+                        if (m := rule.match(g, h)) is not None and rule.check(g, m) is None]
             if takeable:
                 raise AssertionError(f"inplace: hazards left that commute takes: {takeable}")
