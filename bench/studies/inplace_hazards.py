@@ -450,7 +450,8 @@ def main() -> None:
                 f.write("\n".join([
                     "# What the inplace pass costs on ai-edge-litert", "",
                     f"Command: `taskset -c 1 python -m bench.studies.inplace_hazards cost "
-                    f"--rounds {args.rounds} --steps {args.steps} --out {args.out}`",
+                    f"--models {args.models} --rounds {args.rounds} --steps {args.steps} "
+                    f"--out {args.out}`",
                     f"Machine load: `{load}`", "", cost.__doc__.split("\n\n")[0].replace(
                         "\n    ", " "), "", *rows, ""]))
         return
