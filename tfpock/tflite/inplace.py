@@ -63,6 +63,7 @@ from tfpock.tflite.flatbuffer import builtin, pack
 from tfpock.tflite.ir import TfliteFile
 
 _OPS = schema.BuiltinOperator
+_OP_NAMES = {v: k for k, v in vars(_OPS).items() if not k.startswith("_")}
 logger = logging.getLogger(__name__)
 # in-place writers -> the inputs they may share; kernels that leave the bytes as they are
 WRITERS = {_OPS.ADD: (0, 1), _OPS.SUB: (0, 1), _OPS.MUL: (0, 1), _OPS.DIV: (0, 1),
@@ -209,7 +210,7 @@ class Defer(_HazardRule):
         ops = g.sg.operators
         writer = ops.pop(hazard.op)
         ops.insert(hazard.until, writer)   # right after the op that was at ``until``
-        return (f"op {hazard.op} {model_file._BUILTIN_NAMES.get(builtin(g.model, writer))} "
+        return (f"op {hazard.op} {_OP_NAMES.get(builtin(g.model, writer))} "
                 f"after op {hazard.until}")
 
 
@@ -260,7 +261,7 @@ class CommuteReshape(_HazardRule):
         ops = g.sg.operators
         ops.remove(reshape)
         ops.insert(ops.index(writer) + 1, reshape)
-        return f"op {hazard.op} {model_file._BUILTIN_NAMES.get(builtin(g.model, writer))}"
+        return f"op {hazard.op} {_OP_NAMES.get(builtin(g.model, writer))}"
 
 
 RULES = (Defer(), CommuteReshape())
