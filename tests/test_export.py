@@ -89,15 +89,17 @@ def test_one_switch_for_the_optional_passes_of_both_phases():
     names = [r.name for r in program.pass_records["train"]]
     assert names == ["freeze", "prune", "lower"]
     program.to_tflite()
-    fuse, reorder = program.pass_records["export"]
-    assert fuse.name == "fuse" and reorder.name == "reorder" and "[export]" in program.report()
+    fuse, reorder, inplace = program.pass_records["export"]
+    assert (fuse.name, reorder.name, inplace.name) == ("fuse", "reorder", "inplace")
+    assert "[export]" in program.report()
     assert set(fuse.stats["rules"]) == {"transpose_pair", "bias", "activation"}
     assert reorder.stats["peak_bytes_after"] <= reorder.stats["peak_bytes_before"]
-    unfused = compile_(passes={"fuse": False})
+    unfused = compile_(passes={"fuse": False, "inplace": False})
     unfused.to_tflite()
     assert "export" not in unfused.pass_records
     with pytest.raises(tfpock.TfpockError, match="the optional passes are prune, narrow, "
-                       "fold_bn, split, sink_scale, fold_constants, dce, fuse, reorder"):
+                       "fold_bn, split, sink_scale, fold_constants, dce, fuse, reorder, "
+                       "inplace"):
         compile_(passes={"freeze": False})
     with pytest.raises(tfpock.TfpockError, match=r"\['fuse'\] must be True or False"):
         compile_(passes={"fuse": "no"})

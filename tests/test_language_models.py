@@ -11,12 +11,17 @@ acceptance's: loss 1e-5 relative, every weight 1e-4.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
 import tfpock
 from tests.numerics import assert_close
+from tests.portability.test_runtime_portability import tflite_runtime_python  # noqa: F401
 from tests.reference import Reference
 from tfpock.runtime import Trainer
 from tfpock.runtime.validate import InputError
@@ -25,6 +30,7 @@ from tfpock.testing import models
 
 LR = 0.05
 BATCH, SEQ, VOCAB = 2, 8, 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 def norms_and_biases(model: keras.Model) -> dict:
@@ -142,3 +148,72 @@ def test_inputs_must_be_a_dict_of_the_input_names(compiled):
         trainer.infer({"token_ids": x["token_ids"]})
     with pytest.raises(InputError, match="keys"):
         program.train_step({**x, "segment_ids": x["token_ids"]}, y)
+
+
+@pytest.fixture(scope="module")
+def gelu_layer_full(tmp_path_factory):
+    """The GELU + LayerNormalization decoder, full scheme: the one of the suite's models where
+    TFLite's in-place buffer sharing went wrong (``tfpock/tflite/inplace.py``), exported, and
+    GradientTape's step on it."""
+    model = models.decoder(mlp="gelu", norm="layer", vocab=VOCAB, seq=SEQ)
+    scheme = SCHEMES["full"](model)
+    program = tfpock.optimize(model, loss=loss_fn(), optimizer=keras.optimizers.SGD(LR),
+                              scheme=scheme, batch_size=BATCH, sample_weight=True)
+    path = program.export(tmp_path_factory.mktemp("gelu-layer") / "model.tflite")
+    [record] = [r for r in program.pass_records["export"] if r.name == "inplace"]
+    reference = Reference(models.decoder(mlp="gelu", norm="layer", vocab=VOCAB, seq=SEQ),
+                          scheme, keras.optimizers.SGD(LR), loss_fn())
+    x, y, weights = batch()
+    loss = reference.step(x, y, sample_weight=weights)
+    return path, record, loss, reference.weights()
+
+
+def assert_step(loss, weights, ref_loss, ref_weights, where):
+    assert_close(loss, ref_loss, rtol=1e-5, where=f"{where}: loss")
+    assert sorted(weights) == sorted(ref_weights)
+    for p, value in weights.items():
+        assert_close(value, ref_weights[p], atol=1e-4, where=f"{where}: weight {p}")
+
+
+def test_step_without_a_delegate_matches_gradient_tape(gelu_layer_full):
+    """On ai-edge-litert's builtin kernels with no delegate, whose memory plan is tflite-runtime
+    2.14's: without the inplace pass the planner wrote a MUL over the final norm's output
+    before the LM head read it, and the loss was 3.373 instead of 3.421."""
+    from ai_edge_litert.interpreter import OpResolverType
+    path, record, ref_loss, ref_weights = gelu_layer_full
+    [(deferred, left)] = [(len(s["defer"]), s["left"])
+                          for s in record.stats["subgraphs"].values()]
+    assert (deferred, left) == (1, 0)   # RESHAPE(final norm) * lr, after the LM head
+    x, y, weights = batch()
+    trainer = Trainer(path, experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    out = trainer.train(x, y, sample_weight=weights)
+    assert_step(out["loss"], trainer.weights(), ref_loss, ref_weights, "no delegate")
+
+
+ON_TFLITE_RUNTIME = """
+import sys, numpy as np
+from tfpock.runtime import Trainer
+model, batch, lr, out = sys.argv[1:5]
+feeds = dict(np.load(batch))
+y, weights = feeds.pop("y"), feeds.pop("sample_weight")
+trainer = Trainer(model, runtime="tflite-runtime")
+loss = trainer.train(feeds, y, sample_weight=weights, learning_rate=float(lr))["loss"]
+np.savez(out, loss=loss, **trainer.weights())
+"""
+
+
+def test_step_on_tflite_runtime_214_matches_gradient_tape(gelu_layer_full, tmp_path, request):
+    """The same on tflite-runtime 2.14, in the venv ``tests/portability`` makes (skipped, with
+    a warning, where it cannot be made)."""
+    python = request.getfixturevalue("tflite_runtime_python")
+    path, _, ref_loss, ref_weights = gelu_layer_full
+    x, y, weights = batch()
+    np.savez(tmp_path / "batch.npz", **x, y=y, sample_weight=weights)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    subprocess.run([str(python), "-c", ON_TFLITE_RUNTIME, str(path),
+                    str(tmp_path / "batch.npz"), str(LR), str(tmp_path / "out.npz")],
+                   check=True, env={**env, "PYTHONPATH": str(REPO)}, timeout=120)
+    result = dict(np.load(tmp_path / "out.npz"))
+    loss = float(result.pop("loss"))
+    assert_step(loss, result, ref_loss, ref_weights, "tflite-runtime 2.14")

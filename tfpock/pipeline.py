@@ -26,6 +26,7 @@ from graph_passes.sink_scale import SinkScale
 from graph_passes.split import SplitPartialKernels
 from tfpock.errors import TfpockError
 from tfpock.tflite.fuse import Fuse
+from tfpock.tflite.inplace import Inplace
 from tfpock.tflite.reorder import Reorder
 
 # Optional passes -> on by default. freeze and lower are not among them: without freeze the
@@ -35,7 +36,7 @@ from tfpock.tflite.reorder import Reorder
 OPTIONAL_PASSES: dict[str, bool] = {
     "prune": True, "narrow": True, "fold_bn": True, "split": True, "sink_scale": True,
     "fold_constants": True, "dce": True,          # on the GraphDef
-    "fuse": True, "reorder": False,               # on the .tflite file
+    "fuse": True, "reorder": False, "inplace": True,  # on the .tflite file
 }
 
 
@@ -74,10 +75,11 @@ def build_pipeline(frozen_values: Mapping[str, np.ndarray], debug: bool = False,
 
 def build_file_pipeline(debug: bool = False,
                         passes: Mapping[str, bool] | None = None) -> Sequential:
-    """The file phase, on the converted ``train`` subgraph: fuse -> reorder (each if
-    switched on)."""
+    """The file phase, on the converted ``train`` subgraph: fuse -> reorder -> inplace
+    (each if switched on; inplace last: operator order decides TFLite's buffer sharing)."""
     on = switches(passes)
     return Sequential([p for p in [
         Fuse(),                   # what the converter left unfused (rules in fuse.py)
         Reorder(),                # a schedule with a lower peak of live activations
+        Inplace(),                # no in-place write over a tensor still read (TFLite 2.14+)
     ] if on[p.name]], check_invariants=debug)

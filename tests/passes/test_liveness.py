@@ -136,8 +136,8 @@ def test_report_shows_the_peaks_and_after_export_the_files_timeline(program):
     assert "[export] peak live per signature: the file's timeline" in report
     peak = memory.timeline(content, "train").peak_op
     assert f"  train    {peak.live_bytes / 1024:.1f} KB at op {peak.index} {peak.op}" in report
-    fuse, reorder = program.pass_records["export"]
-    assert fuse.name == "fuse" and reorder.name == "reorder"
+    fuse, reorder, inplace = program.pass_records["export"]
+    assert (fuse.name, reorder.name, inplace.name) == ("fuse", "reorder", "inplace")
     assert reorder.peak_live_after == peak.live_bytes
     assert (f"peak live {reorder.peak_live_before / 1024:.1f} -> "
             f"{reorder.peak_live_after / 1024:.1f} KB") in report

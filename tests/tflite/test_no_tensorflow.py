@@ -2,7 +2,7 @@
 
 Every module of ``tfpock.tflite`` is imported in a fresh interpreter with TensorFlow, Keras and
 tf_keras blocked (``tests/portability/device_protocol.py``'s blocker), and the file pipeline
-(fuse and reorder) runs there on an exported model: its file and records must equal the
+(fuse, reorder, inplace) runs there on an exported model: its file and records must equal the
 host's.
 """
 import hashlib
@@ -28,13 +28,15 @@ device._block_tensorflow()
 import tfpock.tflite
 from graph_passes.pass_base import Sequential
 from tfpock.tflite.fuse import Fuse
+from tfpock.tflite.inplace import Inplace
 from tfpock.tflite.ir import TfliteFile
 from tfpock.tflite.reorder import Reorder
 modules = [m.name for m in pkgutil.iter_modules(tfpock.tflite.__path__, "tfpock.tflite.")]
 for name in modules:
     importlib.import_module(name)
 content = open(sys.argv[1], "rb").read()
-ir, records = Sequential([Fuse(), Reorder()], check_invariants=True)(TfliteFile(content, "train"))
+ir, records = Sequential([Fuse(), Reorder(), Inplace()],
+                             check_invariants=True)(TfliteFile(content, "train"))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in device.BLOCKED)
 print(json.dumps({"modules": modules, "sha": hashlib.sha256(ir.content).hexdigest(),
                   "records": [[r.name, r.ops_before, r.ops_after, r.peak_live_before,
@@ -59,8 +61,9 @@ def test_every_module_imports_and_the_file_passes_run_without_tensorflow(exporte
     assert proc.returncode == 0, proc.stderr
     device = json.loads(proc.stdout.strip().splitlines()[-1])
     assert device["blocked"] == [] and device["loaded"] == []
-    assert {"tfpock.tflite.fuse", "tfpock.tflite.reorder", "tfpock.tflite.memory",
-            "tfpock.tflite.memory_cli", "tfpock.tflite.model_file"} <= set(device["modules"])
+    assert {"tfpock.tflite.fuse", "tfpock.tflite.reorder", "tfpock.tflite.inplace",
+            "tfpock.tflite.memory", "tfpock.tflite.memory_cli",
+            "tfpock.tflite.model_file"} <= set(device["modules"])
     host, records = build_file_pipeline(passes={"reorder": True})(
         TfliteFile(exported.read_bytes(), "train"))
     assert device["sha"] == hashlib.sha256(host.content).hexdigest()
