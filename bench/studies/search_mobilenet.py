@@ -115,7 +115,8 @@ def main(argv):
                f"--{k} {getattr(f, k)}" for k in ("pretrain_epochs", "steps", "seeds",
                                                   "refine", "depth_compiles", "epochs",
                                                   "fractions", "full_memory_bytes",
-                                                  "hand_schemes", "cache_dir", "warm_only")
+                                                  "hand_schemes", "cache_dir", "warm_only",
+                                                  "refine_cached")
            ).replace("[", "").replace("]", "").replace("', '", ",").replace("'", ""),
            "settings": {k: getattr(f, k) for k in ("pretrain_epochs", "steps", "seeds", "refine",
                                                    "depth_compiles", "lr", "epochs")}}
@@ -142,7 +143,8 @@ def main(argv):
     fractions = [float(v) for v in f.fractions]
     if f.warm_only:
         doc["searches"] = warm_budgets(model, train, val, loss, opt, settings, fractions[1:],
-                                       doc["full_memory_bytes"])
+                                       doc["full_memory_bytes"],
+                                       [int(v) for v in f.refine_cached])
         doc["uptime_searches_end"] = doc["uptime_end"] = uptime()
         doc["device"] = []
         cli.write_results(doc, markdown(doc), f.name, f.out_dir)
@@ -199,13 +201,14 @@ def keep_cold_cache(cache_dir: str) -> None:
             shutil.copy(os.path.join(cache_dir, n), os.path.join(cache_dir, "cold", n))
 
 
-def warm_budgets(model, train, val, loss, opt, settings, fractions, full_bytes) -> list[dict]:
+def warm_budgets(model, train, val, loss, opt, settings, fractions, full_bytes,
+                 refine_cached) -> list[dict]:
     """Other budgets from a warm cache (``--warm_only``: the cold search ran before with
     ``--cache_dir``): each budget starts from the cold search's cache as saved (the
     process-wide copy is dropped and the file restored before each), so no budget profits
-    from another's measurements. Two passes; the first pays the probe's trace (a new
-    process), the second is the figure (``pass`` 2), as a second budget in the cold search's
-    process would run."""
+    from another's measurements. A first search, not reported, pays the probe's trace (a new
+    process); the rows are then as a second budget in the cold search's process would run,
+    with ``exact_checks`` 0 and 2 and each of ``refine_cached``."""
     import tfpock
     from tfpock.contribution import core
     cold = os.path.join(settings["cache_dir"] or "", "cold")
@@ -218,24 +221,26 @@ def warm_budgets(model, train, val, loss, opt, settings, fractions, full_bytes) 
     for n in files:
         with open(os.path.join(cold, n), "rb") as f:
             pristine[n] = f.read()
+
+    def restore():
+        core._MEMORY_CACHE.clear()
+        for n, data in pristine.items():
+            with open(os.path.join(settings["cache_dir"], n), "wb") as out:
+                out.write(data)
+
+    runs = [(None, fractions[0], 0, 1)] + [(True, fr, checks, rc) for rc in refine_cached
+                                           for fr in fractions for checks in (0, 2)]
     rows = []
-    for run in (1, 2):
-        for fraction in fractions:
-            for checks in (0, 2):
-                core._MEMORY_CACHE.clear()
-                for n, data in pristine.items():
-                    with open(os.path.join(settings["cache_dir"], n), "wb") as out:
-                        out.write(data)
-                budget = tfpock.Budget(memory_bytes=int(full_bytes * fraction))
-                start = time.perf_counter()
-                result = tfpock.search(model, train, val, loss, opt, budget, BATCH,
-                                       exact_checks=checks, **settings)
-                row = search_row(f"{fraction:g}, exact_checks={checks}, pass {run}", result,
-                                 time.perf_counter() - start)
-                rows.append(row)
-    for n, data in pristine.items():
-        with open(os.path.join(settings["cache_dir"], n), "wb") as out:
-            out.write(data)
+    for report, fraction, checks, rc in runs:
+        restore()
+        budget = tfpock.Budget(memory_bytes=int(full_bytes * fraction))
+        start = time.perf_counter()
+        result = tfpock.search(model, train, val, loss, opt, budget, BATCH,
+                               exact_checks=checks, refine_cached=rc, **settings)
+        if report:
+            rows.append(search_row(f"{fraction:g}, exact_checks={checks}, refine_cached={rc}",
+                                   result, time.perf_counter() - start))
+    restore()
     return rows
 
 
@@ -258,17 +263,18 @@ def markdown(doc: dict) -> str:
              f"the searches; `{doc['uptime_end']}` at the end (2 shared cores).", "",
              f"Full fine-tuning's training memory: {doc['full_memory_bytes']:,} bytes "
              f"({doc['full_memory_note']}).", "",
-             "| budget (fraction of full) | choice | wall s | compiles | from cache | gain pred / "
-             "meas | memory pred / exact | step ms pred / meas |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| budget (fraction of full) | choice | wall s | compiles | probe runs | from cache | "
+             "gain pred / meas | memory pred / exact | step ms pred / meas |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["searches"]:
         if "error" in r:
-            lines.append(f"| {r['label']} | {r['error']} | {r['wall_s']:.1f} | | | | | |")
+            lines.append(f"| {r['label']} | {r['error']} | {r['wall_s']:.1f} | | | | | | |")
             continue
         repaired = "".join(f" (repaired: `{p['choice']}` compiled to "
                            f"{p['exact_memory_bytes']:,})" for p in r["repairs"])
         lines.append(f"| {r['label']} | `{r['choice']}`{repaired} | {r['wall_s']:.1f} | "
-                     f"{r['compiles']} | {r['from_cache']} | {r['predicted_gain']:.4f} / "
+                     f"{r['compiles']} | {r['probe_runs']} | {r['from_cache']} | "
+                     f"{r['predicted_gain']:.4f} / "
                      f"{r['measured_gain']:.4f} | {r['predicted_memory_bytes']:,.0f} / "
                      f"{r['exact_memory_bytes']:,} | {r['predicted_step_ms']:.2f} / "
                      f"{r['measured_step_ms']:.2f} |")
@@ -314,6 +320,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("warm_only", False, "Only time the budgets after the first from the "
                       "warm cache in --cache_dir (each from the cold cache as saved).")
     flags.DEFINE_string("name", "search-mobilenet", "Results file name.")
+    flags.DEFINE_list("refine_cached", ["6", "1"], "With --warm_only: the refinement "
+                      "evaluations of a budget from the cache, each timed.")
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
 

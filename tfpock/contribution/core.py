@@ -56,7 +56,9 @@ from tfpock.contribution.select import Item, predict, select
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "tfpock-search-cache/1"
+# /2: per-seed gains of measured combinations, screened mutations (12-07); and every exact
+# cost measured by the compiler before the per-offset kxk input gradient is stale
+CACHE_FORMAT = "tfpock-search-cache/2"
 _MEMORY_CACHE: dict[str, dict] = {}   # key -> cache document, for this process
 _PROBES: dict[str, Probe] = {}        # key -> traced probe, for this process
 # Exact costs by (model config, scheme, settings): a cost depends on the graph, not on the
@@ -72,7 +74,8 @@ def default_cache_dir() -> str:
 def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Budget,
            batch_size: int = 8, *, base: str | Sequence[str] | None = None,
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
-           cache_dir: str | None = "default", learning_rate: float | None = None,
+           refine_cached: int | None = None, cache_dir: str | None = "default",
+           learning_rate: float | None = None,
            progress: bool | None = None, compile_checks: bool = False,
            costs: str = "exact", depth_compiles: int = 8,
            exact_checks: int = 2) -> SearchResult:
@@ -90,7 +93,15 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         seeds: how many batch orders each contribution is averaged over.
         time_steps: one-thread steps timed per candidate on ai-edge-litert (0: no times;
             then ``budget.step_ms`` cannot be used).
-        refine: probe evaluations of the evolutionary refinement (0: knapsack only).
+        refine: probe evaluations of the evolutionary refinement (0: knapsack only); an
+            evaluation is ``seeds`` probe runs, a mutation screened out on the first seed
+            costs one.
+        refine_cached: evaluations of the refinement for a budget whose contributions come
+            from the cache (a new budget; default ``refine``). The first search's checks
+            and refinement, and every combination measured since, seed it at no cost, so a
+            smaller number still explores around the new knapsack pick: MobileNetV2 0.35
+            @96 runs ~1 s a probe run here, and a new budget took X s with 6 and Y s with
+            1 (bench/results/2026-12-07-x86_64-2core-search-cache.md).
         cache_dir: where contributions and costs are cached (``"default"``:
             ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
         learning_rate: the probe's learning rate (default: the optimizer's).
@@ -121,6 +132,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
                                ("seeds", seeds, 1), ("time_steps", time_steps, 0),
                                ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
+                               ("refine_cached", refine if refine_cached is None
+                                else refine_cached, 0),
                                ("exact_checks", exact_checks, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
@@ -170,6 +183,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
 
     # 3: selection under the additive model
     selection_started = time.perf_counter()
+    if analysed_from_cache:
+        refine = refine if refine_cached is None else refine_cached
     knap, knap_choice, checks, refinement, final, exact, repairs = state.choose(
         groups, base_item, budget, by_key, time_steps, compile_checks, refine, exact_checks,
         warm=analysed_from_cache)
