@@ -98,10 +98,11 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             costs one.
         refine_cached: evaluations of the refinement for a budget whose contributions come
             from the cache (a new budget; default ``refine``). The first search's checks
-            and refinement, and every combination measured since, seed it at no cost, so a
-            smaller number still explores around the new knapsack pick: MobileNetV2 0.35
-            @96 runs ~1 s a probe run here, and a new budget took X s with 6 and Y s with
-            1 (bench/results/2026-12-07-x86_64-2core-search-cache.md).
+            and refinement, and every combination measured since, seed it at no cost. A new
+            budget runs the probe ``seeds`` times for its knapsack pick (unless measured
+            before) plus what this refinement measures: MobileNetV2 0.35 @96 at load 8-10,
+            2 seeds, ~1-2 s a probe run: 9.5-26 s with 6, 6.2-9.2 s with 1, 3.2-3.8 s with 0
+            (bench/results/2026-12-07-x86_64-2core-search-cache.md).
         cache_dir: where contributions and costs are cached (``"default"``:
             ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
         learning_rate: the probe's learning rate (default: the optimizer's).
