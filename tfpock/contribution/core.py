@@ -100,9 +100,10 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             from the cache (a new budget; default ``refine``). The first search's checks
             and refinement, and every combination measured since, seed it at no cost. A new
             budget runs the probe ``seeds`` times for its knapsack pick (unless measured
-            before) plus what this refinement measures: MobileNetV2 0.35 @96 at load 8-10,
-            2 seeds, ~1-2 s a probe run: 9.5-26 s with 6, 6.2-9.2 s with 1, 3.2-3.8 s with 0
-            (bench/results/2026-12-07-x86_64-2core-search-cache.md).
+            before) plus what this refinement measures: MobileNetV2 0.35 @96, 2 seeds, at
+            load ~1.5: 2.9-4.5 s with 6, 1.0-1.6 s with 1, 0.8 s with 0; at load 8-10
+            (~1.9 s a probe run) 9.5-26 s, 6.2-9.2 s, 3.2-3.8 s
+            (bench/results/2026-12-07-x86_64-2core-search-cache-quiet.md, ...-search-cache.md).
         cache_dir: where contributions and costs are cached (``"default"``:
             ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
         learning_rate: the probe's learning rate (default: the optimizer's).
