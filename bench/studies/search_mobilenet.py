@@ -115,8 +115,9 @@ def main(argv):
                f"--{k} {getattr(f, k)}" for k in ("pretrain_epochs", "steps", "seeds",
                                                   "refine", "depth_compiles", "epochs",
                                                   "fractions", "full_memory_bytes",
-                                                  "hand_schemes")).replace("[", "").replace(
-               "]", "").replace("', '", ",").replace("'", ""),
+                                                  "hand_schemes", "cache_dir", "warm_only",
+                                                  "refine_cached")
+           ).replace("[", "").replace("]", "").replace("', '", ",").replace("'", ""),
            "settings": {k: getattr(f, k) for k in ("pretrain_epochs", "steps", "seeds", "refine",
                                                    "depth_compiles", "lr", "epochs")}}
     x, y = digits_96()
@@ -137,9 +138,17 @@ def main(argv):
         doc["full_memory_note"] = f"compiled here in {time.perf_counter() - start:.0f} s"
     logging.info("full fine-tuning: %d bytes", doc["full_memory_bytes"])
     settings = dict(steps=f.steps, seeds=f.seeds, refine=f.refine, costs="predicted",
-                    depth_compiles=f.depth_compiles, time_steps=10, cache_dir=None)
+                    depth_compiles=f.depth_compiles, time_steps=10, cache_dir=f.cache_dir)
     doc["searches"] = []
     fractions = [float(v) for v in f.fractions]
+    if f.warm_only:
+        doc["searches"] = warm_budgets(model, train, val, loss, opt, settings, fractions[1:],
+                                       doc["full_memory_bytes"],
+                                       [int(v) for v in f.refine_cached])
+        doc["uptime_searches_end"] = doc["uptime_end"] = uptime()
+        doc["device"] = []
+        cli.write_results(doc, markdown(doc), f.name, f.out_dir)
+        return 0
     # the first budget is the cold search; each other budget from the cache twice: with
     # exact_checks=0 (no compile: the best known-cost scheme that fits) and with the default
     # exact check (the pick compiled unless known, repaired if over)
@@ -157,6 +166,8 @@ def main(argv):
             continue
         row = search_row(label, result, time.perf_counter() - start)
         if i == 0:
+            if f.cache_dir:   # the cold cache as saved, for --warm_only
+                keep_cold_cache(f.cache_dir)
             row["uptime_after"] = uptime()
             row["table"] = result.table
             row["estimate"] = result.summary.get("estimate")
@@ -176,8 +187,61 @@ def main(argv):
                          r["memory_bytes"])
     doc.pop("scheme", None)
     doc["uptime_end"] = uptime()
-    cli.write_results(doc, markdown(doc), "search-mobilenet", f.out_dir)
+    cli.write_results(doc, markdown(doc), f.name, f.out_dir)
     return 0
+
+
+def keep_cold_cache(cache_dir: str) -> None:
+    """Copies the search cache files to ``<cache_dir>/cold/`` (what ``--warm_only`` starts
+    every budget from)."""
+    import shutil
+    os.makedirs(os.path.join(cache_dir, "cold"), exist_ok=True)
+    for n in os.listdir(cache_dir):
+        if n.endswith(".json"):
+            shutil.copy(os.path.join(cache_dir, n), os.path.join(cache_dir, "cold", n))
+
+
+def warm_budgets(model, train, val, loss, opt, settings, fractions, full_bytes,
+                 refine_cached) -> list[dict]:
+    """Other budgets from a warm cache (``--warm_only``: the cold search ran before with
+    ``--cache_dir``): each budget starts from the cold search's cache as saved (the
+    process-wide copy is dropped and the file restored before each), so no budget profits
+    from another's measurements. A first search, not reported, pays the probe's trace (a new
+    process); the rows are then as a second budget in the cold search's process would run,
+    with ``exact_checks`` 0 and 2 and each of ``refine_cached``."""
+    import tfpock
+    from tfpock.contribution import core
+    cold = os.path.join(settings["cache_dir"] or "", "cold")
+    files = sorted(n for n in os.listdir(cold) if n.endswith(".json")) \
+        if os.path.isdir(cold) else []
+    if not files:
+        raise SystemExit(f"--warm_only: no cold search cache in {cold}; run the cold search "
+                         "with --cache_dir first")
+    pristine = {}
+    for n in files:
+        with open(os.path.join(cold, n), "rb") as f:
+            pristine[n] = f.read()
+
+    def restore():
+        core._MEMORY_CACHE.clear()
+        for n, data in pristine.items():
+            with open(os.path.join(settings["cache_dir"], n), "wb") as out:
+                out.write(data)
+
+    runs = [(None, fractions[0], 0, 1)] + [(True, fr, checks, rc) for rc in refine_cached
+                                           for fr in fractions for checks in (0, 2)]
+    rows = []
+    for report, fraction, checks, rc in runs:
+        restore()
+        budget = tfpock.Budget(memory_bytes=int(full_bytes * fraction))
+        start = time.perf_counter()
+        result = tfpock.search(model, train, val, loss, opt, budget, BATCH,
+                               exact_checks=checks, refine_cached=rc, **settings)
+        if report:
+            rows.append(search_row(f"{fraction:g}, exact_checks={checks}, refine_cached={rc}",
+                                   result, time.perf_counter() - start))
+    restore()
+    return rows
 
 
 def markdown(doc: dict) -> str:
@@ -199,22 +263,23 @@ def markdown(doc: dict) -> str:
              f"the searches; `{doc['uptime_end']}` at the end (2 shared cores).", "",
              f"Full fine-tuning's training memory: {doc['full_memory_bytes']:,} bytes "
              f"({doc['full_memory_note']}).", "",
-             "| budget (fraction of full) | choice | wall s | compiles | from cache | gain pred / "
-             "meas | memory pred / exact | step ms pred / meas |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| budget (fraction of full) | choice | wall s | compiles | probe runs | from cache | "
+             "gain pred / meas | memory pred / exact | step ms pred / meas |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["searches"]:
         if "error" in r:
-            lines.append(f"| {r['label']} | {r['error']} | {r['wall_s']:.1f} | | | | | |")
+            lines.append(f"| {r['label']} | {r['error']} | {r['wall_s']:.1f} | | | | | | |")
             continue
         repaired = "".join(f" (repaired: `{p['choice']}` compiled to "
                            f"{p['exact_memory_bytes']:,})" for p in r["repairs"])
         lines.append(f"| {r['label']} | `{r['choice']}`{repaired} | {r['wall_s']:.1f} | "
-                     f"{r['compiles']} | {r['from_cache']} | {r['predicted_gain']:.4f} / "
+                     f"{r['compiles']} | {r['probe_runs']} | {r['from_cache']} | "
+                     f"{r['predicted_gain']:.4f} / "
                      f"{r['measured_gain']:.4f} | {r['predicted_memory_bytes']:,.0f} / "
                      f"{r['exact_memory_bytes']:,} | {r['predicted_step_ms']:.2f} / "
                      f"{r['measured_step_ms']:.2f} |")
     cold = doc["searches"][0]
-    if "error" not in cold:
+    if "error" not in cold and "uptime_after" in cold:
         est = cold.get("estimate") or {}
         lines += ["", f"Cold search: {cold['wall_s']:.0f} s ({cold['analysis_s']:.0f} s "
                   f"analysis: {cold['probe_runs']} probe runs and {cold['compiles']} compiles in "
@@ -250,6 +315,13 @@ def define_flags() -> None:
     flags.DEFINE_list("fractions", ["0.25", "0.125", "0.5"],
                       "Budgets as fractions of full fine-tuning's memory; the first is cold.")
     flags.DEFINE_list("hand_schemes", ["last:1"], "Hand-made schemes fine-tuned too.")
+    flags.DEFINE_string("cache_dir", None, "Where the search cache is kept (default: this "
+                        "process only); with --warm_only, the cold search's cache.")
+    flags.DEFINE_bool("warm_only", False, "Only time the budgets after the first from the "
+                      "warm cache in --cache_dir (each from the cold cache as saved).")
+    flags.DEFINE_string("name", "search-mobilenet", "Results file name.")
+    flags.DEFINE_list("refine_cached", ["6", "1"], "With --warm_only: the refinement "
+                      "evaluations of a budget from the cache, each timed.")
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
 

@@ -46,16 +46,23 @@ EXPLICIT padding (converting the raw op with builtins only refuses both). Chosen
 
 * stride-1 1x1, trained (runtime) kernel: one batch matmul (:func:`takes_1x1_matmul`);
   TRANSPOSE_CONV with a runtime kernel runs on TFLite's slow builtin kernel.
-* stride-1 kxk: the "full" correlation of ``dy`` with the flipped kernel as patches + one
-  matmul (:func:`input_grad_matmul`),
+* stride-1 kxk: the "full" correlation of ``dy`` with the flipped kernel,
 
       dx[n, p, q, c] = sum_{i, j, o} dyp[n, p + i, q + j, o] * w[kh-1-i, kw-1-j, c, o],
 
-  ``dyp`` = ``dy`` padded by k-1 minus the forward padding per side; TRANSPOSE_CONV with a
-  runtime kernel is 1.8-2.8x slower and keeps a col2im scratch buffer. On whole models the
-  step and the measured arena fell although the graph timeline rose (the patches are kh*kw
-  times ``dy``; the scratch is not in the timeline): ResNet-18-style full scheme with it in
-  ``bench/results/2026-11-25-x86_64-2core-memory.md``.
+  ``dyp`` = ``dy`` padded by k-1 minus the forward padding per side, as one matmul per kernel
+  offset accumulated (:func:`input_grad_offsets`): no patches. TRANSPOSE_CONV with a runtime
+  kernel is 1.8-2.8x slower and keeps a col2im scratch buffer (not in the timeline; whole
+  models: ``bench/results/2026-11-25-x86_64-2core-memory.md``). Until 12-07 the offsets were
+  concatenated into patches for one matmul (:func:`input_grad_matmul`): the kh*kw slices and
+  their kh*kw-fold concatenation, all alive at the CONCATENATION, were the step's peak when a
+  kxk layer trained below another (digits CNN conv2 + conv3: 184,568 -> 79,096 bytes of
+  activations, full fine-tuning 229,816 -> 124,344, steps 0.92-1.12x;
+  ``bench/results/2026-12-07-x86_64-2core-kxk-input-grad.md``, ResNet-18 half:
+  ``...-ab-kxk-resnet.md``). A CONV_2D with the runtime kernel as its filter (the converter and
+  ai-edge-litert accept it) measured lower still in the timeline and no slower, but its
+  kernel may allocate an im2col buffer of the patches' size outside the graph, which the
+  timeline (what the search budgets) would not see: not chosen.
 * stride-1 kxk with a runtime kernel and no more input positions than output channels (deep
   layers, small batches; :func:`takes_kernel_as_is`): the same correlation as one batch matmul
   per kernel offset with the kernel as it is, summed, the flip done by listing the patches in
@@ -297,6 +304,11 @@ def dilate_kernel(w: tf.Tensor, dilations: tuple[int, int]) -> tf.Tensor:
     return w
 
 
+# bench/studies/kxk_input_grad.py: one form for every stride-1 kxk input gradient of a
+# runtime kernel (to measure the forms against each other); None: the rules above
+FORCED_INPUT_GRAD_FORM = None
+
+
 class Conv2DBackpropInputRule(LoweringRule):
     """Conv2DBackpropInput with dilations or EXPLICIT padding -> the undilated, VALID/SAME
     form that the converter turns into TRANSPOSE_CONV (module doc)."""
@@ -324,10 +336,12 @@ class Conv2DBackpropInputRule(LoweringRule):
         full = input_grad_matmul_window(graph, node)
         if full is not None and is_constant(graph, node.input[1]):
             return [input_grad_conv(w, dy, full, shape)]
+        if full is not None and FORCED_INPUT_GRAD_FORM is not None:
+            return [FORCED_INPUT_GRAD_FORM(w, dy, full, shape)]
         if full is not None and takes_kernel_as_is(graph, node):
             return [input_grad_kernel_as_is(w, dy, full, shape)]
         if full is not None:
-            return [input_grad_matmul(w, dy, full, shape)]
+            return [input_grad_offsets(w, dy, full, shape)]
         win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
         padding = graph.attr(node, "padding")
         if win.dilations != (1, 1):
@@ -416,6 +430,24 @@ def input_grad_kernel_as_is(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) ->
     (``offset_patches(flipped=True)``) and the kernel read as it is, transposed by the matmul."""
     patches = offset_patches(pad_spatial(dy, full.pads), full, tuple(shape[1:3]), flipped=True)
     return tf.reshape(kernel_as_is_matmul(patches, w, transpose_b=True), shape)
+
+
+def input_grad_offsets(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.Tensor:
+    """The correlation of :func:`input_grad_matmul` as kh*kw matmuls accumulated, one per
+    kernel offset, with no patches: ``dx = sum_{i, j} dyp[:, i:i+H, j:j+W, :] @
+    w[kh-1-i, kw-1-j]^T`` (the kernel's slice read as it is, transposed by the matmul).
+    Only one offset's slice of ``dyp`` and the running sum are needed at a time, against
+    kh*kw slices plus their kh*kw-fold concatenation for the patches."""
+    kh, kw, ci, co = w.shape
+    dyp = pad_spatial(dy, full.pads)
+    slices = offset_slices(dyp, full, tuple(shape[1:3]))
+    dx = None
+    for k, piece in enumerate(slices):
+        i, j = divmod(k, kw)
+        term = tf.matmul(tf.reshape(piece, [-1, co]), w[kh - 1 - i, kw - 1 - j],
+                         transpose_b=True)
+        dx = term if dx is None else dx + term
+    return tf.reshape(dx, shape)
 
 
 def takes_1x1_matmul(graph: Graph, node) -> bool:

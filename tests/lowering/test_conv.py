@@ -216,18 +216,25 @@ def ops_reading(graph, ref: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name, kernel_as_is", [
-    ("3x3_deep_same", True), ("5x3_deep_valid", True), ("3x3_s1_same", False)])
+    ("3x3_deep_same", True), ("5x3_deep_valid", True), ("3x3_s1_same", False),
+    ("5x5_s1_valid", False)])
 def test_stride_1_input_grad_reads_a_few_position_runtime_kernel_as_it_is(name, kernel_as_is):
     """With no more input positions than output channels, a trained kernel goes straight into
-    the batch matmul (no transpose, reverse or reshape copy of it each step); elsewhere it is
-    flipped and transposed for one matmul over concatenated patches."""
+    the batch matmul (no transpose, reverse or reshape copy of it each step); elsewhere each
+    kernel offset's slice of it goes into that offset's matmul (no copy of the whole kernel,
+    no patches: no concatenation or stack of the kh*kw slices of dy)."""
     op, kernel, dy, expected = input_case(name)
     result = lowered(op, Conv2DBackpropInputRule(), kernel, dy)
     readers = ops_reading(result.graph, "x0")   # the kernel: input_case's first placeholder
     if kernel_as_is:
         assert readers == ["BatchMatMulV2"]
     else:
-        assert set(readers) & set(KERNEL_COPIES)
+        kh, kw = kernel.shape[:2]
+        assert readers == ["StridedSlice"] * (kh * kw)
+        assert not set(KERNEL_COPIES) & set(readers)
+        ops = [node.op for node in result.graph.nodes.values()]
+        assert "ConcatV2" not in ops and "Pack" not in ops
+        assert ops.count("MatMul") + ops.count("BatchMatMulV2") == kh * kw
     assert_close(result.run_tf(), expected, peak_rtol=1e-5)
 
 

@@ -56,7 +56,9 @@ from tfpock.contribution.select import Item, predict, select
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = "tfpock-search-cache/1"
+# /2: per-seed gains of measured combinations, screened mutations (12-07); and every exact
+# cost measured by the compiler before the per-offset kxk input gradient is stale
+CACHE_FORMAT = "tfpock-search-cache/2"
 _MEMORY_CACHE: dict[str, dict] = {}   # key -> cache document, for this process
 _PROBES: dict[str, Probe] = {}        # key -> traced probe, for this process
 # Exact costs by (model config, scheme, settings): a cost depends on the graph, not on the
@@ -72,7 +74,8 @@ def default_cache_dir() -> str:
 def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Budget,
            batch_size: int = 8, *, base: str | Sequence[str] | None = None,
            steps: int = 20, seeds: int = 3, time_steps: int = 20, refine: int = 24,
-           cache_dir: str | None = "default", learning_rate: float | None = None,
+           refine_cached: int | None = None, cache_dir: str | None = "default",
+           learning_rate: float | None = None,
            progress: bool | None = None, compile_checks: bool = False,
            costs: str = "exact", depth_compiles: int = 8,
            exact_checks: int = 2) -> SearchResult:
@@ -90,7 +93,17 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         seeds: how many batch orders each contribution is averaged over.
         time_steps: one-thread steps timed per candidate on ai-edge-litert (0: no times;
             then ``budget.step_ms`` cannot be used).
-        refine: probe evaluations of the evolutionary refinement (0: knapsack only).
+        refine: probe evaluations of the evolutionary refinement (0: knapsack only); an
+            evaluation is ``seeds`` probe runs, a mutation screened out on the first seed
+            costs one.
+        refine_cached: evaluations of the refinement for a budget whose contributions come
+            from the cache (a new budget; default ``refine``). The first search's checks
+            and refinement, and every combination measured since, seed it at no cost. A new
+            budget runs the probe ``seeds`` times for its knapsack pick (unless measured
+            before) plus what this refinement measures: MobileNetV2 0.35 @96, 2 seeds, at
+            load ~1.5: 2.9-4.5 s with 6, 1.0-1.6 s with 1, 0.8 s with 0; at load 8-10
+            (~1.9 s a probe run) 9.5-26 s, 6.2-9.2 s, 3.2-3.8 s
+            (bench/results/2026-12-07-x86_64-2core-search-cache-quiet.md, ...-search-cache.md).
         cache_dir: where contributions and costs are cached (``"default"``:
             ``$XDG_CACHE_HOME/tfpock/search``; None: this process only).
         learning_rate: the probe's learning rate (default: the optimizer's).
@@ -121,6 +134,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1),
                                ("seeds", seeds, 1), ("time_steps", time_steps, 0),
                                ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
+                               ("refine_cached", refine if refine_cached is None
+                                else refine_cached, 0),
                                ("exact_checks", exact_checks, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
@@ -170,22 +185,12 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
 
     # 3: selection under the additive model
     selection_started = time.perf_counter()
-    knap = select(groups, base_item, budget.memory_bytes, budget.step_ms)
-    knap_choice = {i.group: by_key[i.key] for i in knap}
+    if analysed_from_cache:
+        refine = refine if refine_cached is None else refine_cached
+    knap, knap_choice, checks, refinement, final, exact, repairs = state.choose(
+        groups, base_item, budget, by_key, time_steps, compile_checks, refine, exact_checks,
+        warm=analysed_from_cache)
     predicted = predict(knap, base_item)
-    # 4: verification (measured gain of the pick and of a few other schemes) and refinement
-    checks = state.checks(groups, base_item, budget, by_key, knap, time_steps,
-                          compile_checks)
-    # seeds of the refinement: the checked schemes, and every measured combination whose
-    # exact cost is known and fits (a pick of an earlier budget), so a larger budget never
-    # ends below a smaller one's measured pick
-    checked = [_choice_of(c["choice"], by_key) for c in checks]
-    known = [c for c in state.known_fits(budget, by_key)
-             if cand.choice_key(c) in cache["measured"]]
-    chosen, refinement = state.refine(groups, base_item, budget, by_key, knap_choice, refine,
-                                      [c for c in checked if c is not None] + known)
-    final, exact, repairs = state.verify_cost(groups, base_item, budget, by_key, chosen,
-                                              time_steps, exact_checks)
     _save_cache(key, cache, cache_dir)
     selection_s = time.perf_counter() - selection_started
 
@@ -391,11 +396,12 @@ class _State:
         return (self.x[order].reshape(shape + self.x.shape[1:]),
                 self.y[order].reshape(shape + self.y.shape[1:]))
 
-    def _losses(self, choice: dict) -> tuple[list[float], list[float]]:
-        """Validation loss and accuracy of base + ``choice`` after the brief run, per seed."""
+    def _losses(self, choice: dict, seeds=None) -> tuple[list[float], list[float]]:
+        """Validation loss and accuracy of base + ``choice`` after the brief run, per seed
+        (those of ``seeds``, default all)."""
         probe, scheme = self._probe(), cand.scheme_of(self.base, choice)
         losses, accs = [], []
-        for seed in range(self.seeds):
+        for seed in (range(self.seeds) if seeds is None else seeds):
             xb, yb = self._batches(seed)
             value, out = probe.run(scheme, xb, yb)
             self.probe_runs += 1
@@ -408,16 +414,52 @@ class _State:
         cached by the combination."""
         key = cand.choice_key(choice)
         if key not in self.cache["measured"]:
+            single = self.cache.get("candidates", {}).get(key) if len(choice) == 1 else None
             if not choice:
                 self.cache["measured"][key] = {"gain": 0.0, "gain_std": 0.0,
                                                "val_accuracy": self.cache["base"]["val_accuracy"]}
+            elif single is not None and "gains" in single:
+                # one option alone: the analysis ran exactly this probe (same start, batches)
+                self.cache["measured"][key] = {
+                    "gain": single["gain"], "gain_std": single["gain_std"],
+                    "gains": single["gains"], "val_accuracy":
+                        self.cache["base"]["val_accuracy"] + single["accuracy_gain"]}
             else:
-                losses, accs = self._losses(choice)
+                first = self.cache.get("screened", {}).get(key)
+                if first is None:
+                    losses, accs = self._losses(choice)
+                else:   # the first seed was run by screen(): the others only
+                    losses, accs = self._losses(choice, range(1, self.seeds))
+                    losses, accs = [first["loss"]] + losses, [first["accuracy"]] + accs
                 gains = np.array(self.cache["base"]["val_losses"]) - np.array(losses)
                 self.cache["measured"][key] = {"gain": float(gains.mean()),
                                                "gain_std": float(gains.std()),
+                                               "gains": gains.tolist(),
                                                "val_accuracy": float(np.mean(accs))}
         return self.cache["measured"][key]
+
+    def screen(self, choice: dict) -> float:
+        """The gain of base + ``choice`` on the first seed's batches only (one probe run
+        instead of ``seeds``), cached; the full measurement's first seed when known."""
+        key = cand.choice_key(choice)
+        if not choice:
+            return 0.0
+        if self.known(choice):
+            known = self.measure(choice)
+            if "gains" in known:
+                return known["gains"][0]
+        screened = self.cache.setdefault("screened", {})
+        if key not in screened:
+            losses, accs = self._losses(choice, range(1))
+            screened[key] = {"loss": losses[0], "accuracy": accs[0]}
+        return float(self.cache["base"]["val_losses"][0] - screened[key]["loss"])
+
+    def known(self, choice: dict) -> bool:
+        """Whether the measured gain of base + ``choice`` needs no probe run: measured
+        before (this budget or another), a single option (the analysis), or the base."""
+        key = cand.choice_key(choice)
+        return (not choice or key in self.cache["measured"]
+                or (len(choice) == 1 and key in self.cache.get("candidates", {})))
 
     def analyse(self, options: dict, time_steps: int) -> None:
         """Contributions (probe) of the base and every option; their costs exact (a compile
@@ -480,12 +522,37 @@ class _State:
             self.cache["exact"][key] = dict(_COSTS[memo])
         return dict(self.cache["exact"][key])
 
+    def choose(self, groups, base_item, budget, by_key, time_steps, compile_checks,
+               refine, exact_checks, warm):
+        """Steps 3-4 for one budget: the knapsack's pick, the checks, the refinement, the
+        exact cost check. ``warm``: the contributions came from the cache (a new budget)."""
+        knap = select(groups, base_item, budget.memory_bytes, budget.step_ms)
+        knap_choice = {i.group: by_key[i.key] for i in knap}
+        checks = self.checks(groups, base_item, budget, by_key, knap, time_steps,
+                             compile_checks, warm=warm)
+        # seeds of the refinement: the checked schemes, every measured combination whose
+        # exact cost is known and fits (a pick of an earlier budget), so a larger budget
+        # never ends below a smaller one's measured pick, and every measured combination
+        # predicted to fit (earlier budgets' checks and refinement): none costs a probe run
+        seeds = [c for c in (_choice_of(c["choice"], by_key) for c in checks) if c is not None]
+        seeds += [c for c in self.known_fits(budget, by_key)
+                  if cand.choice_key(c) in self.cache["measured"]]
+        seeds += [c for c in (_choice_of(k, by_key) for k in self.cache["measured"])
+                  if c is not None and _fits(predict(_items_of(groups, c), base_item), budget)]
+        chosen, refinement = self.refine(groups, base_item, budget, by_key, knap_choice,
+                                         refine, seeds)
+        final, exact, repairs = self.verify_cost(groups, base_item, budget, by_key, chosen,
+                                                 time_steps, exact_checks)
+        return knap, knap_choice, checks, refinement, final, exact, repairs
+
     def checks(self, groups, base_item, budget, by_key, knap, time_steps,
-               compile_checks) -> list[dict]:
+               compile_checks, warm: bool = False) -> list[dict]:
         """Predicted vs measured gain, and predicted vs exact memory and time, for the
         knapsack's pick and a few others: the best
         pick at half the budget, the best single option, and all the feasible best options
-        of each layer together."""
+        of each layer together. ``warm`` (a new budget from the cache): the others are the
+        additivity report, made by the first search; they are listed only when their gain
+        needs no probe run (:meth:`known`), the knapsack's pick is always measured."""
         others = {"knapsack": knap}
         half = Budget(None if budget.memory_bytes is None else max(
             1, int(base_item.activation_bytes + base_item.variable_bytes +
@@ -505,6 +572,8 @@ class _State:
         out = []
         for name, items in others.items():
             choice = {i.group: by_key[i.key] for i in items}
+            if warm and name != "knapsack" and not self.known(choice):
+                continue
             m = self.measure(choice)
             p = predict(items, base_item)
             key = cand.choice_key(choice)
@@ -523,7 +592,13 @@ class _State:
         schemes (all predicted-feasible, their gains already measured): each generation
         mutates the best combinations (one layer's option changed, or dropped), keeps the
         predicted-feasible ones and measures them with the probe; the best measured wins
-        (a checked single option can beat a combination whose gains did not add up)."""
+        (a checked single option can beat a combination whose gains did not add up).
+
+        A mutation is screened first on the first seed's batches (one probe run, cached):
+        only if it beats the current best there are the other seeds run; a rejected one
+        costs 1/seeds of an evaluation (``evaluations`` counts full measurements' worth of
+        probe runs). A mutation whose gain is known (measured for an earlier budget, or a
+        single option) costs no probe run."""
         rng = np.random.default_rng(0)
         start_gain = self.measure(start)["gain"]
         best = [(start_gain, dict(start))]
@@ -533,7 +608,7 @@ class _State:
                 seen.add(cand.choice_key(choice))
                 best.append((self.measure(choice)["gain"], dict(choice)))
         best.sort(key=lambda t: -t[0])
-        tried = 0
+        tried, screened_out = 0.0, 0
         layer_items = {g[0].group: g for g in groups if g}
         while tried < evaluations and layer_items:
             parent = best[rng.integers(min(3, len(best)))][1]
@@ -545,17 +620,24 @@ class _State:
             else:
                 child[layer] = by_key[layer_items[layer][pick].key]
             k = cand.choice_key(child)
-            items = [i for g in groups for i in g if i.key in {o.key for o in child.values()}]
-            if k in seen or not _fits(predict(items, base_item), budget):
+            if k in seen or not _fits(predict(_items_of(groups, child), base_item), budget):
                 seen.add(k)
                 tried += 0.25   # a rejected mutation costs a little, so the loop ends
                 continue
             seen.add(k)
-            tried += 1
+            if self.known(child):
+                tried += 0.25
+            elif self.seeds > 1 and self.screen(child) <= self.screen(best[0][1]):
+                tried += 1 / self.seeds
+                screened_out += 1
+                continue
+            else:
+                tried += 1
             best.append((self.measure(child)["gain"], child))
             best.sort(key=lambda t: -t[0])
         gain, choice = best[0]
-        return choice, {"evaluations": int(tried), "knapsack_measured_gain": start_gain,
+        return choice, {"evaluations": int(math.ceil(tried)), "screened_out": screened_out,
+                        "knapsack_measured_gain": start_gain,
                         "refined_measured_gain": gain,
                         "bought": gain - start_gain, "choice": cand.choice_key(choice)}
 
@@ -610,6 +692,12 @@ def _choice_of(key: str, by_key: dict) -> dict | None:
     if not all(p in by_key for p in parts):
         return None
     return {by_key[p].layer: by_key[p] for p in parts}
+
+
+def _items_of(groups, choice: dict) -> list[Item]:
+    """The selection's items of a combination's options."""
+    keys = {o.key for o in choice.values()}
+    return [i for g in groups for i in g if i.key in keys]
 
 
 def _fits(p, budget: Budget) -> bool:
