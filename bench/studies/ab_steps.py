@@ -30,7 +30,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The command line (run as a script only: ``bench/cli.py`` says why)."""
     flags.DEFINE_string("export", None, "MODEL:SCHEME:BATCH of bench.models to export "
-                        "(e.g. resnet18_half_96:last:4:1), BN frozen, SGD 0.01.")
+                        "(e.g. resnet18_half_96:last:4:1, resnet18_half_96:full:8), BN "
+                        "frozen, SGD 0.01.")
     flags.DEFINE_string("export_to", None, "Where --export writes the .tflite.")
     flags.DEFINE_integer("rounds", 11, "Interleaved rounds.")
     flags.DEFINE_integer("steps", 30, "Timed steps per file per round.")
@@ -43,13 +44,14 @@ def export(spec: str, path: str) -> None:
     import keras
     import tfpock
     from bench import models
-    name, scheme_kind, scheme_n, batch = spec.split(":")
+    parts = spec.split(":")
+    name, scheme, batch = parts[0], ":".join(parts[1:-1]), parts[-1]
     builders = {"mobilenet_v2_035_128": models.mobilenet_v2, "resnet18_half_96": models.resnet18}
     if name not in builders:
         raise app.UsageError(f"--export: model {name!r} is not one of {sorted(builders)}")
     program = tfpock.optimize(
         builders[name](), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        optimizer=keras.optimizers.SGD(0.01), scheme=f"{scheme_kind}:{scheme_n}",
+        optimizer=keras.optimizers.SGD(0.01), scheme=scheme,
         batch_size=int(batch))
     program.export(path)
 

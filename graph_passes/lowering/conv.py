@@ -444,8 +444,12 @@ def input_grad_offsets(w: tf.Tensor, dy: tf.Tensor, full: Window, shape) -> tf.T
     dx = None
     for k, piece in enumerate(slices):
         i, j = divmod(k, kw)
-        term = tf.matmul(tf.reshape(piece, [-1, co]), w[kh - 1 - i, kw - 1 - j],
-                         transpose_b=True)
+        # 4-D operands: a BATCH_MATMUL, which XNNPACK takes with a runtime right-hand side;
+        # a 2-D matmul of a runtime kernel converts to FULLY_CONNECTED, which it does not
+        # (ResNet-18 half @96, full, batch 8: 169.4 ms a step that way against 150.8 with
+        # the patches, bench/results/2026-12-07-x86_64-2core-ab-kxk-resnet-full.md)
+        term = tf.matmul(tf.reshape(piece, [1, 1, -1, co]),
+                         w[kh - 1 - i:kh - i, kw - 1 - j:kw - j], transpose_b=True)
         dx = term if dx is None else dx + term
     return tf.reshape(dx, shape)
 

@@ -242,6 +242,10 @@ def test_second_budget_comes_from_the_cache(searched, monkeypatch):
     x, y = data(48, seed=1)
     other = core.cache_key(args[0], (x, y), {})
     assert other != second.summary["cache_key"]
+    # another compiler (any source change of graph_passes or tfpock): another key too
+    same = core.cache_key(args[0], (x, y), {})
+    monkeypatch.setattr(core, "compiler_fingerprint", lambda: "another compiler")
+    assert core.cache_key(args[0], (x, y), {}) != same
 
 
 def test_budget_nothing_fits_names_the_smallest_and_writes_nothing(searched, tmp_path):
