@@ -30,6 +30,12 @@ def define_output_flags() -> None:
     flags.DEFINE_string("machine", machine_name(), "Machine name in the result file names.")
 
 
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded: what a results file records beside
+    its wall times (the machine's 2 cores are often shared)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def write_results(doc: dict, text: str, name: str, out_dir: str) -> str:
     """Writes ``<out_dir>/<date>-<machine>-<name>.{json,md}`` (``doc["date"]`` and
     ``doc["machine"]`` name it); returns the stem, for a plot beside them."""

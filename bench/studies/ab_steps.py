@@ -100,7 +100,7 @@ def main(argv):
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "name": FLAGS.name, "rounds": FLAGS.rounds,
            "steps": FLAGS.steps, "affinity": sorted(os.sched_getaffinity(0)),
-           "load": [round(v, 2) for v in os.getloadavg()],
+           "load": cli.load_average(),
            "command": "python -m bench.studies.ab_steps --name " + FLAGS.name + " "
                       + " ".join(os.path.basename(p) for p in paths),
            "files": compare(paths, FLAGS.rounds, FLAGS.steps)}

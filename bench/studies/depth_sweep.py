@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -139,10 +140,10 @@ def add_work(group: dict, forward_file: str) -> None:
     step could reach if every added MAC ran as fast as XNNPACK runs the forward's), and the
     bytes its variable reads and assigns copy."""
     from tfpock.tflite import work
-    forward = work.count(open(forward_file, "rb").read(), "serving_default")
+    forward = work.count(pathlib.Path(forward_file).read_bytes(), "serving_default")
     for r in group["ratios"]:
-        step = work.count(open(group["schemes"][r["scheme"]]["files"][str(group["batch"])],
-                               "rb").read(), "train")
+        step = work.count(pathlib.Path(group["schemes"][r["scheme"]]["files"]
+                                       [str(group["batch"])]).read_bytes(), "train")
         r["macs_over_forward"] = step.macs / forward.macs
         r["mac_bound_ms"] = (r["floor_ms"] * r["macs_over_forward"]
                              if r["floor_ms"] else None)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -125,14 +126,14 @@ def mlp_half(model, name: str) -> dict:
     return {"default": "frozen", "layers": {path: {"weight_fraction": 0.5} for path in mlp}}
 
 
-def tape_reference(build, program, scheme_obj, batch, lr: float):
-    """The reference's loss and trained weights after one GradientTape SGD step."""
+def tape_reference(build, program, scheme_obj, first: dict, batch, lr: float):
+    """The reference's loss and trained weights after one GradientTape SGD step; ``first``:
+    the compiled program's weights before its step (LoRA's random first factors)."""
     import keras
     import tensorflow as tf
     reference = build()
-    if getattr(scheme_obj, "layers", None) and any(
-            getattr(p, "kernels", None) == "lora" for p in scheme_obj.layers.values()):
-        first = program.weights()
+    lora = any(p.kernels == "lora" for p in scheme_obj.layers.values())
+    if lora:
         for layer in reference._flatten_layers():
             if layer.path in scheme_obj.layers:
                 layer.enable_lora(4)
@@ -140,9 +141,8 @@ def tape_reference(build, program, scheme_obj, batch, lr: float):
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     trained = set(program.trained_paths)
     watched = [v for v in reference.trainable_variables if v.path in trained]
-    partial = {w.path: w for w in scheme_obj.resolve(reference) if w.channels is not None} \
-        if not any(p.kernels == "lora" for p in getattr(scheme_obj, "layers", {}).values()) \
-        else {}
+    partial = {} if lora else {w.path: w for w in scheme_obj.resolve(reference)
+                               if w.channels is not None}
     x, y, weights = batch
     with tf.GradientTape() as tape:
         value = loss(y, reference(x, training=True), sample_weight=weights)
@@ -198,11 +198,11 @@ def cell(model_name_: str, scheme: str, work: str, tfl214: str) -> dict:
     path = os.path.join(work, f"{model_name_}-{scheme}.tflite")
     program.export(path)
     before = program.weights()
-    ref_loss, ref_weights = tape_reference(build, program, scheme_obj, batch, lr)
+    ref_loss, ref_weights = tape_reference(build, program, scheme_obj, before, batch, lr)
     trainer = Trainer(path)
     out = trainer.train(x, y, sample_weight=weights, learning_rate=lr)
     row = {"model": model_name_, "scheme": scheme, "trained_paths": len(ref_weights),
-           "custom_ops": model_file.read(open(path, "rb").read()).custom_ops(),
+           "custom_ops": model_file.read(pathlib.Path(path).read_bytes()).custom_ops(),
            "ai-edge-litert": compare(out["loss"], trainer.weights(), before, ref_loss,
                                      ref_weights)}
     if tfl214:
@@ -254,7 +254,7 @@ def main(argv):
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "rows": [],
            "command": " ".join(["python -m bench.studies.lm_acceptance"] + sys.argv[1:]),
-           "load_start": [round(v, 2) for v in os.getloadavg()]}
+           "load_start": cli.load_average()}
     with tempfile.TemporaryDirectory() as work:
         for name in FLAGS.models:
             for scheme in FLAGS.schemes:
@@ -263,7 +263,7 @@ def main(argv):
                 except Exception as exc:  # noqa: BLE001 - a failed cell is a result
                     doc["rows"].append({"model": name, "scheme": scheme,
                                         "error": f"{type(exc).__name__}: {exc}"})
-                doc["load_end"] = [round(v, 2) for v in os.getloadavg()]
+                doc["load_end"] = cli.load_average()
                 text = markdown(doc)
                 cli.write_results(doc, text, FLAGS.name, FLAGS.out_dir)
     print(text)

@@ -193,9 +193,9 @@ def main(argv):
                  lm_steps.export(config, SCHEME, 1, c[1], FLAGS.cache_dir)) for c in cases}
     cpu = max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
-    doc.update(cpu=cpu, load_start=[round(v, 2) for v in os.getloadavg()])
+    doc.update(cpu=cpu, load_start=cli.load_average())
     doc["cases"] = [run_case(*files[c], *c, FLAGS.rounds) for c in cases]
-    doc["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["load_end"] = cli.load_average()
     text = markdown(doc)
     cli.write_results(doc, text, FLAGS.name, FLAGS.out_dir)
     print(text)

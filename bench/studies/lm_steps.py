@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -136,7 +137,7 @@ def ratios(rows: list[dict], schemes: list[str], files: dict | None = None) -> l
                 entry["keras_memory_at_floor"] = keras_row["peak_rss_mb"] / floor["peak_rss_mb"]
         if files and scheme in files:
             from tfpock.tflite import model_file, work
-            parsed = model_file.read(open(files[scheme], "rb").read())
+            parsed = model_file.read(pathlib.Path(files[scheme]).read_bytes())
             entry["macs_over_forward"] = (work.count(parsed, "train").macs
                                           / work.count(parsed, "infer").macs)
         out.append(entry)
@@ -150,14 +151,13 @@ def run_steps(config, seqs, batches, schemes, timing, cache_dir, written=None) -
     for seq in seqs:
         for batch in batches:
             group = contenders(config, seq, batch, schemes, cache_dir)
+            files = {c.scheme: c.spec["model_file"] for c in group if c.id == "tfpock"}
             rows = harness.run_group(group, timing)
             for row in rows:
                 if row["status"] == "ok":
                     row["tokens_per_s"] = batch * seq / row["step_ms"]["median"] * 1e3
                 else:
                     logging.warning("%s %s failed: %s", row["id"], row["scheme"], row["error"])
-            files = {scheme: export(config, scheme, batch, seq, cache_dir)
-                     for scheme in schemes}
             groups.append({"seq": seq, "batch": batch, "rows": rows,
                            "ratios": ratios(rows, schemes, files)})
             logging.info("seq %d batch %d done", seq, batch)
@@ -249,8 +249,9 @@ def rewrite(path: str) -> None:
         files = {scheme: export(doc["config"], scheme, group["batch"], group["seq"],
                                 FLAGS.cache_dir) for scheme in schemes}
         group["ratios"] = ratios(group["rows"], schemes, files)
-    print(steps_markdown(doc))
-    cli.write_results(doc, steps_markdown(doc), FLAGS.name, FLAGS.out_dir)
+    text = steps_markdown(doc)
+    print(text)
+    cli.write_results(doc, text, FLAGS.name, FLAGS.out_dir)
 
 
 def main(argv):
@@ -265,12 +266,12 @@ def main(argv):
            "machine": FLAGS.machine, "config": config, "parameters": count_parameters(config),
            "timing": {"rounds": timing.rounds, "round_s": timing.round_s},
            "command": " ".join(["python -m bench.studies.lm_steps"] + sys.argv[1:]),
-           "load_start": [round(v, 2) for v in os.getloadavg()]}
+           "load_start": cli.load_average()}
 
     def write(groups=None):
         if groups is not None:
             doc["groups"] = groups
-        doc["load_end"] = [round(v, 2) for v in os.getloadavg()]
+        doc["load_end"] = cli.load_average()
         text = kv_markdown(doc) if FLAGS.kv else steps_markdown(doc)
         cli.write_results(doc, text, name, FLAGS.out_dir)
         return text

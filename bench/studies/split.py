@@ -199,12 +199,12 @@ def main(argv):
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": FLAGS.machine, "rounds": FLAGS.rounds, "steps": FLAGS.steps,
            "affinity": sorted(os.sched_getaffinity(0)),
-           "load": [round(v, 2) for v in os.getloadavg()],
+           "load": cli.load_average(),
            "command": f"taskset -c 1 python -m bench.studies.split --before {FLAGS.before} "
                       f"--after {FLAGS.after} --rounds {FLAGS.rounds} --steps {FLAGS.steps} "
                       f"--name {FLAGS.name}"}
     doc.update(compare(FLAGS.before, FLAGS.after, FLAGS.rounds, FLAGS.steps))
-    doc["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    doc["load_end"] = cli.load_average()
     cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
 
 
