@@ -160,3 +160,25 @@ def test_language_model_study_runs_a_tfpock_worker(tmp_path):
         "groups": [{"seq": SEQ, "batch": BATCH, "rows": [keras_row, row, tf_row],
                     "ratios": [ratio]}]})
     assert "| full | 4.00 | 2.00 | 3.00 |" in text
+
+
+def test_update_floor_reads_what_the_step_writes_and_times_it(tmp_path):
+    """bench/update_floor.py: the shapes it updates are those the step assigns (the trained
+    kernel and bias), and its in-context model adds those updates to the forward."""
+    import numpy as np
+
+    import tfpock
+    from bench import update_floor
+    model = tiny_cnn()
+    program = tfpock.optimize(model, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), optimizer=keras.optimizers.SGD(0.1), scheme="last:1", batch_size=2)
+    path = str(tmp_path / "step.tflite")
+    program.export(path)
+    with open(path, "rb") as f:
+        content = f.read()
+    assert sorted(update_floor.assigned_shapes(content)) == [(3,), (4, 3)]
+    keras_file = str(tmp_path / "model.keras")
+    model.save(keras_file)
+    timed = update_floor.update_in_context_ms(content, keras_file, 2, rounds=1, reps=3)
+    assert set(timed) == {"forward_ms", "with_update_ms", "update_ms"}
+    assert np.isfinite(list(timed.values())).all() and timed["update_ms"] >= 0

@@ -42,7 +42,10 @@ def define_flags() -> None:
     flags.DEFINE_string("name", "depth", "Results file name after the date and machine.")
     flags.DEFINE_string("from_json", None, "Re-write an earlier sweep's results (its .json; "
                         "its exported files must still be there) with the work columns "
-                        "counted from the files, without timing anything.")
+                        "counted from the files (and the update floor timed, unless "
+                        "--noupdate_floor).")
+    flags.DEFINE_bool("update_floor", True, "Time each batch-1 scheme's least update cost "
+                      "in context (bench/update_floor.py) for the reachability lines.")
     cli.define_output_flags()
     flags.adopt_module_key_flags(cli)
     flags.DEFINE_string("work_dir", os.path.join(cli.RESULTS, "tmp-depth"), "Exported models.")
@@ -138,16 +141,26 @@ def add_work(group: dict, forward_file: str) -> None:
     (:mod:`tfpock.tflite.work`): its multiply-accumulates over the forward floor's, the
     time the floor would take for them at the floor's own speed (``mac_bound_ms``: what a
     step could reach if every added MAC ran as fast as XNNPACK runs the forward's), and the
-    bytes its variable reads and assigns copy."""
+    bytes its variable reads and assigns copy. At batch 1 with ``--update_floor``, also
+    ``update_ms``: the least its weight updates cost on builtin TFLite, timed in context
+    (:mod:`bench.update_floor`; the model.keras beside the forward file)."""
     from tfpock.tflite import work
     forward = work.count(pathlib.Path(forward_file).read_bytes(), "serving_default")
+    keras_file = os.path.join(os.path.dirname(forward_file), "model.keras")
     for r in group["ratios"]:
-        step = work.count(pathlib.Path(group["schemes"][r["scheme"]]["files"]
-                                       [str(group["batch"])]).read_bytes(), "train")
+        content = pathlib.Path(group["schemes"][r["scheme"]]["files"]
+                               [str(group["batch"])]).read_bytes()
+        step = work.count(content, "train")
         r["macs_over_forward"] = step.macs / forward.macs
         r["mac_bound_ms"] = (r["floor_ms"] * r["macs_over_forward"]
                              if r["floor_ms"] else None)
         r["variable_copy_mb"] = step.variable_copy_bytes / 2**20
+        if FLAGS.update_floor and group["batch"] == 1 and r["depth"] <= TARGET_DEPTH:
+            from bench import update_floor
+            r["update_ms"] = update_floor.update_in_context_ms(
+                content, keras_file, group["batch"])["update_ms"]
+            logging.info("%s %s: update floor %.3f ms", group["model"], r["scheme"],
+                         r["update_ms"])
 
 
 def _f(value, spec: str, suffix: str = "") -> str:
@@ -168,7 +181,8 @@ def reachability(group: dict) -> list[str]:
     """Lines saying which targets no step can reach: a step runs at least the forward, so a
     speed-up over Keras full (or tf.function) above the floor's own is out of reach, and a
     step cannot beat the floor by more than its MACs allow (``mac_bound_ms``) unless the
-    added MACs run faster than the forward's."""
+    added MACs run faster than the forward's, plus the least its weight updates cost on
+    builtin TFLite (``update_ms``, where timed)."""
     if group["batch"] != 1:
         return []
     out = []
@@ -177,8 +191,8 @@ def reachability(group: dict) -> list[str]:
                                                  r["tf_function_ms"]):
             continue
         keras_ms, tf_ms = r["keras_full_ms"] / KERAS_SPEEDUP, r["tf_function_ms"] / TF_SPEEDUP
-        bound = r.get("mac_bound_ms")
-        least = bound or r["floor_ms"]
+        bound, update = r.get("mac_bound_ms"), r.get("update_ms")
+        least = (bound or r["floor_ms"]) + (update or 0.0)
         limits = (("floor", FLOOR_RATIO * r["floor_ms"]), ("Keras", keras_ms),
                   ("tf.function", tf_ms))
         verdict = ", ".join(f"{name} {'reachable' if limit >= least else 'out of reach'}"
@@ -188,6 +202,8 @@ def reachability(group: dict) -> list[str]:
             f"{limits[0][1]:.2f} ms (floor), {keras_ms:.2f} ms (Keras), {tf_ms:.2f} ms "
             f"(tf.function); the floor is {r['floor_ms']:.2f} ms"
             + (f", the step's MACs at the floor's speed {bound:.2f} ms" if bound else "")
+            + (f", plus its least weight update {update:.2f} ms = {least:.2f} ms"
+               if update is not None else "")
             + f": {verdict}")
     return [""] + out if out else []
 
@@ -201,7 +217,10 @@ def markdown(doc: dict) -> str:
              "bench.studies.depth_sweep`. MACs x floor: the train signature's "
              "multiply-accumulates over the forward's (`tfpock.tflite.work`), the floor a "
              "step reaches if its added MACs run at the forward's speed; variable copies: "
-             "what its READ_VARIABLE and ASSIGN_VARIABLE copy per step.", ""]
+             "what its READ_VARIABLE and ASSIGN_VARIABLE copy per step; least weight update "
+             "(reachability lines, where timed): `bench/update_floor.py`, the READ, SUB and "
+             "ASSIGN an SGD update of the step's written tensors needs, timed after the "
+             "forward in one invoke, minus the forward.", ""]
     for group in doc["groups"]:
         lines += [f"## {group['model']}, BN {group['bn']}, batch {group['batch']}", "",
                   "| scheme | trained params | tfpock ms | floor ms | x floor | Keras full ms | "
