@@ -226,13 +226,16 @@ def compile_variant(model, scheme, skip: tuple[str, ...]) -> bytes:
 
 
 def _reordered(content: bytes):
-    """(the reordered file, reorder's pass record): the file pipeline with only reorder on,
-    as ``tfpock.optimize(..., passes={"reorder": True})`` runs it after conversion."""
+    """(the reordered file, reorder's pass record): the file pipeline with reorder and
+    inplace on (inplace after any reordering, as the export runs it: order decides TFLite's
+    buffer sharing), as ``tfpock.optimize(..., passes={"reorder": True})`` runs it after
+    conversion."""
     from tfpock import export
     from tfpock.pipeline import build_file_pipeline
     from tfpock.tflite.ir import TfliteFile
-    reordered, [record] = build_file_pipeline(passes={"fuse": False, "reorder": True})(
+    reordered, records = build_file_pipeline(passes={"fuse": False, "reorder": True})(
         TfliteFile(content, "train"))
+    [record] = [r for r in records if r.name == "reorder"]
     export.verify(reordered.content)
     return reordered.content, record
 
