@@ -15,7 +15,8 @@ has constants that XNNPACK packs once. Three questions, one part each:
    n floats (read, ``v - lr * g``, assign, sum) against the same arithmetic on an input.
 3. **What the non-finite guard costs on whole steps** (``optimize(nonfinite="skip")``, one
    SELECT_V2 per written value, which XNNPACK does not take, against ``"apply"``), for
-   MobileNetV2 0.35 @128 and the ResNet-18-style model, ``last:4``, BN frozen, batch 1.
+   MobileNetV2 0.35 @128 and the ResNet-18-style model, ``last:4`` (``--guard_schemes``), BN
+   frozen, batch 1.
 
 Run pinned to one core from the repository root:
 ``taskset -c 1 python -m bench.studies.runtime_weights [--parts 1,2,3]``. Writes
@@ -78,6 +79,9 @@ def runtimes():
 def define_flags() -> None:
     """The command line (run as a script only: ``bench/cli.py`` says why)."""
     flags.DEFINE_list("parts", ["1", "2", "3"], "Which parts to run.")
+    flags.DEFINE_list("guard_schemes", ["last:4"], "Part 3: the schemes timed.")
+    flags.DEFINE_string("name", "runtime-weights", "Results file name after the date and "
+                        "machine.")
     flags.DEFINE_integer("rounds", 9, "Part 3: interleaved rounds of 30 steps per file.")
     flags.DEFINE_list("time_files", [], "Internal (part 3): time these files' train steps "
                       "and print the medians as JSON.")
@@ -184,21 +188,22 @@ def part_guard(rounds: int) -> list[dict]:
     rows = []
     for name, build in (("mobilenet_v2_035_128", models.mobilenet_v2),
                         ("resnet18_half_96", models.resnet18)):
-        paths = []
-        for mode in ("skip", "apply"):
-            program = tfpock.optimize(
-                build(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                optimizer=keras.optimizers.SGD(0.01), scheme="last:4", batch_size=1,
-                nonfinite=mode)
-            paths.append(os.path.join(folder, f"{name}-{mode}.tflite"))
-            program.export(paths[-1])
-        done = subprocess.run([sys.executable, "-m", "bench.studies.runtime_weights",
-                               "--time_files", ",".join(paths), "--rounds", str(rounds)],
-                              cwd=cli.REPO, check=True, capture_output=True, text=True)
-        skip, apply = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append({"model": name, "scheme": "last:4", "batch": 1, "skip_ms": skip,
-                     "apply_ms": apply, "guard_share": 1 - apply / skip})
-        logging.info("%s", rows[-1])
+        for scheme in FLAGS.guard_schemes:
+            paths = []
+            for mode in ("skip", "apply"):
+                program = tfpock.optimize(
+                    build(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    optimizer=keras.optimizers.SGD(0.01), scheme=scheme, batch_size=1,
+                    nonfinite=mode)
+                paths.append(os.path.join(folder, f"{name}-{scheme[5:]}-{mode}.tflite"))
+                program.export(paths[-1])
+            done = subprocess.run([sys.executable, "-m", "bench.studies.runtime_weights",
+                                   "--time_files", ",".join(paths), "--rounds", str(rounds)],
+                                  cwd=cli.REPO, check=True, capture_output=True, text=True)
+            skip, apply = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append({"model": name, "scheme": scheme, "batch": 1, "skip_ms": skip,
+                         "apply_ms": apply, "guard_share": 1 - apply / skip})
+            logging.info("%s", rows[-1])
     return rows
 
 
@@ -211,7 +216,8 @@ def section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(doc: dict) -> str:
     lines = [f"# Runtime weights on ai-edge-litert, {doc['date']} ({doc['machine']})", "",
              f"`{doc['command']}`; ai-edge-litert {doc['ai_edge_litert']}, one thread, median "
-             f"of {REPS} invokes after {WARM} (parts 1-2). See the study's docstring.", ""]
+             f"of {REPS} invokes after {WARM} (parts 1-2). Load average at the end: "
+             f"{doc.get('load_average', '?')}. See the study's docstring.", ""]
     if "forms" in doc:
         rows = [[r["form"], " + ".join(r["operators"]), *(
             f"{r[k]['ms'] * 1e3:.0f} us{' (delegated)' if r[k]['delegated'] else ''}"
@@ -226,11 +232,12 @@ def markdown(doc: dict) -> str:
                          ["floats", "MB", "update of a variable ms", "same on an input ms",
                           "copies ms"], rows)
     if "guard" in doc:
-        rows = [[r["model"], f"{r['skip_ms']:.3f}", f"{r['apply_ms']:.3f}",
-                 f"{100 * r['guard_share']:.1f}%"] for r in doc["guard"]]
-        lines += section("3. The non-finite guard on whole steps (last:4, BN frozen, batch 1)",
-                         ["model", "nonfinite=skip ms", "nonfinite=apply ms", "guard's share"],
-                         rows)
+        rows = [[r["model"], r.get("scheme", "last:4"), f"{r['skip_ms']:.3f}",
+                 f"{r['apply_ms']:.3f}", f"{100 * r['guard_share']:.1f}%"]
+                for r in doc["guard"]]
+        lines += section("3. The non-finite guard on whole steps (BN frozen, batch 1)",
+                         ["model", "scheme", "nonfinite=skip ms", "nonfinite=apply ms",
+                          "guard's share"], rows)
     return "\n".join(lines)
 
 
@@ -244,14 +251,15 @@ def main(argv):
            "machine": FLAGS.machine, "platform": platform.platform(),
            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?"),
            "affinity": sorted(os.sched_getaffinity(0)),
-           "command": "python -m bench.studies.runtime_weights --parts " + ",".join(FLAGS.parts)}
+           "command": "python -m bench.studies.runtime_weights " + " ".join(sys.argv[1:]),
+           "load_average": cli.load_average()}
     if "1" in FLAGS.parts:
         doc["forms"] = part_forms()
     if "2" in FLAGS.parts:
         doc["variables"] = part_variables()
     if "3" in FLAGS.parts:
         doc["guard"] = part_guard(FLAGS.rounds)
-    cli.write_results(doc, markdown(doc), "runtime-weights", FLAGS.out_dir)
+    cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
 
 
 if __name__ == "__main__":
