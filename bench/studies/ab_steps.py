@@ -3,13 +3,18 @@ their step times, in interleaved rounds (so that a machine's changing load falls
 alike).
 
 For a change to the compiler, export the same model and scheme at both commits (the ``export``
-mode, run once with each commit's code on ``PYTHONPATH``), then time the files together:
+mode, run once in each commit's checkout), then time the files together:
 
     git worktree add /tmp/before <commit>
-    PYTHONPATH=/tmp/before python -m bench.studies.ab_steps --export resnet18_half_96:last:4:1 \\
-        --export_to before.tflite
+    (cd /tmp/before && python -m bench.studies.ab_steps --export resnet18_half_96:last:4:1 \\
+        --export_to /tmp/before.tflite)
     python -m bench.studies.ab_steps --export resnet18_half_96:last:4:1 --export_to after.tflite
-    taskset -c 1 python -m bench.studies.ab_steps --name kernel-as-is before.tflite after.tflite
+    taskset -c 1 python -m bench.studies.ab_steps --name kernel-as-is /tmp/before.tflite \\
+        after.tflite
+
+Run the export from inside the worktree: ``python -m`` puts the current directory first on
+``sys.path``, ahead of ``PYTHONPATH``, so ``PYTHONPATH=/tmp/before`` from this checkout would
+export with this checkout's compiler (both files the same; caught on 12-07 by their op counts).
 
 Writes ``bench/results/<date>-<machine>-ab-<name>.{json,md}``: per file the losses of the
 first steps (equal files must agree) and the median over rounds of each round's median step.

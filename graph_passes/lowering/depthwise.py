@@ -39,10 +39,22 @@ Chosen (times: ``bench/results/2026-12-03-x86_64-2core-lowering-depthwise.md``, 
   differ per axis.
 * every depthwise convolution goes through :func:`depthwise_valid`: TF's default CPU kernel
   refuses dilations and unequal strides, and this form runs on every TF CPU kernel.
-* input gradient: the one form above. Strided, it is the slow one: its depthwise
-  convolution runs over the zero-inserted gradient (s^2 times the work). A polyphase form
-  (one small convolution per output phase with the taps that hit it, then an interleave)
-  would remove the zeros' work; not done yet.
+* input gradient, stride 1 or dilated: the one form above. Strided (equal strides s > 1, no
+  dilation) the *polyphase form* instead, because the form above convolves the zero-inserted
+  gradient (s^2 times the positions, most of its products zeros): an input row h = q*s + r - pt
+  is reached only by the taps i = r + s*j, so with J = ceil(k/s),
+
+      D[n, q*s + rh, q'*s + rw, c]
+          = sum_{j, j' < J} dy[n, q - j, q' - j', c] * w[rh + s*j, rw + s*j', c]
+
+  (w zero beyond k, dy zero outside its range) is, per phase (rh, rw), a VALID JxJ depthwise
+  convolution of ``dy`` padded by J-1 in front with that phase's flipped taps; the s^2 phases
+  are concatenated phase-major on the channels and interleaved by DEPTH_TO_SPACE, and
+  ``dx[h] = D[h + pt]``. MobileNetV2's block_1_depthwise at batch 8 (65x65 -> 32x32, 48
+  channels): 4 convolutions of 2x2 taps over 34x34 against one of 3x3 over 67x67 (2.4 ms
+  alone). MobileNetV2 0.35 @128 full fine-tuning at batch 8, same losses: 62.5 -> 60.1 ms
+  and 61.2 -> 57.7 ms in two interleaved A/Bs at load 2
+  (``bench/results/2026-12-07-x86_64-avx512-2core-ab-dw-polyphase.md``, ``...-forms.md``).
 
 Both gradients are rearrangements of the same float32 products; only the summation order
 differs from TF's kernels. TF 2.21's own gradient kernels cannot serve as references for
@@ -168,6 +180,48 @@ def input_grad(w: tf.Tensor, dy: tf.Tensor, win: Window, in_shape) -> tf.Tensor:
                       [n, h, wd, c])
 
 
+def use_polyphase(win: Window) -> bool:
+    """The polyphase input gradient: equal strides above 1 (one DEPTH_TO_SPACE block), no
+    dilation (module doc)."""
+    return win.strides[0] == win.strides[1] > 1 and win.dilations == (1, 1)
+
+
+def input_grad_polyphase(w: tf.Tensor, dy: tf.Tensor, win: Window, in_shape) -> tf.Tensor:
+    """dx as one small depthwise convolution per output phase, interleaved (module doc)."""
+    n, h, wd, c = in_shape
+    kh, kw, _, multiplier = w.shape
+    s = win.strides[0]
+    jh, jw = -(-kh // s), -(-kw // s)
+    # w zero-padded to J*s taps per axis, as [J, s, J, s, C*M]: taps (j, r) = w[r + s*j]
+    taps = tf.pad(tf.reshape(w, [kh, kw, c * multiplier]),
+                  [[0, jh * s - kh], [0, jw * s - kw], [0, 0]])
+    taps = tf.reshape(taps, [jh, s, jw, s, c * multiplier])
+    (pt, _), (pl, _) = win.pads
+    qh, qw = -(-(h + pt) // s), -(-(wd + pl) // s)   # phase rows/columns D needs
+    # dy with J-1 zero rows (columns) in front and as many after as the phases read
+    pads = ((jh - 1, qh - dy.shape[1]), (jw - 1, qw - dy.shape[2]))
+    if min(pads[0] + pads[1]) >= 0:
+        dyp = pad_spatial(dy, pads)      # one PAD (the usual case)
+    else:
+        dyp = _shift(_shift(dy, 1, jh - 1, qh + jh - 1), 2, jw - 1, qw + jw - 1)
+    # one convolution per phase, concatenated phase-major as DEPTH_TO_SPACE reads them (one
+    # convolution with the phases as a channel multiplier, then a 5-D transpose, ran the
+    # whole MobileNetV2 batch-8 step no faster than the zero-inserted form:
+    # bench/results/2026-12-07-x86_64-avx512-2core-ab-dw-polyphase-forms.md)
+    phases = []
+    for rh in range(s):
+        for rw in range(s):
+            kernel = flip_spatial(tf.reshape(taps[:, rh, :, rw, :], [jh, jw, c * multiplier, 1]))
+            phases.append(depthwise_valid(dyp, kernel, strides=(1, 1), dilations=(1, 1)))
+    dx = tf.nn.depth_to_space(tf.concat(phases, axis=3), s)   # [N, qh*s, qw*s, C*M]
+    if (pt, pl) != (0, 0) or (qh * s, qw * s) != (h, wd):    # D[h + pt], one slice
+        dx = tf.slice(dx, [0, pt, pl, 0], [n, h, wd, c * multiplier])
+    if multiplier == 1:
+        return dx
+    return tf.reshape(tf.reduce_sum(tf.reshape(dx, [n, h, wd * c, multiplier]), axis=3),
+                      [n, h, wd, c])
+
+
 class DepthwiseBackpropFilterRule(LoweringRule):
     """DepthwiseConv2dNativeBackpropFilter -> the form chosen by :func:`use_conv_form`."""
 
@@ -198,7 +252,8 @@ def use_conv_form(win: Window) -> bool:
 
 
 class DepthwiseBackpropInputRule(LoweringRule):
-    """DepthwiseConv2dNativeBackpropInput -> upsample, shift, flipped depthwise conv."""
+    """DepthwiseConv2dNativeBackpropInput -> the polyphase form when strided, else upsample
+    (a no-op at stride 1), shift, flipped depthwise conv."""
 
     op_type = "DepthwiseConv2dNativeBackpropInput"
 
@@ -212,6 +267,8 @@ class DepthwiseBackpropInputRule(LoweringRule):
     def build(self, graph, node, w, dy):
         shape = graph.spec(node.name).shape
         win = window(graph, node, tuple(w.shape[:2]), tuple(shape[1:3]), tuple(dy.shape[1:3]))
+        if use_polyphase(win):
+            return [input_grad_polyphase(w, dy, win, shape)]
         return [input_grad(w, dy, win, shape)]
 
 

@@ -32,8 +32,12 @@ CONFIGS = {
     "5x5_s2_same_m1": Depthwise(2, 11, 10, 3, 1, 5, 5, 2, 1, "SAME"),
     "5x5_s1_same_m2": Depthwise(1, 8, 8, 2, 2, 5, 5, 1, 1, "SAME"),
     "1x3_s1_same_m1": Depthwise(3, 1, 16, 4, 1, 1, 3, 1, 1, "SAME"),
+    # polyphase input gradient: phases with no tap (1x1), one tap each (stride = kernel)
+    "1x1_s2_valid_m2": Depthwise(2, 7, 8, 3, 2, 1, 1, 2, 1, "VALID"),
+    "3x3_s3_same_m1": Depthwise(1, 10, 11, 2, 1, 3, 3, 3, 1, "SAME"),
 }
-LITERT = ["3x3_s1_valid_m2", "3x3_s2_same_odd_m1", "3x3_d2_same_m2", "5x5_s2_same_m1"]
+LITERT = ["3x3_s1_valid_m2", "3x3_s2_same_odd_m1", "3x3_d2_same_m2", "5x5_s2_same_m1",
+          "3x3_s2_same_even_m2"]
 
 
 def filter_op(config: ConvConfig, explicit=None):
@@ -127,14 +131,15 @@ def test_explicit_padding():
 @pytest.mark.parametrize("name", ["3x3_s2_same_odd_m1", "3x3_d2_same_m2"])
 def test_rates_convert_to_one_dilated_depthwise_op(name):
     """The host form of a rate (space-to-batch, which TF's default kernels run) is folded back
-    by the converter: the file has one DEPTHWISE_CONV_2D per gradient and no space-to-batch."""
+    by the converter: the file has one DEPTHWISE_CONV_2D for the filter gradient, one per
+    output phase (stride^2) for the input gradient, and no space-to-batch."""
     config = CONFIGS[name]
     x, kernel, dy = config.arrays()
     graph = lowered_both(config, x, kernel, dy)
     assert graph.op_histogram()["SpaceToBatchND"] >= 1  # the host form is there
     specs = [tf.TensorSpec(a.shape, tf.float32) for a in (x, kernel, dy)]
     ops = model_file.read(convert_builtins_only(function_of(graph), specs)).op_histogram()
-    assert ops["DEPTHWISE_CONV_2D"] == 2
+    assert ops["DEPTHWISE_CONV_2D"] == 1 + config.stride ** 2
     assert ops["SPACE_TO_BATCH_ND"] == ops["BATCH_TO_SPACE_ND"] == 0
 
 
