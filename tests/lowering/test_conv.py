@@ -30,9 +30,11 @@ CONFIGS = {
     "conv1d_k3_s2_valid": Conv(2, 1, 15, 3, 4, 1, 3, 2, 1, "VALID"),
     "conv1d_k3_d2_same": Conv(2, 1, 16, 3, 2, 1, 3, 1, 2, "SAME"),
     "3x3_deep_same": Conv(1, 3, 3, 8, 16, 3, 3, 1, 1, "SAME"),  # 9 positions <= 16 channels
+    # batch above the channels: the conv form pads after its transpose (filter_grad_conv)
+    "3x3_s2_same_batch4": Conv(4, 10, 10, 2, 3, 3, 3, 2, 1, "SAME"),
 }
 LITERT = ["1x1_s2_odd", "3x3_s2_same_odd", "3x3_d2_same", "3x3_s2_d2_same", "conv1d_k5_same",
-          "3x3_deep_same"]
+          "3x3_deep_same", "3x3_s2_same_batch4"]
 
 
 def filter_op(config: Conv, explicit=None):
