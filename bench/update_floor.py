@@ -24,15 +24,16 @@ quietest round). Alone, with hot caches (:func:`time_update`), the updates cost 
 kernels fit this host's caches). Not counted: the non-finite guard (off with
 ``nonfinite="apply"``) and the optimizer's arithmetic beyond SGD's subtraction.
 
-Run: ``python bench/update_floor.py TRAIN.tflite [MODEL.keras]`` prints milliseconds (alone;
+Run: ``python -m bench.update_floor TRAIN.tflite [MODEL.keras]`` prints milliseconds (alone;
 with the Keras model, in context).
 """
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
+
+from bench import cli
 
 
 def assigned_shapes(content: bytes, signature: str = "train") -> list[tuple[int, ...]]:
@@ -98,19 +99,10 @@ def _runner(content: bytes):
     return runner, feeds
 
 
-def _round_median(runner, feeds, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        runner(**feeds)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def time_update(content: bytes, rounds: int = 3, reps: int = 200) -> float:
     """Milliseconds of one call of a model: the minimum over rounds of the median of reps."""
     runner, feeds = _runner(content)
-    return 1e3 * min(_round_median(runner, feeds, reps) for _ in range(rounds))
+    return min(cli.median_ms(lambda: runner(**feeds), reps, warm=0) for _ in range(rounds))
 
 
 def update_floor_ms(train_content: bytes, rounds: int = 3) -> float:
@@ -130,9 +122,9 @@ def update_in_context_ms(train_content: bytes, keras_file: str, batch: int,
     best = [float("inf"), float("inf")]
     for _ in range(rounds):
         for i, (runner, feeds) in enumerate(runners):
-            best[i] = min(best[i], _round_median(runner, feeds, reps))
-    return {"forward_ms": 1e3 * best[0], "with_update_ms": 1e3 * best[1],
-            "update_ms": max(0.0, 1e3 * (best[1] - best[0]))}
+            best[i] = min(best[i], cli.median_ms(lambda: runner(**feeds), reps, warm=0))
+    return {"forward_ms": best[0], "with_update_ms": best[1],
+            "update_ms": max(0.0, best[1] - best[0])}
 
 
 if __name__ == "__main__":
