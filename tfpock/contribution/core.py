@@ -123,8 +123,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             whatever the number of options).
         depth_compiles: layers whose ``base + layer:full`` is exported when predicting.
         exact_checks: combinations the final exact check may compile (the pick and its
-            repairs); beyond that the best known-cost scheme that fits is chosen. The
-            confirmation may compile as many again.
+            repairs, and the confirmation's finalists: together); beyond that the best
+            known-cost scheme that fits is chosen.
         confirm: finalists re-measured by the confirmation probe (step 5; 0: none).
         confirm_epochs: the confirmation probe's length in epochs over ``train_data`` (the
             fine-tuning you will run): ``ceil(confirm_epochs * len(x) / batch_size)`` steps;
@@ -209,6 +209,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     selection_started = time.perf_counter()
     if analysed_from_cache:
         refine = refine if refine_cached is None else refine_cached
+    compiles_before = state.compiles
     knap, knap_choice, checks, refinement, final, exact, repairs = state.choose(
         groups, base_item, budget, by_key, time_steps, compile_checks, refine, exact_checks,
         warm=analysed_from_cache)
@@ -217,7 +218,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     if confirm:
         final, exact, confirmation = state.confirm(
             groups, base_item, budget, by_key, final, knap_choice, checks, options, confirm,
-            time_steps, exact_checks)
+            time_steps, max(exact_checks - (state.compiles - compiles_before), 0))
     _save_cache(key, cache, cache_dir)
     selection_s = time.perf_counter() - selection_started
 
@@ -760,7 +761,9 @@ class _State:
         steps 3-4's pick (fits exactly), the knapsack's, the checked schemes, the ``last:N``
         ladder (deepest first), then every measured combination by short-probe gain; one
         whose exact cost is known must fit it, the others their predicted cost. A finalist
-        not compiled before is compiled when it ranks first (at most ``exact_checks``).
+        not compiled before is compiled when it ranks first (at most ``exact_checks``: what
+        the exact check left of the budget's compiles, so a new budget from the cache still
+        compiles at most ``exact_checks`` in all).
 
         Why: on the digits task 20 steps at the optimizer's rate rank schemes unlike 20
         epochs of fine-tuning where it matters, among the best: the head alone is still in
