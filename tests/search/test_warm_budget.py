@@ -192,3 +192,21 @@ def test_a_finalist_over_the_budget_is_never_chosen():
     assert cand.choice_key(final) != LADDER_PICK and exact["memory_bytes"] <= 180
     assert LADDER_PICK not in [f["choice"] for f in info["finalists"]]
     assert cand.choice_key(final) == max(info["finalists"], key=lambda f: f["gain"])["choice"]
+
+
+def test_without_a_compile_left_only_known_costs_are_finalists():
+    """With no compile left (``exact_checks`` spent), a finalist of unknown exact cost could
+    not be chosen: it is not probed at all."""
+    state, groups, base, by_key = analysed_state()
+    state.__class__ = _Confirmed
+    state.confirm_steps, state.long_runs = LONG_STEPS, 0
+    *_, final, _, _ = run_budget(state, groups, base, by_key, 220, warm=False)
+    knap_choice = {"b": by_key["b:full"], "c": by_key["c:full"]}
+    options = {layer: [by_key[f"{layer}:{label}"] for label in opts]
+               for layer, opts in OPTIONS.items()}
+    unknown = [k for k in (LADDER_PICK,) if k not in state.cache["exact"]]
+    assert unknown   # the long probe's favourite was never compiled
+    _, _, info = state.confirm(groups, base, Budget(memory_bytes=220), by_key, final,
+                               knap_choice, [], options, 6, 0, 0)
+    assert all(f["choice"] in state.cache["exact"] for f in info["finalists"])
+    assert LADDER_PICK not in [f["choice"] for f in info["finalists"]]

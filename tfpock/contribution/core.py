@@ -760,7 +760,8 @@ class _State:
         the fine-tuning, and the best that fits exactly wins. The finalists, in this order:
         steps 3-4's pick (fits exactly), the knapsack's, the checked schemes, the ``last:N``
         ladder (deepest first), then every measured combination by short-probe gain; one
-        whose exact cost is known must fit it, the others their predicted cost. A finalist
+        whose exact cost is known must fit it, the others their predicted cost (and are
+        left out when no compile is left: they could not be chosen). A finalist
         not compiled before is compiled when it ranks first (at most ``exact_checks``: what
         the exact check left of the budget's compiles, so a new budget from the cache still
         compiles at most ``exact_checks`` in all).
@@ -792,6 +793,8 @@ class _State:
                 continue
             seen.add(key)
             exact = self.cache["exact"].get(key)
+            if exact is None and exact_checks == 0:
+                continue   # could not be compiled, so could not be chosen: not probed
             if (budget.fits(exact["memory_bytes"], exact["step_ms"]) if exact is not None
                     else _fits(predict(_items_of(groups, c), base_item), budget)):
                 finalists.append(c)
