@@ -23,6 +23,19 @@ Summary: Spearman's rank correlation between each probe variant's gain and the f
 accuracy over the schemes, per seed and on the seed means; and for the conv2+conv3
 combinations the probe's measured minus additive gain (does the deficit go with length?).
 
+Measured (bench/results/2026-12-07-x86_64-2core-probe-fidelity.md): it is the length. At
+20 steps the head alone is still in its first transient (validation loss 9.38, accuracy
+0.253 on 5 classes: ...-search-kxk-ref-images/report.md), each option's gain is how much it
+damps that, the gains saturate at the base's excess loss (so combinations add up 1.9 below
+their parts) and the best schemes tie within the batch-order noise: full fine-tuning probes
+below ``conv3:full`` though it ends 2.3 points above. A probe as long as the fine-tuning (360
+steps) ranks the schemes with Spearman 0.99 against the final accuracy (20 steps 0.87,
+60-150 steps 0.80-0.81) and picks the best final scheme at all 7 budgets; the loss is the
+better score there (the accuracy gain picks a 0.7-1.8 points worse scheme at 3). A lower
+rate (0.02) also tracks (0.98 at 150 steps), but the probe is to measure the fine-tuning the
+user runs, at its rate. So ``tfpock.search`` keeps the short probe to screen and confirms
+finalists with one that long (``core._State.confirm``).
+
 Run from the repository root: ``python -m bench.studies.probe_fidelity``. Writes
 ``bench/results/<date>-<machine>-probe-fidelity.{json,md}``.
 """

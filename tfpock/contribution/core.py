@@ -768,9 +768,10 @@ class _State:
 
         Why: on the digits task 20 steps at the optimizer's rate rank schemes unlike 20
         epochs of fine-tuning where it matters, among the best: the head alone is still in
-        its first transient (validation loss ~9, accuracy ~chance), every option that damps
-        it gains about as much, and full fine-tuning probes below ``conv3:full`` (5.15 vs
-        5.31) though it ends 2.3 points above it. A probe as long as the fine-tuning ranks
+        its first transient (validation loss 9.38, accuracy 0.25 on 5 classes:
+        bench/results/2026-12-07-x86_64-2core-search-kxk-ref-images/report.md), every option
+        that damps it gains about as much, and full fine-tuning probes below ``conv3:full``
+        (5.15 vs 5.31) though it ends 2.3 points above it. A probe as long as the fine-tuning ranks
         the 29 schemes with Spearman 0.99 against final accuracy (20 steps: 0.87) and
         its conv2+conv3 combinations add up within 0.6 (20 steps: 1.9 below)
         (bench/results/2026-12-07-x86_64-2core-probe-fidelity.md). Too slow to screen every
