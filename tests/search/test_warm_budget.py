@@ -210,3 +210,24 @@ def test_without_a_compile_left_only_known_costs_are_finalists():
                                knap_choice, [], options, 6, 0, 0)
     assert all(f["choice"] in state.cache["exact"] for f in info["finalists"])
     assert LADDER_PICK not in [f["choice"] for f in info["finalists"]]
+
+
+def test_a_combination_confirmed_before_is_a_finalist_at_no_cost():
+    """Another budget with room for one new finalist still finds the long probe's favourite
+    confirmed for the first budget, and runs no long probe for it."""
+    state, _, (first, _, _) = confirmed_run(220)
+    assert cand.choice_key(first) == LADDER_PICK
+    groups = [[Item(f"{layer}:{label}", layer, gain, act, var, None)
+               for label, (gain, act, var) in opts.items()] for layer, opts in OPTIONS.items()]
+    by_key = {f"{layer}:{label}": cand.Option(layer, label, label)
+              for layer, opts in OPTIONS.items() for label in opts}
+    options = {layer: [by_key[f"{layer}:{label}"] for label in opts]
+               for layer, opts in OPTIONS.items()}
+    base = Item("base", "base", 0.0, 100, 0, None)
+    runs = state.long_runs
+    short_pick = {"a": by_key["a:full"]}
+    final, _, info = state.confirm(groups, base, Budget(memory_bytes=230), by_key, short_pick,
+                                   short_pick, [], options, 1, 0, 2)
+    assert cand.choice_key(final) == LADDER_PICK
+    assert [f["choice"] for f in info["finalists"]][0] == LADDER_PICK
+    assert state.long_runs == runs   # a:full was confirmed too, for the first budget
