@@ -95,7 +95,8 @@ def search_row(label: str, result, wall: float) -> dict:
             "predicted_memory_bytes": c["predicted_memory_bytes"],
             "exact_memory_bytes": c["exact_memory_bytes"],
             "predicted_step_ms": c["predicted_step_ms"], "measured_step_ms": c["measured_step_ms"],
-            "repairs": s["repairs"], "refinement": s["refinement"], "noise": s["noise"]}
+            "repairs": s["repairs"], "refinement": s["refinement"], "noise": s["noise"],
+            "confirmation": s.get("confirmation")}
 
 
 def main(argv):
@@ -116,10 +117,11 @@ def main(argv):
                                                   "refine", "depth_compiles", "epochs",
                                                   "fractions", "full_memory_bytes",
                                                   "hand_schemes", "cache_dir", "warm_only",
-                                                  "refine_cached")
+                                                  "refine_cached", "confirm", "confirm_epochs")
            ).replace("[", "").replace("]", "").replace("', '", ",").replace("'", ""),
            "settings": {k: getattr(f, k) for k in ("pretrain_epochs", "steps", "seeds", "refine",
-                                                   "depth_compiles", "lr", "epochs")}}
+                                                   "depth_compiles", "lr", "epochs", "confirm",
+                                                   "confirm_epochs")}}
     x, y = digits_96()
     start = time.perf_counter()
     model, train, val, test, pre_acc = mobilenet_task(0, f.pretrain_epochs, x, y,
@@ -138,7 +140,8 @@ def main(argv):
         doc["full_memory_note"] = f"compiled here in {time.perf_counter() - start:.0f} s"
     logging.info("full fine-tuning: %d bytes", doc["full_memory_bytes"])
     settings = dict(steps=f.steps, seeds=f.seeds, refine=f.refine, costs="predicted",
-                    depth_compiles=f.depth_compiles, time_steps=10, cache_dir=f.cache_dir)
+                    depth_compiles=f.depth_compiles, time_steps=10, cache_dir=f.cache_dir,
+                    confirm=f.confirm, confirm_epochs=f.confirm_epochs)
     doc["searches"] = []
     fractions = [float(v) for v in f.fractions]
     if f.warm_only:
@@ -289,6 +292,14 @@ def markdown(doc: dict) -> str:
                   f"{cold['noise']['median_gain_std']:.4f}, max "
                   f"{cold['noise']['max_gain_std']:.4f}; gains "
                   f"{cold['noise']['gain_range'][0]:.4f} .. {cold['noise']['gain_range'][1]:.4f}."]
+    for row in doc["searches"]:
+        c = row.get("confirmation")
+        if c:
+            lines += ["", f"Confirmation at {row['label']} ({c['steps']}-step probe): "
+                      + ", ".join(f"`{x['choice']}` {x['gain']:.4f}" for x in c["finalists"])
+                      + f"; chosen `{c['choice']}`"
+                      + (f" over the short probe's `{c['short_choice']}`." if c["changed"]
+                         else " (the short probe's pick).")]
     if doc["device"]:
         lines += ["", f"Fine-tuned on ai-edge-litert (1 thread, SGD lr {s['lr']}, {s['epochs']} "
                   f"epochs, batch {BATCH}):", "",
@@ -306,6 +317,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("seeds", 2, "Batch orders each contribution is averaged over.")
     flags.DEFINE_integer("refine", 6, "Probe evaluations of the evolutionary refinement.")
     flags.DEFINE_integer("depth_compiles", 5, "Exported compiles along the depth.")
+    flags.DEFINE_integer("confirm", 6, "Finalists re-measured by the confirmation probe "
+                         "(tfpock.search's confirm; 0: none).")
+    flags.DEFINE_float("confirm_epochs", 20.0, "The confirmation probe's length in epochs.")
     flags.DEFINE_string("pretrained_keep", None, "Path stem to keep the pre-trained weights "
                         "between runs.")
     flags.DEFINE_float("lr", 0.05, "SGD learning rate (probe and device).")

@@ -268,7 +268,8 @@ def run_task(name: str, make, seeds: int, lr: float, epochs: int, steps: int,
                              "measured_step_ms": s["chosen"]["measured_step_ms"],
                              "noise": s["noise"], "repairs": s["repairs"],
                              "probe_runs": s["timing"]["probe_runs"],
-                             "compiles": s["timing"]["compiles"]})
+                             "compiles": s["timing"]["compiles"],
+                             "confirmation": s.get("confirmation")})
             if seed == 0 and f == 0.25:
                 result.save(f"{save_stem}-{name}")   # seed 0's search at 1/4, whole
         # untimed, after this seed's timed searches (so their cache holds nothing they
@@ -352,9 +353,13 @@ def targets(name: str, task: dict, summary: dict) -> list[dict]:
 
 
 def _repaired(search: dict) -> str:
-    """What the exact-cost repair replaced: picks whose compiled memory exceeded the budget."""
+    """What the exact-cost repair replaced: picks whose compiled memory exceeded the budget;
+    what the confirmation probe replaced."""
+    c = search.get("confirmation")
     return "".join(f" (repaired: `{r['choice']}` compiled to {r['exact_memory_bytes']:,})"
-                   for r in search.get("repairs", []))
+                   for r in search.get("repairs", [])) + (
+        f" (confirmed over the short probe's `{c['short_choice']}`)"
+        if c and c["changed"] else "")
 
 
 def additivity(task: dict) -> str:

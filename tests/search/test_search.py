@@ -164,6 +164,31 @@ def test_probe_gain_equals_a_separately_trained_run(adam):
     assert probe.traces == 1      # one trace served the base and every option
 
 
+def test_probe_runs_any_number_of_steps_on_one_trace():
+    """The search's short screening probe and its longer confirmation probe share a trace:
+    the number of steps is the batches' leading axis, not part of the signature."""
+    model = conv_model()
+    x, y = data(64)
+    probe = Probe(model, LOSS, keras.optimizers.SGD(0.3), x[48:], y[48:])
+    scheme = cand.scheme_of(["head"], {"c2": cand.layer_options(model.get_layer("c2"))[-1]})
+    for steps in (2, 5):
+        xb, yb = x[:8 * steps].reshape(steps, 8, 12, 2), y[:8 * steps].reshape(steps, 8)
+        value, _ = probe.run(scheme, xb, yb)
+        expected = _reference_val_loss(model, scheme, xb, yb, x[48:], y[48:], 0.3, False)
+        assert_close(value, expected, rtol=2e-5, where=f"{steps} steps")
+    assert probe.traces == 1
+
+
+def test_a_confirmation_setting_is_part_of_the_cache_key(searched, tmp_path):
+    """A search without confirmation neither reads nor writes the confirmed search's gains."""
+    args, cache, first = searched
+    plain = tfpock.search(*args, Budget(memory_bytes=10**7), 8, cache_dir=str(tmp_path),
+                          confirm=0, **SMALL)
+    assert plain.summary["confirmation"] is None
+    assert plain.summary["cache_key"] != first.summary["cache_key"]
+    assert os.listdir(tmp_path) == [plain.summary["cache_key"] + ".json"]
+
+
 def test_probe_selection_of_a_partial_channel_option():
     model = conv_model()
     x, y = data(24)
@@ -210,10 +235,18 @@ def test_search_result(searched):
         if check["scheme"] == "best single option":
             row = [r for r in result.table if f"{r['layer']}:{r['option']}" == check["choice"]]
             assert_close(check["measured_gain"], row[0]["gain"], atol=1e-7)
-    # the unbounded budget picks the option with the best gain if any gain is positive
+    # the short probe's pick under the unbounded budget is the option with the best gain if
+    # any gain is positive; the confirmation (32 examples, batch 8, 20 epochs: 80 steps)
+    # then picks the finalist with the best long-probe gain (every one fits)
+    c = s["confirmation"]
     best = max(result.table, key=lambda r: r["gain"])
     if best["gain"] > 0 and s["refinement"]["bought"] <= 0:
-        assert best["chosen"]
+        assert c["short_choice"] == f"{best['layer']}:{best['option']}"
+    assert c["steps"] == 80 and c["short_choice"] in [f["choice"] for f in c["finalists"]]
+    assert s["chosen"]["choice"] == max(c["finalists"], key=lambda f: f["gain"])["choice"]
+    assert [r for r in result.table if r["chosen"]] == (
+        [] if c["choice"] == "base" else
+        [r for r in result.table if f"{r['layer']}:{r['option']}" == c["choice"]])
 
 
 def test_second_budget_comes_from_the_cache(searched, monkeypatch):

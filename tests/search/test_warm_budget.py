@@ -138,3 +138,96 @@ def test_refinement_screens_on_one_seed_and_keeps_the_best_measured(memory):
     assert refinement["refined_measured_gain"] >= refinement["knapsack_measured_gain"]
     assert exact["memory_bytes"] <= memory
     assert true_gain(final) == pytest.approx(state.measure(final)["gain"])
+
+
+# ---- confirmation: the long probe decides between finalists -------------------------------
+LONG_STEPS = 40
+LADDER_PICK = "b:full,c:full"   # the long probe's best: short gain 0.40, long 1.00
+
+
+class _Confirmed(_Counted):
+    """The short probe as above; the long one (``LONG_STEPS``) ranks ``LADDER_PICK`` first,
+    everything else at its short gain."""
+
+    def _losses(self, choice, seeds=None, steps=None):
+        if steps is None:
+            return super()._losses(choice, seeds)
+        seeds = range(self.seeds) if seeds is None else seeds
+        self.long_runs += len(seeds)
+        gain = 1.0 if cand.choice_key(choice) == LADDER_PICK else true_gain(choice)
+        return [BASE_LOSS[s] - gain for s in seeds], [0.5] * len(seeds)
+
+
+def confirmed_run(memory, count=6):
+    state, groups, base, by_key = analysed_state()
+    state.__class__ = _Confirmed
+    state.confirm_steps, state.long_runs = LONG_STEPS, 0
+    knap, knap_choice, checks, _, final, _, _ = run_budget(state, groups, base, by_key, memory,
+                                                           warm=False)
+    options = {layer: [by_key[f"{layer}:{label}"] for label in opts]
+               for layer, opts in OPTIONS.items()}
+    return state, final, state.confirm(groups, base, Budget(memory_bytes=memory), by_key, final,
+                                       knap_choice, checks, options, count, 0, 2)
+
+
+def test_the_long_probe_decides_between_finalists():
+    """The short probe's pick (a:full,b:full here, 0.60) loses to the ``last:N`` ladder's
+    b:full,c:full, which the long probe measures best and which fits (190 <= 220 bytes)."""
+    state, short_pick, (final, exact, info) = confirmed_run(220)
+    assert cand.choice_key(short_pick) != LADDER_PICK
+    assert cand.choice_key(final) == LADDER_PICK and info["changed"]
+    assert exact["memory_bytes"] <= 220
+    assert info["finalists"][0]["choice"] == LADDER_PICK
+    assert len(info["finalists"]) <= 6 and state.long_runs == SEEDS * (len(info["finalists"]) + 1)
+    # every finalist fits the budget; the deepest ladder (a, b, c full: 250 bytes) does not
+    assert "a:full,b:full,c:full" not in [f["choice"] for f in info["finalists"]]
+    # measured once, cached by the combination
+    runs = state.long_runs
+    assert state.confirmed(final)["gain"] == 1.0 and state.long_runs == runs
+
+
+def test_a_finalist_over_the_budget_is_never_chosen():
+    """Under 180 bytes the long probe's favourite (190 bytes) is no finalist."""
+    _, _, (final, exact, info) = confirmed_run(180)
+    assert cand.choice_key(final) != LADDER_PICK and exact["memory_bytes"] <= 180
+    assert LADDER_PICK not in [f["choice"] for f in info["finalists"]]
+    assert cand.choice_key(final) == max(info["finalists"], key=lambda f: f["gain"])["choice"]
+
+
+def test_without_a_compile_left_only_known_costs_are_finalists():
+    """With no compile left (``exact_checks`` spent), a finalist of unknown exact cost could
+    not be chosen: it is not probed at all."""
+    state, groups, base, by_key = analysed_state()
+    state.__class__ = _Confirmed
+    state.confirm_steps, state.long_runs = LONG_STEPS, 0
+    *_, final, _, _ = run_budget(state, groups, base, by_key, 220, warm=False)
+    knap_choice = {"b": by_key["b:full"], "c": by_key["c:full"]}
+    options = {layer: [by_key[f"{layer}:{label}"] for label in opts]
+               for layer, opts in OPTIONS.items()}
+    unknown = [k for k in (LADDER_PICK,) if k not in state.cache["exact"]]
+    assert unknown   # the long probe's favourite was never compiled
+    _, _, info = state.confirm(groups, base, Budget(memory_bytes=220), by_key, final,
+                               knap_choice, [], options, 6, 0, 0)
+    assert all(f["choice"] in state.cache["exact"] for f in info["finalists"])
+    assert LADDER_PICK not in [f["choice"] for f in info["finalists"]]
+
+
+def test_a_combination_confirmed_before_is_a_finalist_at_no_cost():
+    """Another budget with room for one new finalist still finds the long probe's favourite
+    confirmed for the first budget, and runs no long probe for it."""
+    state, _, (first, _, _) = confirmed_run(220)
+    assert cand.choice_key(first) == LADDER_PICK
+    groups = [[Item(f"{layer}:{label}", layer, gain, act, var, None)
+               for label, (gain, act, var) in opts.items()] for layer, opts in OPTIONS.items()]
+    by_key = {f"{layer}:{label}": cand.Option(layer, label, label)
+              for layer, opts in OPTIONS.items() for label in opts}
+    options = {layer: [by_key[f"{layer}:{label}"] for label in opts]
+               for layer, opts in OPTIONS.items()}
+    base = Item("base", "base", 0.0, 100, 0, None)
+    runs = state.long_runs
+    short_pick = {"a": by_key["a:full"]}
+    final, _, info = state.confirm(groups, base, Budget(memory_bytes=230), by_key, short_pick,
+                                   short_pick, [], options, 1, 0, 2)
+    assert cand.choice_key(final) == LADDER_PICK
+    assert [f["choice"] for f in info["finalists"]][0] == LADDER_PICK
+    assert state.long_runs == runs   # a:full was confirmed too, for the first budget

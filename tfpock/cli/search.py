@@ -49,6 +49,10 @@ def define_flags() -> None:
                       "compiles (for models with many layers, e.g. MobileNetV2).")
     flags.DEFINE_integer("depth-compiles", 8, "Compiles along the depth with --costs "
                          "predicted.", lower_bound=2)
+    flags.DEFINE_integer("confirm", 6, "Finalists re-measured by a probe as long as the "
+                         "fine-tuning (0: the short probe decides).", lower_bound=0)
+    flags.DEFINE_float("confirm-epochs", 20.0, "That probe's length, epochs over --data.",
+                       lower_bound=0.0)
     define_model_flags()
 
 
@@ -78,7 +82,8 @@ def main(args: list[str]) -> int:
     result = tfpock.search(model, train, val, loss or model.loss, optimizer or model.optimizer,
                            budget, batch_size=batch, base=_flag("base"), steps=_flag("steps"),
                            seeds=_flag("seeds"), costs=_flag("costs"),
-                           depth_compiles=_flag("depth-compiles"))
+                           depth_compiles=_flag("depth-compiles"), confirm=_flag("confirm"),
+                           confirm_epochs=_flag("confirm-epochs"))
     result.save(out)
     chosen = result.summary["chosen"]
     sys.stdout.write(f"wrote {out}: scheme {os.path.join(out, 'scheme.json')} "

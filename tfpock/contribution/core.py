@@ -25,6 +25,11 @@ evolutionary refinement; their search code was never published):
    with the prediction; if the exact memory exceeds the budget, the selection runs again with
    the budget lowered by the overshoot.
 
+5. **Confirmation** (successive halving): a few finalists that fit (the pick, the knapsack's,
+   the checks, the ``last:N`` ladder, the best measured) are measured again by a probe as
+   long as the fine-tuning (``confirm_epochs``), and the best that fits exactly wins: the
+   short probe screens, the long one decides (``_State.confirm`` says why).
+
 Steps 1-2 are cached by a key of the model (config and weights), the data and the settings,
 so a new budget re-runs only 3-4.
 """
@@ -79,7 +84,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            learning_rate: float | None = None,
            progress: bool | None = None, compile_checks: bool = False,
            costs: str = "exact", depth_compiles: int = 8,
-           exact_checks: int = 2) -> SearchResult:
+           exact_checks: int = 2, confirm: int = 6,
+           confirm_epochs: float = 20.0) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -117,7 +123,14 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             whatever the number of options).
         depth_compiles: layers whose ``base + layer:full`` is exported when predicting.
         exact_checks: combinations the final exact check may compile (the pick and its
-            repairs); beyond that the best known-cost scheme that fits is chosen.
+            repairs, and the confirmation's finalists: together); beyond that the best
+            known-cost scheme that fits is chosen.
+        confirm: finalists re-measured by the confirmation probe (step 5; 0: none).
+        confirm_epochs: the confirmation probe's length in epochs over ``train_data`` (the
+            fine-tuning you will run): ``ceil(confirm_epochs * len(x) / batch_size)`` steps;
+            no confirmation when that is not more than ``steps``. Costs ``confirm x seeds``
+            probe runs of that length for the first budget, and those of the finalists not
+            confirmed before for a new one.
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -137,9 +150,12 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                                ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
                                ("refine_cached", refine if refine_cached is None
                                 else refine_cached, 0),
-                               ("exact_checks", exact_checks, 0)):
+                               ("exact_checks", exact_checks, 0), ("confirm", confirm, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
+    if (isinstance(confirm_epochs, bool) or not isinstance(confirm_epochs, (int, float))
+            or not confirm_epochs > 0):
+        raise TfpockError(f"confirm_epochs must be a number > 0, got {confirm_epochs!r}")
     if costs not in ("exact", "predicted"):
         raise TfpockError(f"costs must be 'exact' or 'predicted', got {costs!r}")
     if budget.step_ms is not None and time_steps == 0:
@@ -150,7 +166,11 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     base_names = cand.resolve_base(model, base)
     layers = [l for l in cand.candidate_layers(model) if l.name not in base_names]
     options = {l.name: cand.layer_options(l) for l in layers}
-    settings = {"batch_size": batch_size, "base": base_names, "steps": steps, "seeds": seeds,
+    confirm_steps = math.ceil(confirm_epochs * len(x) / batch_size)
+    if confirm == 0 or confirm_steps <= steps:
+        confirm, confirm_steps = 0, 0
+    settings = {"confirm": confirm, "confirm_steps": confirm_steps,
+                "batch_size": batch_size, "base": base_names, "steps": steps, "seeds": seeds,
                 "time_steps": time_steps, "learning_rate": learning_rate,
                 "loss": [type(loss_obj).__name__, loss_obj.get_config()],
                 "optimizer": [type(optimizer).__name__, _opt_config(optimizer)],
@@ -160,7 +180,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     cache = _load_cache(key, cache_dir)
     show = sys.stderr.isatty() if progress is None else progress
     state = _State(model, loss, optimizer, batch_size, steps, seeds, base_names, x, y, xv, yv,
-                   key, cache, learning_rate, show, costs, depth_compiles)
+                   key, cache, learning_rate, show, costs, depth_compiles,
+                   confirm_steps=confirm_steps)
 
     # the least any scheme needs is the base alone: refuse a budget below it before measuring
     base_cost = state.cost({}, time_steps)
@@ -188,10 +209,16 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
     selection_started = time.perf_counter()
     if analysed_from_cache:
         refine = refine if refine_cached is None else refine_cached
+    compiles_before = state.compiles
     knap, knap_choice, checks, refinement, final, exact, repairs = state.choose(
         groups, base_item, budget, by_key, time_steps, compile_checks, refine, exact_checks,
         warm=analysed_from_cache)
     predicted = predict(knap, base_item)
+    confirmation = None
+    if confirm:
+        final, exact, confirmation = state.confirm(
+            groups, base_item, budget, by_key, final, knap_choice, checks, options, confirm,
+            time_steps, max(exact_checks - (state.compiles - compiles_before), 0))
     _save_cache(key, cache, cache_dir)
     selection_s = time.perf_counter() - selection_started
 
@@ -227,6 +254,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                    "exact_variable_bytes": exact["variable_bytes"],
                    "predicted_step_ms": final_pred.step_ms, "measured_step_ms": exact["step_ms"]},
         "checks": checks, "refinement": refinement, "repairs": repairs,
+        "confirmation": confirmation,
         "costs": costs, "estimate": cache.get("estimate"),
         "noise": {"median_gain_std": float(np.median(noise)) if noise else 0.0,
                   "max_gain_std": float(np.max(noise)) if noise else 0.0,
@@ -405,6 +433,7 @@ class _State:
     depth_compiles: int = 8
     probe_runs: int = 0
     compiles: int = 0
+    confirm_steps: int = 0   # the confirmation probe's length (0: no confirmation)
 
     def _probe(self) -> Probe:
         if self.key not in _PROBES:
@@ -412,23 +441,26 @@ class _State:
                                       self.learning_rate)
         return _PROBES[self.key]
 
-    def _batches(self, seed: int):
-        """``steps`` batches of a seeded permutation of the training set, cycled."""
+    def _batches(self, seed: int, steps: int | None = None):
+        """``steps`` (default ``self.steps``) batches of a seeded permutation of the training
+        set, cycled: a longer probe's first batches are the short probe's."""
+        steps = self.steps if steps is None else steps
         rng = np.random.default_rng(seed)
-        n = self.steps * self.batch_size
+        n = steps * self.batch_size
         order = np.concatenate([rng.permutation(len(self.x))
                                 for _ in range(math.ceil(n / len(self.x)))])[:n]
-        shape = (self.steps, self.batch_size)
+        shape = (steps, self.batch_size)
         return (self.x[order].reshape(shape + self.x.shape[1:]),
                 self.y[order].reshape(shape + self.y.shape[1:]))
 
-    def _losses(self, choice: dict, seeds=None) -> tuple[list[float], list[float]]:
-        """Validation loss and accuracy of base + ``choice`` after the brief run, per seed
-        (those of ``seeds``, default all)."""
+    def _losses(self, choice: dict, seeds=None,
+                steps: int | None = None) -> tuple[list[float], list[float]]:
+        """Validation loss and accuracy of base + ``choice`` after the brief run (``steps``
+        long, default ``self.steps``), per seed (those of ``seeds``, default all)."""
         probe, scheme = self._probe(), cand.scheme_of(self.base, choice)
         losses, accs = [], []
         for seed in (range(self.seeds) if seeds is None else seeds):
-            xb, yb = self._batches(seed)
+            xb, yb = self._batches(seed, steps)
             value, out = probe.run(scheme, xb, yb)
             self.probe_runs += 1
             losses.append(value)
@@ -703,6 +735,96 @@ class _State:
         choice = max(self.known_fits(budget, by_key),
                      key=lambda c: (self.measure(c)["gain"], -len(c)))
         return choice, self.cost(choice, time_steps), repairs
+
+    def confirmed(self, choice: dict) -> dict:
+        """Gain of base + ``choice`` by the confirmation probe: ``confirm_steps`` steps from
+        the same start on the same batch orders as the short probe, continued; mean and
+        spread over seeds, cached by the combination."""
+        if not choice:
+            return {"gain": 0.0, "gain_std": 0.0}
+        done = self.cache.setdefault("confirmed", {})
+        if "base_losses_confirmed" not in self.cache:
+            self.cache["base_losses_confirmed"] = self._losses({}, steps=self.confirm_steps)[0]
+        key = cand.choice_key(choice)
+        if key not in done:
+            losses, accs = self._losses(choice, steps=self.confirm_steps)
+            gains = np.array(self.cache["base_losses_confirmed"]) - np.array(losses)
+            done[key] = {"gain": float(gains.mean()), "gain_std": float(gains.std()),
+                         "gains": gains.tolist(), "val_accuracy": float(np.mean(accs))}
+        return done[key]
+
+    def confirm(self, groups, base_item, budget, by_key, chosen: dict, knap_choice: dict,
+                checks, options: dict, count: int, time_steps: int, exact_checks: int):
+        """Step 5, successive halving: the short probe screened every option and combination;
+        ``count`` finalists that fit are re-measured by the confirmation probe, as long as
+        the fine-tuning, and the best that fits exactly wins. The finalists, in this order:
+        steps 3-4's pick (fits exactly), the knapsack's, the checked schemes, the ``last:N``
+        ladder (deepest first), then every measured combination by short-probe gain (the
+        first ``count`` that fit; any confirmed for an earlier budget joins at no cost); one
+        whose exact cost is known must fit it, the others their predicted cost (and are
+        left out when no compile is left: they could not be chosen). A finalist
+        not compiled before is compiled when it ranks first (at most ``exact_checks``: what
+        the exact check left of the budget's compiles, so a new budget from the cache still
+        compiles at most ``exact_checks`` in all).
+
+        Why: on the digits task 20 steps at the optimizer's rate rank schemes unlike 20
+        epochs of fine-tuning where it matters, among the best: the head alone is still in
+        its first transient (validation loss 9.38, accuracy 0.25 on 5 classes:
+        bench/results/2026-12-07-x86_64-2core-search-kxk-ref-images/report.md), every option
+        that damps it gains about as much, and full fine-tuning probes below ``conv3:full``
+        (5.15 vs 5.31) though it ends 2.3 points above it. A probe as long as the fine-tuning ranks
+        the 29 schemes with Spearman 0.99 against final accuracy (20 steps: 0.87) and
+        its conv2+conv3 combinations add up within 0.6 (20 steps: 1.9 below)
+        (bench/results/2026-12-07-x86_64-2core-probe-fidelity.md). Too slow to screen every
+        option with it on larger models, it decides between finalists only."""
+        ladder = []
+        full = [next((o for o in opts if o.label == "full"), None) for opts in options.values()]
+        for k in range(len(full), 0, -1):
+            if all(o is not None for o in full[-k:]):
+                ladder.append({o.layer: o for o in full[-k:]})
+        measured = [c for c in (_choice_of(k, by_key) for k in self.cache["measured"])
+                    if c is not None]
+        candidates = ([chosen, knap_choice]
+                      + [c for c in (_choice_of(c["choice"], by_key) for c in checks)
+                         if c is not None]
+                      + ladder + sorted(measured, key=lambda c: -self.measure(c)["gain"]))
+        # combinations confirmed before (for another budget) are finalists at no cost, beyond
+        # ``count``: a budget then never ends below a known better one that fits (MobileNetV2
+        # @1/8 chose a 0.28 over a confirmed 0.46 that fitted, as it was 7th by short gain)
+        free = [c for c in (_choice_of(k, by_key) for k in self.cache.get("confirmed", {}))
+                if c is not None]
+        finalists, seen = [], set()
+        for c in candidates + free:
+            key = cand.choice_key(c)
+            if key in seen or (len(finalists) >= count and c not in free):
+                continue
+            seen.add(key)
+            exact = self.cache["exact"].get(key)
+            if exact is None and exact_checks == 0:
+                continue   # could not be compiled, so could not be chosen: not probed
+            if (budget.fits(exact["memory_bytes"], exact["step_ms"]) if exact is not None
+                    else _fits(predict(_items_of(groups, c), base_item), budget)):
+                finalists.append(c)
+        ranked = sorted(finalists, key=lambda c: -self.confirmed(c)["gain"])
+        final, exact, compiled = chosen, self.cost(chosen, time_steps), 0
+        for c in ranked:
+            if cand.choice_key(c) not in self.cache["exact"]:
+                if compiled >= exact_checks:
+                    continue
+                compiled += 1
+            cost = self.cost(c, time_steps)
+            if budget.fits(cost["memory_bytes"], cost["step_ms"]):
+                final, exact = c, cost
+                break
+        rows = [{"choice": cand.choice_key(c),
+                 "short_gain": self.measure(c)["gain"] if self.known(c) else None,
+                 "gain": self.confirmed(c)["gain"], "gain_std": self.confirmed(c)["gain_std"],
+                 "exact_memory_bytes": self.cache["exact"].get(cand.choice_key(c), {}).get(
+                     "memory_bytes")} for c in ranked]
+        return final, exact, {"steps": self.confirm_steps, "finalists": rows,
+                              "short_choice": cand.choice_key(chosen),
+                              "choice": cand.choice_key(final),
+                              "changed": cand.choice_key(final) != cand.choice_key(chosen)}
 
     def known_fits(self, budget, by_key) -> list[dict]:
         """The combinations whose exact cost is known (compiled) and fits ``budget``."""

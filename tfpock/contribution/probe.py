@@ -1,7 +1,8 @@
 """The probe: one compiled host program that fine-tunes any set of layers/channels briefly.
 
 For a set of options S it runs, from the model's weights, ``steps`` optimizer steps on fixed
-batches and returns the validation loss and outputs. Which weights train is an *input*, not
+batches (any number: the batches' leading axis, not the trace) and returns the validation
+loss and outputs. Which weights train is an *input*, not
 the trace: every trainable weight ``w`` gets a selection ``sel`` (1 where S trains it, 0
 elsewhere; along the input-channel axis for a partial-channel kernel, as the compiler's
 ``TrainedWeight`` says), and a step is
@@ -86,8 +87,10 @@ class Probe:
         model, loss_fn, opt = self._model, self._loss, self._opt
         init, non_trainable = self._init, self._non_trainable
         x_val, y_val = self._x_val, self._y_val
-        specs = [tf.TensorSpec(xb.shape, tf.as_dtype(xb.dtype)),
-                 tf.TensorSpec(yb.shape, tf.as_dtype(yb.dtype)),
+        # the number of steps is left open: one trace serves the short screening probe and
+        # the search's longer confirmation probe (core.search's ``confirm_epochs``)
+        specs = [tf.TensorSpec((None,) + xb.shape[1:], tf.as_dtype(xb.dtype)),
+                 tf.TensorSpec((None,) + yb.shape[1:], tf.as_dtype(yb.dtype)),
                  [tf.TensorSpec(s.shape, tf.float32) for s in sels],
                  tf.TensorSpec((), tf.float32)]
 

@@ -61,6 +61,7 @@ class SearchResult:
                   f"gain {r['knapsack_measured_gain']:.4f} -> {r['refined_measured_gain']:.4f} "
                   f"(bought {r['bought']:+.4f}).",
                   f"Cost repairs (exact memory over budget): {len(s['repairs'])}.",
+                  _confirmation(s.get("confirmation")),
                   f"Noise: median spread of a gain over seeds {s['noise']['median_gain_std']:.4f}, "
                   f"gains range {s['noise']['gain_range'][0]:.4f} .. "
                   f"{s['noise']['gain_range'][1]:.4f}.",
@@ -165,3 +166,14 @@ def _cell(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return str(v)
+
+
+def _confirmation(c: dict | None) -> str:
+    """The confirmation line: finalists' gains by the long probe, and whether it changed the
+    short probe's pick."""
+    if not c:
+        return "Confirmation: none (the short probe decided)."
+    rows = ", ".join(f"`{f['choice']}` {f['gain']:.4f}" for f in c["finalists"])
+    return (f"Confirmation ({c['steps']}-step probe, gain over base by finalist): {rows}; "
+            f"chosen `{c['choice']}`" + (f" instead of `{c['short_choice']}`."
+                                        if c["changed"] else " (the short probe's pick)."))
