@@ -117,7 +117,8 @@ def main(argv):
                                                   "refine", "depth_compiles", "epochs",
                                                   "fractions", "full_memory_bytes",
                                                   "hand_schemes", "cache_dir", "warm_only",
-                                                  "refine_cached", "confirm", "confirm_epochs")
+                                                  "refine_cached", "confirm", "confirm_epochs",
+                                                  "confirm_cached")
            ).replace("[", "").replace("]", "").replace("', '", ",").replace("'", ""),
            "settings": {k: getattr(f, k) for k in ("pretrain_epochs", "steps", "seeds", "refine",
                                                    "depth_compiles", "lr", "epochs", "confirm",
@@ -141,7 +142,8 @@ def main(argv):
     logging.info("full fine-tuning: %d bytes", doc["full_memory_bytes"])
     settings = dict(steps=f.steps, seeds=f.seeds, refine=f.refine, costs="predicted",
                     depth_compiles=f.depth_compiles, time_steps=10, cache_dir=f.cache_dir,
-                    confirm=f.confirm, confirm_epochs=f.confirm_epochs)
+                    confirm=f.confirm, confirm_epochs=f.confirm_epochs,
+                    confirm_cached=f.confirm_cached)
     doc["searches"] = []
     fractions = [float(v) for v in f.fractions]
     if f.warm_only:
@@ -320,6 +322,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("confirm", 6, "Finalists re-measured by the confirmation probe "
                          "(tfpock.search's confirm; 0: none).")
     flags.DEFINE_float("confirm_epochs", 20.0, "The confirmation probe's length in epochs.")
+    flags.DEFINE_integer("confirm_cached", None, "The confirmation's finalists for a budget "
+                         "from the cache (default --confirm; 0: none).")
     flags.DEFINE_string("pretrained_keep", None, "Path stem to keep the pre-trained weights "
                         "between runs.")
     flags.DEFINE_float("lr", 0.05, "SGD learning rate (probe and device).")

@@ -189,6 +189,21 @@ def test_a_confirmation_setting_is_part_of_the_cache_key(searched, tmp_path):
     assert os.listdir(tmp_path) == [plain.summary["cache_key"] + ".json"]
 
 
+def test_confirm_cached_bounds_a_cached_budgets_confirmation(searched):
+    """A budget from the cache confirms as the first did unless ``confirm_cached`` says
+    otherwise (0: none, steps 3-4's pick kept); the cache key does not change with it."""
+    args, cache, first = searched
+    assert first.summary["confirmation"] is not None
+    budget = Budget(memory_bytes=10**7 - 1)
+    warm = tfpock.search(*args, budget, 8, cache_dir=cache, **SMALL)
+    skipped = tfpock.search(*args, budget, 8, cache_dir=cache, confirm_cached=0, **SMALL)
+    assert warm.summary["confirmation"] is not None
+    assert skipped.summary["confirmation"] is None
+    assert skipped.summary["cache_key"] == warm.summary["cache_key"] == first.summary["cache_key"]
+    with pytest.raises(tfpock.TfpockError, match="confirm_cached"):
+        tfpock.search(*args, budget, 8, cache_dir=cache, confirm_cached=-1, **SMALL)
+
+
 def test_probe_selection_of_a_partial_channel_option():
     model = conv_model()
     x, y = data(24)

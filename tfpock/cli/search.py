@@ -53,6 +53,9 @@ def define_flags() -> None:
                          "fine-tuning (0: the short probe decides).", lower_bound=0)
     flags.DEFINE_float("confirm-epochs", 20.0, "That probe's length, epochs over --data.",
                        lower_bound=0.0)
+    flags.DEFINE_integer("confirm-cached", None, "--confirm for a budget whose contributions "
+                         "come from the cache (default --confirm; 0: keep the short probe's "
+                         "pick, a new budget in seconds).", lower_bound=0)
     define_model_flags()
 
 
@@ -83,7 +86,8 @@ def main(args: list[str]) -> int:
                            budget, batch_size=batch, base=_flag("base"), steps=_flag("steps"),
                            seeds=_flag("seeds"), costs=_flag("costs"),
                            depth_compiles=_flag("depth-compiles"), confirm=_flag("confirm"),
-                           confirm_epochs=_flag("confirm-epochs"))
+                           confirm_epochs=_flag("confirm-epochs"),
+                           confirm_cached=_flag("confirm-cached"))
     result.save(out)
     chosen = result.summary["chosen"]
     sys.stdout.write(f"wrote {out}: scheme {os.path.join(out, 'scheme.json')} "

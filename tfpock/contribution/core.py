@@ -85,7 +85,7 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
            progress: bool | None = None, compile_checks: bool = False,
            costs: str = "exact", depth_compiles: int = 8,
            exact_checks: int = 2, confirm: int = 6,
-           confirm_epochs: float = 20.0) -> SearchResult:
+           confirm_epochs: float = 20.0, confirm_cached: int | None = None) -> SearchResult:
     """Searches the sparse update scheme with the best validation gain within ``budget``.
 
     Args:
@@ -131,6 +131,12 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
             no confirmation when that is not more than ``steps``. Costs ``confirm x seeds``
             probe runs of that length for the first budget, and those of the finalists not
             confirmed before for a new one.
+        confirm_cached: ``confirm`` for a budget whose contributions come from the cache
+            (default ``confirm``; 0: such a budget skips the confirmation and keeps steps
+            3-4's pick, as before 12-07). The confirmation's long probes are what a new
+            budget pays most: MobileNetV2 0.35 @96 25-95 s with 6, against 0.1-2.8 s without
+            (bench/results/2026-12-07-x86_64-2core-search-mobilenet-confirm.md,
+            ...-search-mobilenet-noconfirm.md); on the digits task ~0.1 s a finalist.
 
     Returns:
         A :class:`SearchResult`: ``.scheme``, ``.table``, ``.save(dir)``.
@@ -150,7 +156,9 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
                                ("refine", refine, 0), ("depth_compiles", depth_compiles, 2),
                                ("refine_cached", refine if refine_cached is None
                                 else refine_cached, 0),
-                               ("exact_checks", exact_checks, 0), ("confirm", confirm, 0)):
+                               ("exact_checks", exact_checks, 0), ("confirm", confirm, 0),
+                               ("confirm_cached", confirm if confirm_cached is None
+                                else confirm_cached, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise TfpockError(f"{name} must be an int >= {least}, got {value!r}")
     if (isinstance(confirm_epochs, bool) or not isinstance(confirm_epochs, (int, float))
@@ -215,6 +223,8 @@ def search(model: keras.Model, train_data, val_data, loss, optimizer, budget: Bu
         warm=analysed_from_cache)
     predicted = predict(knap, base_item)
     confirmation = None
+    if analysed_from_cache and confirm_cached is not None:
+        confirm = min(confirm, confirm_cached)
     if confirm:
         final, exact, confirmation = state.confirm(
             groups, base_item, budget, by_key, final, knap_choice, checks, options, confirm,
