@@ -19,10 +19,11 @@ a resource variable of each shape that the call assigns ``v - g`` (``g`` an inpu
 invoke, so the update meets the caches the forward leaves, as in a step. Both run on
 ai-edge-litert, one thread, XNNPACK as shipped, in interleaved rounds; the update's cost is
 the difference of the two minima over rounds of each round's median (a lower bound wants the
-quietest round). Alone, with hot caches (:func:`time_update`), the updates cost about the same
-(ResNet-18 half @96, the last 4 layers, BN frozen: 0.26 ms alone, 0.25 ms in context; 2 MB
-kernels fit this host's caches). Not counted: the non-finite guard (off with
-``nonfinite="apply"``) and the optimizer's arithmetic beyond SGD's subtraction.
+quietest round). Alone, with hot caches (:func:`time_update`), they cost less: ResNet-18 half
+@96, the last 4 layers, BN frozen, 0.27 ms alone, 0.65 ms in context (quiet,
+``bench/results/2026-12-07-x86_64-avx512-2core-depth-reach.md``). Not counted: the
+non-finite guard (off with ``nonfinite="apply"``) and the optimizer's arithmetic beyond SGD's
+subtraction.
 
 Run: ``python -m bench.update_floor TRAIN.tflite [MODEL.keras]`` prints milliseconds (alone;
 with the Keras model, in context).

@@ -216,8 +216,9 @@ def section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(doc: dict) -> str:
     lines = [f"# Runtime weights on ai-edge-litert, {doc['date']} ({doc['machine']})", "",
              f"`{doc['command']}`; ai-edge-litert {doc['ai_edge_litert']}, one thread, median "
-             f"of {REPS} invokes after {WARM} (parts 1-2). Load average at the end: "
-             f"{doc.get('load_average', '?')}. See the study's docstring.", ""]
+             f"of {REPS} invokes after {WARM} (parts 1-2). Load average at the start "
+             f"{doc.get('load_average', '?')}, at the end {doc.get('load_average_end', '?')}. "
+             "See the study's docstring.", ""]
     if "forms" in doc:
         rows = [[r["form"], " + ".join(r["operators"]), *(
             f"{r[k]['ms'] * 1e3:.0f} us{' (delegated)' if r[k]['delegated'] else ''}"
@@ -259,6 +260,7 @@ def main(argv):
         doc["variables"] = part_variables()
     if "3" in FLAGS.parts:
         doc["guard"] = part_guard(FLAGS.rounds)
+    doc["load_average_end"] = cli.load_average()
     cli.write_results(doc, markdown(doc), FLAGS.name, FLAGS.out_dir)
 
 
