@@ -236,7 +236,9 @@ def filter_grad_conv(x: tf.Tensor, dy: tf.Tensor, win: Window) -> tf.Tensor:
     time. MobileNetV2's 3-channel image at batch 8: transpose then pad 0.78 ms, pad then
     transpose 1.59 ms; at batch 1 0.49 against 0.18, and [8, 64, 64, 16] 1.11 against 0.74
     (``python -m bench.studies.pad_order``,
-    ``bench/results/2026-12-07-x86_64-avx512-2core-pad-order.md``)."""
+    ``bench/results/2026-12-07-x86_64-avx512-2core-pad-order.md``). The whole MobileNetV2
+    full batch-8 step: 64.1 -> 60.9 ms quiet (``...-ab-full8-quiet.md``), no change
+    measurable at load 2.9 (``...-ab-pad-order-full8.md``)."""
     _, ho, wo, _ = dy.shape
     (sh, sw), (dh, dw) = win.strides, win.dilations
     need_h = (win.kernel[0] - 1) * dh + (ho - 1) * sh + 1

@@ -53,8 +53,9 @@ Chosen (times: ``bench/results/2026-12-03-x86_64-2core-lowering-depthwise.md``, 
   ``dx[h] = D[h + pt]``. MobileNetV2's block_1_depthwise at batch 8 (65x65 -> 32x32, 48
   channels): 4 convolutions of 2x2 taps over 34x34 against one of 3x3 over 67x67 (2.4 ms
   alone). MobileNetV2 0.35 @128 full fine-tuning at batch 8, same losses: 62.5 -> 60.1 ms
-  and 61.2 -> 57.7 ms in two interleaved A/Bs at load 2
-  (``bench/results/2026-12-07-x86_64-avx512-2core-ab-dw-polyphase.md``, ``...-forms.md``).
+  and 61.2 -> 57.7 ms in two interleaved A/Bs at load 2, 64.5 -> 64.1 ms quiet
+  (``bench/results/2026-12-07-x86_64-avx512-2core-ab-dw-polyphase.md``, ``...-forms.md``,
+  ``...-ab-full8-quiet.md``): a small gain whichever figure holds, never a loss.
 
 Both gradients are rearrangements of the same float32 products; only the summation order
 differs from TF's kernels. TF 2.21's own gradient kernels cannot serve as references for
