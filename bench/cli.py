@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 
 from absl import flags, logging
@@ -34,6 +35,11 @@ def load_average() -> list[float]:
     """The 1-, 5- and 15-minute load averages, rounded: what a results file records beside
     its wall times (the machine's 2 cores are often shared)."""
     return [round(v, 2) for v in os.getloadavg()]
+
+
+def uptime() -> str:
+    """``uptime``'s line (time, load averages): what the studies record at their start and end."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def write_results(doc: dict, text: str, name: str, out_dir: str) -> str:

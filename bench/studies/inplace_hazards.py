@@ -410,6 +410,7 @@ def scan() -> list[str]:
 
 
 def main() -> None:
+    from bench import cli
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="export the tests' models, check every runtime's plan")
@@ -431,7 +432,7 @@ def main() -> None:
     if args.command == "scan":
         rows = scan()
         if args.out:
-            load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            load = cli.uptime()
             with open(args.out, "w", encoding="utf-8") as f:
                 f.write("\n".join([
                     "# In-place hazards of the language models per scheme", "",
@@ -445,7 +446,7 @@ def main() -> None:
         os.makedirs(args.work, exist_ok=True)
         rows = cost(args.work, args.models.split(","), args.rounds, args.steps)
         if args.out:
-            load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+            load = cli.uptime()
             with open(args.out, "w", encoding="utf-8") as f:
                 f.write("\n".join([
                     "# What the inplace pass costs on ai-edge-litert", "",
@@ -460,7 +461,7 @@ def main() -> None:
     rows, ok = check(args.python, args.work,
                      args.models.split(",") if args.models else None)
     if args.out:
-        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        load = cli.uptime()
         lines = [
             "# In-place buffer sharing on tflite-runtime 2.14 and ai-edge-litert, after the "
             "inplace pass", "",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import tempfile
 
 from bench import cli
@@ -63,8 +62,7 @@ def main(argv):
     forms = {"patches": conv.input_grad_matmul, "offsets": conv.input_grad_offsets,
              "stacked": conv.input_grad_kernel_as_is, "conv2d": conv.input_grad_conv}
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": f.machine,
-           "uptime_start": subprocess.run(["uptime"], capture_output=True,
-                                          text=True).stdout.strip(),
+           "uptime_start": cli.uptime(),
            "affinity": sorted(os.sched_getaffinity(0)),
            "command": "python -m bench.studies.kxk_input_grad --schemes " + ",".join(
                f.schemes) + f" --rounds {f.rounds} --steps {f.steps}",
@@ -103,7 +101,7 @@ def main(argv):
                 logging.info("%s %s: %d bytes, %.3f ms", spec, row["form"], row["memory_bytes"],
                              row["step_ms"])
             doc["rows"] += rows
-    doc["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    doc["uptime_end"] = cli.uptime()
     cli.write_results(doc, markdown(doc), "kxk-input-grad", f.out_dir)
     return 0
 

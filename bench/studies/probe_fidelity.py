@@ -42,7 +42,6 @@ Run from the repository root: ``python -m bench.studies.probe_fidelity``. Writes
 from __future__ import annotations
 
 import datetime
-import subprocess
 import time
 
 import numpy as np
@@ -110,9 +109,8 @@ def main(argv):
     from tfpock.contribution import candidates as cand
     del argv
     f = flags.FLAGS
-    uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": f.machine,
-           "uptime_start": uptime(), "seeds": f.seeds, "epochs": f.epochs, "lr": f.lr,
+           "uptime_start": cli.uptime(), "seeds": f.seeds, "epochs": f.epochs, "lr": f.lr,
            "variants": [list(v) for v in VARIANTS],
            "command": f"python -m bench.studies.probe_fidelity --seeds {f.seeds} --epochs "
                       f"{f.epochs}", "per_seed": []}
@@ -137,7 +135,7 @@ def main(argv):
         doc["per_seed"].append({"seed": seed, "final": final, "memory": memory,
                                 "probes": probes})
     doc["wall_s"] = time.perf_counter() - started
-    doc["uptime_end"] = uptime()
+    doc["uptime_end"] = cli.uptime()
     doc["summary"] = summarise(doc)
     cli.write_results(doc, markdown(doc), f.name, f.out_dir)
     return 0

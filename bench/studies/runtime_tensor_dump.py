@@ -219,7 +219,8 @@ def export_language_models(work: str):
 def write_report(path: str, lines: list[str],
                  title: str = "tflite-runtime 2.14 and a decoder's train step",
                  command: str = "decoder") -> None:
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    from bench import cli   # here: the dump command also runs in tflite-runtime 2.14's venv
+    load = cli.uptime()
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join([f"# {title}", "",
                            f"Command: `python -m bench.studies.runtime_tensor_dump {command} "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import statistics
-import subprocess
 import time
 
 from bench import cli
@@ -45,9 +44,8 @@ def main(argv):
     import numpy as np
     del argv
     f = flags.FLAGS
-    uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     doc = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": f.machine,
-           "uptime_start": uptime(), "seeds": f.seeds, "epochs": f.epochs, "lr": f.lr,
+           "uptime_start": cli.uptime(), "seeds": f.seeds, "epochs": f.epochs, "lr": f.lr,
            "command": f"python -m bench.studies.search_bruteforce --seeds {f.seeds} --epochs "
                       f"{f.epochs} --fraction {f.fraction}"
                       + (f" --reference_bytes {f.reference_bytes}" if f.reference_bytes else "")}
@@ -104,7 +102,7 @@ def main(argv):
                budgets=budgets, combinations=len(combos) + pruned, pruned=pruned,
                compiled=len(combos), rows=rows, bound_violations=violations,
                wall_s=time.perf_counter() - start,
-               uptime_end=uptime())
+               uptime_end=cli.uptime())
     doc["best"] = {}
     for label, budget in budgets.items():
         fit = [r for r in rows if r["memory_bytes"] <= budget and "accuracy_mean" in r]

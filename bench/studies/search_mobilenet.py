@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import time
 
 import numpy as np
@@ -79,10 +78,6 @@ def mobilenet_task(seed: int, pretrain_epochs: int, x, y, keep: str | None = Non
             accuracy)
 
 
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
 def search_row(label: str, result, wall: float) -> dict:
     s = result.summary
     c = s["chosen"]
@@ -111,7 +106,7 @@ def main(argv):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     doc = {"schema": "tfpock-search-mobilenet/1",
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": f.machine, "uptime_start": uptime(),
+           "machine": f.machine, "uptime_start": cli.uptime(),
            "command": "python -m bench.studies.search_mobilenet " + " ".join(
                f"--{k} {getattr(f, k)}" for k in ("pretrain_epochs", "steps", "seeds",
                                                   "refine", "depth_compiles", "epochs",
@@ -150,7 +145,7 @@ def main(argv):
         doc["searches"] = warm_budgets(model, train, val, loss, opt, settings, fractions[1:],
                                        doc["full_memory_bytes"],
                                        [int(v) for v in f.refine_cached])
-        doc["uptime_searches_end"] = doc["uptime_end"] = uptime()
+        doc["uptime_searches_end"] = doc["uptime_end"] = cli.uptime()
         doc["device"] = []
         cli.write_results(doc, markdown(doc), f.name, f.out_dir)
         return 0
@@ -173,14 +168,14 @@ def main(argv):
         if i == 0:
             if f.cache_dir:   # the cold cache as saved, for --warm_only
                 keep_cold_cache(f.cache_dir)
-            row["uptime_after"] = uptime()
+            row["uptime_after"] = cli.uptime()
             row["table"] = result.table
             row["estimate"] = result.summary.get("estimate")
             doc["scheme"] = result.scheme
         doc["searches"].append(row)
         logging.info("search at %s: %s in %.1f s (%d compiles)", label, row["choice"],
                      row["wall_s"], row["compiles"])
-    doc["uptime_searches_end"] = uptime()
+    doc["uptime_searches_end"] = cli.uptime()
     doc["device"] = []
     if f.epochs > 0:
         schemes = {"searched@" + fractions[0].__format__("g"): doc.pop("scheme"),
@@ -191,7 +186,7 @@ def main(argv):
             logging.info("%s: test accuracy %.3f, %d bytes", label, r["test_accuracy"],
                          r["memory_bytes"])
     doc.pop("scheme", None)
-    doc["uptime_end"] = uptime()
+    doc["uptime_end"] = cli.uptime()
     cli.write_results(doc, markdown(doc), f.name, f.out_dir)
     return 0
 
