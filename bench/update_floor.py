@@ -30,6 +30,7 @@ with the Keras model, in context).
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -76,9 +77,11 @@ def update_model(shapes: list[tuple[int, ...]], forward=None, x_spec=None) -> by
     return _convert(update, module)
 
 
+@functools.lru_cache(maxsize=4)
 def forward_model(keras_file: str, batch: int):
     """The Keras model's constant-weight forward as a frozen concrete function, and its
-    input spec (as ``bench.prepare.export_forward`` builds the floor)."""
+    input spec (as ``bench.prepare.export_forward`` builds the floor); loaded and frozen once
+    per file (the depth sweep asks for it once per scheme)."""
     import keras
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (

@@ -144,6 +144,7 @@ def add_work(group: dict, forward_file: str) -> None:
     bytes its variable reads and assigns copy. At batch 1 with ``--update_floor``, also
     ``update_ms``: the least its weight updates cost on builtin TFLite, timed in context
     (:mod:`bench.update_floor`; the model.keras beside the forward file)."""
+    from bench import update_floor
     from tfpock.tflite import work
     forward = work.count(pathlib.Path(forward_file).read_bytes(), "serving_default")
     keras_file = os.path.join(os.path.dirname(forward_file), "model.keras")
@@ -156,7 +157,6 @@ def add_work(group: dict, forward_file: str) -> None:
                              if r["floor_ms"] else None)
         r["variable_copy_mb"] = step.variable_copy_bytes / 2**20
         if FLAGS.update_floor and group["batch"] == 1 and r["depth"] <= TARGET_DEPTH:
-            from bench import update_floor
             r["update_ms"] = update_floor.update_in_context_ms(
                 content, keras_file, group["batch"])["update_ms"]
             logging.info("%s %s: update floor %.3f ms", group["model"], r["scheme"],
